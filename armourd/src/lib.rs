@@ -2,5 +2,9 @@
 //! shell around these modules; see `daemon` for the event loop and
 //! `supervisor` for the decisions.
 
+pub mod config;
+pub mod files;
 pub mod launch;
+pub mod procfs;
+pub mod spawn;
 pub mod status;
