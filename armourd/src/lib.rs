@@ -8,3 +8,5 @@ pub mod launch;
 pub mod procfs;
 pub mod spawn;
 pub mod status;
+pub mod supervisor;
+pub mod btf;
