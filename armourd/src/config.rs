@@ -1,1 +1,623 @@
-//! (in progress)
+//! The configuration file (SPEC §2): which executables are watched, and how.
+//!
+//! [`parse`] is pure and reports the first error with its file, line and
+//! column; [`load`] reads the file, parses it and canonicalises every path so
+//! that it compares equal to `/proc/PID/exe`.
+
+use std::{
+    fmt, fs, io,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use glob::MatchOptions;
+
+use crate::{
+    files,
+    status::{self, SuccessSet},
+};
+
+/// Where the daemon looks when no `-c/--config` is given.
+pub const DEFAULT_PATH: &str = "/etc/armourd.conf";
+
+/// `stop-timeout` when none is given.
+pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Options an entry may carry, in the order error messages list them.
+const KNOWN_OPTIONS: [&str; 2] = ["success", "stop-timeout"];
+
+/// How a glob is matched, both here and when `files::expand` lists a
+/// directory: `*` never crosses a `/`, so `/opt/*` does not reach into
+/// `/opt/app/bin`.
+pub const GLOB_OPTIONS: MatchOptions = MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
+
+/// The whole configuration: one entry per non-blank, non-comment line.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Config {
+    pub entries: Vec<Entry>,
+}
+
+/// One line of the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// What the line names; canonical after [`load`].
+    pub pattern: Pattern,
+    /// `success=`: endings that count as clean.
+    pub success: SuccessSet,
+    /// `stop-timeout=`: grace before SIGKILL for leftovers of a crashed instance.
+    pub stop_timeout: Duration,
+    /// 1-based line in the file, for log messages.
+    pub line: usize,
+}
+
+impl Entry {
+    /// Whether this entry names the executable at `canonical` (as read from
+    /// `/proc/PID/exe`).
+    pub fn matches(&self, canonical: &Path) -> bool {
+        match &self.pattern {
+            Pattern::Path(path) => path == canonical,
+            Pattern::Glob(glob) => glob.matches_path_with(canonical, GLOB_OPTIONS),
+        }
+    }
+}
+
+/// A literal path, or a glob when the path contains `*`, `?` or `[`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Pattern {
+    Path(PathBuf),
+    Glob(glob::Pattern),
+}
+
+impl fmt::Display for Pattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Path(path) => path.display().fmt(f),
+            Self::Glob(glob) => f.write_str(glob.as_str()),
+        }
+    }
+}
+
+/// Why the configuration could not be used.
+#[derive(thiserror::Error, Debug)]
+pub enum ConfigError {
+    /// The text is wrong at `file:line:column`.
+    #[error("{}:{line}:{column}: {message}", file.display())]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: SyntaxError,
+    },
+    /// The file could not be read.
+    #[error("cannot read configuration file {}", file.display())]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// What is wrong at the position a [`ConfigError::Syntax`] names.
+#[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
+pub enum SyntaxError {
+    #[error("unterminated quote (expected a closing \")")]
+    UnterminatedQuote,
+    #[error("expected an absolute path or glob, like /usr/sbin/food, found '{found}'")]
+    RelativePath { found: String },
+    #[error("invalid glob '{pattern}': {reason}")]
+    BadGlob {
+        pattern: String,
+        reason: &'static str,
+    },
+    #[error("expected an option like success=0,3, found '{found}' (options are key=value)")]
+    MissingEquals { found: String },
+    #[error("expected an option name before '=' (known: {})", KNOWN_OPTIONS.join(", "))]
+    EmptyOptionName,
+    #[error("unknown option '{name}' (known: {})", KNOWN_OPTIONS.join(", "))]
+    UnknownOption { name: String },
+    #[error("option '{option}' is given twice on this line")]
+    DuplicateOption { option: &'static str },
+    #[error("empty value for '{option}' (expected {expected})")]
+    EmptyValue {
+        option: &'static str,
+        expected: &'static str,
+    },
+    #[error("empty item in the success list (expected exit codes and signal names separated by commas, like 0,3,TERM)")]
+    EmptyListItem,
+    #[error("bad exit code '{found}' (expected 0–255)")]
+    BadExitCode { found: String },
+    #[error(
+        "unknown signal name '{found}' (expected an exit code 0–255 or a signal name like TERM)"
+    )]
+    UnknownSignal { found: String },
+    #[error("duration '{found}' has no unit (add one, like {found}s or {found}ms)")]
+    DurationWithoutUnit { found: String },
+    #[error("bad duration '{found}' (expected a number and a unit ms, s, m or h, like 5s, 1.5s or 500ms)")]
+    BadDuration { found: String },
+    #[error("duration '{found}' is too long")]
+    DurationTooLong { found: String },
+}
+
+/// A [`SyntaxError`] and the 1-based column it is at.
+type Located = (usize, SyntaxError);
+
+/// Parses the text of a configuration file named `file` (used only in
+/// errors). Pure: paths are taken as written, see [`load`].
+pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
+    let mut entries = Vec::new();
+    for (line, text) in (1..).zip(text.lines()) {
+        let entry = tokenize(text).and_then(|tokens| parse_entry(&tokens, line));
+        match entry {
+            Ok(Some(entry)) => entries.push(entry),
+            Ok(None) => {}
+            Err((column, message)) => {
+                return Err(ConfigError::Syntax {
+                    file: file.to_path_buf(),
+                    line,
+                    column,
+                    message,
+                })
+            }
+        }
+    }
+    Ok(Config { entries })
+}
+
+/// Reads and parses the file at `path`, then canonicalises every entry's
+/// path. A path that does not exist yet is logged, not an error: it may be
+/// installed later.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        file: path.to_path_buf(),
+        source,
+    })?;
+    let mut config = parse(&text, path)?;
+    for entry in &mut config.entries {
+        files::canonicalise(entry, path);
+    }
+    Ok(config)
+}
+
+/// Loads [`DEFAULT_PATH`]; `Ok(None)` when it does not exist, since armourd
+/// then starts with nothing configured (processes can still be watched over
+/// D-Bus).
+pub fn load_default() -> Result<Option<Config>, ConfigError> {
+    load_if_exists(Path::new(DEFAULT_PATH))
+}
+
+fn load_if_exists(path: &Path) -> Result<Option<Config>, ConfigError> {
+    match load(path) {
+        Err(ConfigError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+            Ok(None)
+        }
+        other => other.map(Some),
+    }
+}
+
+/// One blank-separated word of a line with its quotes removed. Each
+/// character keeps its source column so errors can point inside the word.
+struct Token {
+    chars: Vec<(char, usize)>,
+    /// Where the word starts (its opening quote, if any).
+    column: usize,
+    /// Index in `chars` of the first `=` outside quotes: `a"="b` is no option.
+    equals: Option<usize>,
+}
+
+impl Token {
+    fn text(&self) -> String {
+        self.chars.iter().map(|(c, _)| c).collect()
+    }
+}
+
+fn is_blank(c: char) -> bool {
+    c == ' ' || c == '\t'
+}
+
+/// Splits a line into words, stopping at a `#` that starts a word.
+fn tokenize(line: &str) -> Result<Vec<Token>, Located> {
+    let mut tokens = Vec::new();
+    let mut chars = line.chars().zip(1..).peekable();
+    loop {
+        while chars.next_if(|(c, _)| is_blank(*c)).is_some() {}
+        let Some(&(first, column)) = chars.peek() else {
+            break;
+        };
+        if first == '#' {
+            break;
+        }
+        let mut token = Token {
+            chars: Vec::new(),
+            column,
+            equals: None,
+        };
+        while let Some((c, col)) = chars.next_if(|(c, _)| !is_blank(*c)) {
+            match c {
+                '"' => read_quoted(&mut chars, col, &mut token.chars)?,
+                '=' if token.equals.is_none() => {
+                    token.equals = Some(token.chars.len());
+                    token.chars.push((c, col));
+                }
+                _ => token.chars.push((c, col)),
+            }
+        }
+        tokens.push(token);
+    }
+    Ok(tokens)
+}
+
+/// Reads up to the closing quote of a quote opened at column `open`. Only
+/// `\"` and `\\` are escapes; any other backslash is kept as written.
+fn read_quoted(
+    chars: &mut impl Iterator<Item = (char, usize)>,
+    open: usize,
+    out: &mut Vec<(char, usize)>,
+) -> Result<(), Located> {
+    while let Some((c, col)) = chars.next() {
+        match c {
+            '"' => return Ok(()),
+            '\\' => match chars.next() {
+                Some((escaped @ ('"' | '\\'), _)) => out.push((escaped, col)),
+                Some(other) => out.extend([(c, col), other]),
+                None => break,
+            },
+            _ => out.push((c, col)),
+        }
+    }
+    Err((open, SyntaxError::UnterminatedQuote))
+}
+
+/// The entry on one line, or `None` for a blank or comment line.
+fn parse_entry(tokens: &[Token], line: usize) -> Result<Option<Entry>, Located> {
+    let Some((path, options)) = tokens.split_first() else {
+        return Ok(None);
+    };
+    let mut entry = Entry {
+        pattern: parse_pattern(path)?,
+        success: SuccessSet::default(),
+        stop_timeout: DEFAULT_STOP_TIMEOUT,
+        line,
+    };
+    let mut seen = Vec::new();
+    for option in options {
+        apply_option(&mut entry, option, &mut seen)?;
+    }
+    Ok(Some(entry))
+}
+
+/// A path with a glob metacharacter is a glob. Quoting only protects blanks;
+/// a literal `*` is written `[*]`, as in any glob.
+fn parse_pattern(token: &Token) -> Result<Pattern, Located> {
+    let text = token.text();
+    if !text.starts_with('/') {
+        return Err((token.column, SyntaxError::RelativePath { found: text }));
+    }
+    if !text.contains(['*', '?', '[']) {
+        return Ok(Pattern::Path(PathBuf::from(text)));
+    }
+    glob::Pattern::new(&text).map(Pattern::Glob).map_err(|e| {
+        let column = token.chars.get(e.pos).map_or(token.column, |(_, col)| *col);
+        let message = SyntaxError::BadGlob {
+            pattern: text,
+            reason: e.msg,
+        };
+        (column, message)
+    })
+}
+
+fn apply_option(
+    entry: &mut Entry,
+    token: &Token,
+    seen: &mut Vec<&'static str>,
+) -> Result<(), Located> {
+    let Some(equals) = token.equals else {
+        return Err((
+            token.column,
+            SyntaxError::MissingEquals {
+                found: token.text(),
+            },
+        ));
+    };
+    let name: String = token.chars[..equals].iter().map(|(c, _)| c).collect();
+    let Some(&option) = KNOWN_OPTIONS.iter().find(|known| **known == name) else {
+        let message = if name.is_empty() {
+            SyntaxError::EmptyOptionName
+        } else {
+            SyntaxError::UnknownOption { name }
+        };
+        return Err((token.column, message));
+    };
+    if seen.contains(&option) {
+        return Err((token.column, SyntaxError::DuplicateOption { option }));
+    }
+    seen.push(option);
+    let value = &token.chars[equals + 1..];
+    // Where the value starts, or would start when it is empty.
+    let value_column = token.chars[equals].1 + 1;
+    if value.is_empty() {
+        let expected = match option {
+            "success" => "exit codes and signal names, like 0,3,TERM",
+            _ => "a duration, like 5s or 500ms",
+        };
+        return Err((value_column, SyntaxError::EmptyValue { option, expected }));
+    }
+    if option == "success" {
+        let end_column = value.last().map_or(value_column, |(_, col)| col + 1);
+        entry.success = parse_success(value, end_column)?;
+    } else {
+        let text: String = value.iter().map(|(c, _)| c).collect();
+        entry.stop_timeout = parse_duration(&text).map_err(|e| (value_column, e))?;
+    }
+    Ok(())
+}
+
+/// A comma-separated list of exit codes and signal names; blanks around
+/// items (possible inside quotes) are ignored.
+fn parse_success(value: &[(char, usize)], end_column: usize) -> Result<SuccessSet, Located> {
+    let mut set = SuccessSet::empty();
+    let mut start = 0;
+    let ends = (0..value.len()).filter(|i| value[*i].0 == ',');
+    for end in ends.chain([value.len()]) {
+        let item = &value[start..end];
+        let first = item.iter().position(|(c, _)| !c.is_whitespace());
+        let last = item.iter().rposition(|(c, _)| !c.is_whitespace());
+        let item = first
+            .zip(last)
+            .map_or(&[][..], |(first, last)| &item[first..=last]);
+        // An empty item is pointed at by the comma that ends it.
+        let column = item
+            .first()
+            .or(value.get(start))
+            .map_or(end_column, |(_, col)| *col);
+        let text: String = item.iter().map(|(c, _)| c).collect();
+        add_success_item(&mut set, &text).map_err(|e| (column, e))?;
+        start = end + 1;
+    }
+    Ok(set)
+}
+
+fn add_success_item(set: &mut SuccessSet, text: &str) -> Result<(), SyntaxError> {
+    if text.is_empty() {
+        return Err(SyntaxError::EmptyListItem);
+    }
+    if text.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+') {
+        let code = text
+            .parse()
+            .map_err(|_| SyntaxError::BadExitCode { found: text.into() })?;
+        set.add_code(code);
+        return Ok(());
+    }
+    let signal = status::signal_number(text)
+        .ok_or_else(|| SyntaxError::UnknownSignal { found: text.into() })?;
+    set.add_signal(signal);
+    Ok(())
+}
+
+/// `5s`, `500ms`, `2m`, `1h`, `1.5s`. A unit is required: a bare `5` could
+/// mean seconds or milliseconds, and guessing wrong is silent.
+fn parse_duration(text: &str) -> Result<Duration, SyntaxError> {
+    let bad = || SyntaxError::BadDuration { found: text.into() };
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, "0"));
+    if whole.is_empty() || fraction.is_empty() || fraction.contains('.') {
+        return Err(bad());
+    }
+    let unit_nanos: u128 = match unit {
+        "ms" => 1_000_000,
+        "s" => 1_000_000_000,
+        "m" => 60_000_000_000,
+        "h" => 3_600_000_000_000,
+        "" => return Err(SyntaxError::DurationWithoutUnit { found: text.into() }),
+        _ => return Err(bad()),
+    };
+    // Exact decimal arithmetic, so 1.1s is 1_100_000_000ns and not a float's guess.
+    let too_long = || SyntaxError::DurationTooLong { found: text.into() };
+    let mantissa: u128 = format!("{whole}{fraction}")
+        .parse()
+        .map_err(|_| too_long())?;
+    let scale = 10u128
+        .checked_pow(fraction.len() as u32)
+        .ok_or_else(too_long)?;
+    let nanos = mantissa.checked_mul(unit_nanos).ok_or_else(too_long)? / scale;
+    let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| too_long())?;
+    Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::ExitStatus;
+
+    fn one(text: &str) -> Entry {
+        let mut config = parse(text, Path::new("armourd.conf")).unwrap();
+        assert_eq!(config.entries.len(), 1);
+        config.entries.remove(0)
+    }
+
+    /// Asserts that `text` is rejected with `expected` after `armourd.conf:`.
+    fn rejects(text: &str, expected: &str) {
+        let error = parse(text, Path::new("armourd.conf")).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!("armourd.conf:{expected}"),
+            "{text}"
+        );
+    }
+
+    fn clean(entry: &Entry, wait_status: i32) -> bool {
+        let status = ExitStatus::from_wait_status(wait_status as u32);
+        entry.success.is_clean(status)
+    }
+
+    #[test]
+    fn unknown_option_names_line_and_column() {
+        let text = "# watched\n\n/usr/local/bin/food-server sucess=1\n";
+        let error = parse(text, Path::new("armourd.conf")).unwrap_err();
+        let expected = "armourd.conf:3:28: unknown option 'sucess' (known: success, stop-timeout)";
+        assert_eq!(error.to_string(), expected);
+    }
+
+    #[test]
+    fn plain_path_gets_defaults_and_its_line() {
+        let text = "# comment\n\n   \n/usr/sbin/food\n\t/usr/bin/bar\t\n";
+        let config = parse(text, Path::new("armourd.conf")).unwrap();
+        let lines: Vec<_> = config.entries.iter().map(|e| e.line).collect();
+        assert_eq!(lines, [4, 5]);
+        let entry = &config.entries[0];
+        assert_eq!(entry.pattern, Pattern::Path("/usr/sbin/food".into()));
+        assert_eq!(entry.success, SuccessSet::default());
+        assert_eq!(entry.stop_timeout, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn quoted_path_may_contain_blanks() {
+        let entry = one(r#""/opt/my app/bin/x" stop-timeout=1s"#);
+        assert_eq!(entry.pattern, Pattern::Path("/opt/my app/bin/x".into()));
+        let entry = one(r#"/opt/"say \"hi\" \\ \n"/x"#);
+        assert_eq!(
+            entry.pattern,
+            Pattern::Path(r#"/opt/say "hi" \ \n/x"#.into())
+        );
+    }
+
+    #[test]
+    fn comment_may_follow_options() {
+        let entry = one("/opt/app/bin/server success=0,3 # ends with 3 on upgrade");
+        assert!(clean(&entry, 0x300));
+        // Inside a word, `#` is part of it.
+        assert_eq!(
+            one("/usr/bin/x#y #").pattern,
+            Pattern::Path("/usr/bin/x#y".into())
+        );
+    }
+
+    #[test]
+    fn success_list_replaces_default() {
+        let entry = one("/opt/app/bin/server  success=0,3  stop-timeout=5s");
+        assert!(clean(&entry, 0) && clean(&entry, 0x300));
+        assert!(!clean(&entry, libc::SIGTERM));
+    }
+
+    #[test]
+    fn success_takes_signal_names_in_any_case_and_quoted_blanks() {
+        let entry = one(r#"/x success="3, sigusr1 ,Term""#);
+        assert!(
+            clean(&entry, 0x300) && clean(&entry, libc::SIGUSR1) && clean(&entry, libc::SIGTERM)
+        );
+        assert!(!clean(&entry, 0));
+    }
+
+    #[test]
+    fn bad_success_items_are_pointed_at() {
+        let unknown = "(expected an exit code 0–255 or a signal name like TERM)";
+        let empty = "empty item in the success list \
+            (expected exit codes and signal names separated by commas, like 0,3,TERM)";
+        let cases = [
+            (
+                "/x success=0,300",
+                "1:14: bad exit code '300' (expected 0–255)".to_string(),
+            ),
+            (
+                r#"/x success="0, -1""#,
+                "1:16: bad exit code '-1' (expected 0–255)".into(),
+            ),
+            (
+                "/x success=0,TERMINATE",
+                format!("1:14: unknown signal name 'TERMINATE' {unknown}"),
+            ),
+            ("/x success=0,,3", format!("1:14: {empty}")),
+            ("/x success=0,", format!("1:14: {empty}")),
+        ];
+        for (text, expected) in cases {
+            rejects(text, &expected);
+        }
+    }
+
+    #[test]
+    fn durations_take_units_and_fractions() {
+        let timeout = |value: &str| one(&format!("/x stop-timeout={value}")).stop_timeout;
+        assert_eq!(timeout("500ms"), Duration::from_millis(500));
+        assert_eq!(timeout("1.5s"), Duration::from_millis(1500));
+        assert_eq!(timeout("0.1s"), Duration::from_millis(100));
+        assert_eq!(timeout("2m"), Duration::from_secs(120));
+        assert_eq!(timeout("1h"), Duration::from_secs(3600));
+        assert_eq!(timeout("0s"), Duration::ZERO);
+    }
+
+    #[test]
+    fn bare_number_duration_is_rejected() {
+        rejects(
+            "/x stop-timeout=5",
+            "1:17: duration '5' has no unit (add one, like 5s or 5ms)",
+        );
+    }
+
+    #[test]
+    fn malformed_durations_are_rejected() {
+        let expected = "(expected a number and a unit ms, s, m or h, like 5s, 1.5s or 500ms)";
+        for bad in ["s", "5sec", "1.s", ".5s", "1.2.3s", "-1s", "5 s"] {
+            rejects(
+                &format!(r#"/x stop-timeout="{bad}""#),
+                &format!("1:17: bad duration '{bad}' {expected}"),
+            );
+        }
+        let long = "99999999999999999999h";
+        rejects(
+            &format!("/x stop-timeout={long}"),
+            &format!("1:17: duration '{long}' is too long"),
+        );
+    }
+
+    #[test]
+    fn errors_say_where_and_what_was_expected() {
+        let cases = [
+            ("/x success=0 success=3", "1:14: option 'success' is given twice on this line"),
+            (r#"/x success="0,3"#, "1:12: unterminated quote (expected a closing \")"),
+            (r#""/x\""#, "1:1: unterminated quote (expected a closing \")"),
+            ("/x =3", "1:4: expected an option name before '=' (known: success, stop-timeout)"),
+            (
+                "/x success",
+                "1:4: expected an option like success=0,3, found 'success' (options are key=value)",
+            ),
+            (
+                "/x stop-timeout=",
+                "1:17: empty value for 'stop-timeout' (expected a duration, like 5s or 500ms)",
+            ),
+            (
+                r#"/x success="""#,
+                "1:12: empty value for 'success' (expected exit codes and signal names, like 0,3,TERM)",
+            ),
+            ("/opt/[bin/x", "1:6: invalid glob '/opt/[bin/x': invalid range pattern"),
+            ("  food", "1:3: expected an absolute path or glob, like /usr/sbin/food, found 'food'"),
+        ];
+        for (text, expected) in cases {
+            rejects(text, expected);
+        }
+    }
+
+    #[test]
+    fn glob_matches_canonical_path_within_one_directory() {
+        let entry = one("/opt/*/bin/x?");
+        assert_eq!(entry.pattern.to_string(), "/opt/*/bin/x?");
+        assert!(entry.matches(Path::new("/opt/app/bin/x1")));
+        assert!(!entry.matches(Path::new("/opt/app/sub/bin/x1")));
+        assert!(!entry.matches(Path::new("/opt/app/bin/x12")));
+        let entry = one("/usr/sbin/food");
+        assert!(entry.matches(Path::new("/usr/sbin/food")));
+        assert!(!entry.matches(Path::new("/usr/sbin/food2")));
+    }
+
+    #[test]
+    fn missing_file_is_a_read_error_unless_it_is_the_default() {
+        let missing = Path::new("/nonexistent/armourd-test.conf");
+        assert!(matches!(load(missing), Err(ConfigError::Read { .. })));
+        assert!(load_if_exists(missing).unwrap().is_none());
+    }
+}

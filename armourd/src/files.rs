@@ -1,1 +1,512 @@
-//! (in progress)
+//! Which files on disk the configured entries name (SPEC §2): the
+//! executables to watch with their keys as the kernel sees them, the
+//! interpreters of watched scripts, and the directories whose changes can
+//! change that list.
+
+use std::{
+    collections::HashSet,
+    ffi::OsStr,
+    fs::{self, Metadata, OpenOptions},
+    io::{self, Read},
+    os::unix::{
+        ffi::OsStrExt,
+        fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
+    },
+    path::{Path, PathBuf},
+};
+
+use armourd_common::FileKey;
+
+use crate::config::{Config, Entry, Pattern, GLOB_OPTIONS};
+
+/// How much of a file the kernel reads to find `#!` (`BINPRM_BUF_SIZE`).
+const HEAD_LEN: u64 = 256;
+
+/// An executable an entry names, as found on disk now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WatchedFile {
+    /// Index of the entry in `Config::entries`.
+    pub entry: usize,
+    /// Canonical path.
+    pub path: PathBuf,
+    /// Inode and device, as the eBPF programs see the executed file.
+    pub key: FileKey,
+    /// Canonical interpreter when the file is a `#!` script: the kernel
+    /// executes the interpreter, so that is what a process shows as its exe.
+    pub interpreter: Option<PathBuf>,
+}
+
+/// Every existing regular file with an execute bit that an entry names.
+/// A file named by several entries belongs to the first one.
+pub fn expand(config: &Config) -> Vec<WatchedFile> {
+    let mut seen = HashSet::new();
+    let mut files = Vec::new();
+    for (index, entry) in config.entries.iter().enumerate() {
+        for path in candidates(entry) {
+            match inspect(index, &path) {
+                Ok(Some(file)) if seen.insert(file.key) => files.push(file),
+                Ok(_) => {}
+                Err(e) => log::debug!("skipping {}: {e}", path.display()),
+            }
+        }
+    }
+    files
+}
+
+/// Canonical paths `entry` names, not yet checked to be executables.
+fn candidates(entry: &Entry) -> Vec<PathBuf> {
+    match &entry.pattern {
+        // Canonicalised again: a path installed after the configuration was
+        // loaded may be a symlink.
+        Pattern::Path(path) => match fs::canonicalize(path) {
+            Ok(canonical) => vec![canonical],
+            Err(e) => {
+                log::debug!("line {}: {}: {e}", entry.line, path.display());
+                Vec::new()
+            }
+        },
+        Pattern::Glob(glob) => glob_paths(glob.as_str())
+            .into_iter()
+            .filter_map(|path| match fs::canonicalize(&path) {
+                Ok(canonical) => Some(canonical),
+                Err(e) => {
+                    log::debug!("skipping {}: {e}", path.display());
+                    None
+                }
+            })
+            // A symlink in a globbed directory to a file elsewhere is not
+            // watched: the glob must match the path processes will show.
+            .filter(|canonical| entry.matches(canonical))
+            .collect(),
+    }
+}
+
+/// What `glob` lists for `pattern`; unreadable directories are skipped.
+fn glob_paths(pattern: &str) -> Vec<PathBuf> {
+    let paths = match glob::glob_with(pattern, GLOB_OPTIONS) {
+        Ok(paths) => paths,
+        Err(e) => {
+            log::debug!("invalid glob {pattern}: {e}");
+            return Vec::new();
+        }
+    };
+    paths
+        .filter_map(|path| path.map_err(|e| log::debug!("skipping {e}")).ok())
+        .collect()
+}
+
+/// The watched file at canonical `path`, or `None` when it is not a
+/// regular file with an execute bit.
+fn inspect(entry: usize, path: &Path) -> io::Result<Option<WatchedFile>> {
+    // Checked before opening: opening a FIFO or a device has effects.
+    if !is_executable(&fs::metadata(path)?) {
+        return Ok(None);
+    }
+    let mut file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    // The key comes from the opened file, so it belongs to the bytes read
+    // even if the path was replaced in between.
+    let metadata = file.metadata()?;
+    if !is_executable(&metadata) {
+        return Ok(None);
+    }
+    let mut head = Vec::new();
+    (&mut file).take(HEAD_LEN).read_to_end(&mut head)?;
+    let interpreter =
+        parse_shebang(&head).and_then(|interpreter| canonical_interpreter(path, &interpreter));
+    Ok(Some(WatchedFile {
+        entry,
+        path: path.to_path_buf(),
+        key: key_of(&metadata),
+        interpreter,
+    }))
+}
+
+fn is_executable(metadata: &Metadata) -> bool {
+    metadata.is_file() && metadata.permissions().mode() & 0o111 != 0
+}
+
+fn canonical_interpreter(script: &Path, interpreter: &Path) -> Option<PathBuf> {
+    // A relative interpreter is resolved by the kernel against the cwd of
+    // whoever runs the script, which is unknown here.
+    if !interpreter.is_absolute() {
+        log::debug!(
+            "{}: relative interpreter {} is not watched",
+            script.display(),
+            interpreter.display()
+        );
+        return None;
+    }
+    fs::canonicalize(interpreter)
+        .map_err(|e| {
+            log::debug!(
+                "{}: interpreter {}: {e}",
+                script.display(),
+                interpreter.display()
+            )
+        })
+        .ok()
+}
+
+/// The interpreter of a script whose first bytes are `head`, read the way
+/// the kernel does: after `#!` and blanks, up to a blank, newline or NUL
+/// (<https://github.com/torvalds/linux/blob/master/fs/binfmt_script.c>).
+/// `#!/bin/sh -e` is `/bin/sh`; `#!  /usr/bin/env python3` is `/usr/bin/env`.
+pub fn parse_shebang(head: &[u8]) -> Option<PathBuf> {
+    let rest = head.strip_prefix(b"#!")?;
+    let line = rest
+        .split(|b| *b == b'\n' || *b == 0)
+        .next()
+        .unwrap_or(rest);
+    let is_blank = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = line.iter().position(|b| !is_blank(b))?;
+    let name = line[start..].split(is_blank).next()?;
+    Some(PathBuf::from(OsStr::from_bytes(name)))
+}
+
+/// The key of the file at `path`, following symlinks.
+pub fn file_key(path: &Path) -> io::Result<FileKey> {
+    fs::metadata(path).map(|metadata| key_of(&metadata))
+}
+
+fn key_of(metadata: &Metadata) -> FileKey {
+    let dev = metadata.dev();
+    let (major, minor) = (nix::sys::stat::major(dev), nix::sys::stat::minor(dev));
+    // Linux majors have 12 bits and minors 20: both fit in u32.
+    FileKey::new(metadata.ino(), major as u32, minor as u32)
+}
+
+/// Resolves `path` like `fs::canonicalize`, also when its end does not exist
+/// yet: the longest existing ancestor is canonicalised and the rest appended.
+/// The error is why `path` itself could not be resolved.
+fn resolve(path: &Path) -> (PathBuf, Option<io::Error>) {
+    let error = match fs::canonicalize(path) {
+        Ok(canonical) => return (canonical, None),
+        Err(error) => error,
+    };
+    for ancestor in path.ancestors().skip(1) {
+        if let Ok(canonical) = fs::canonicalize(ancestor) {
+            let rest = path.strip_prefix(ancestor).unwrap_or(path);
+            return (canonical.join(rest), Some(error));
+        }
+    }
+    (path.to_path_buf(), Some(error))
+}
+
+/// Splits a glob before its first component with a metacharacter:
+/// `/usr/local/*/bin/x*` is `("/usr/local", "*/bin/x*")`.
+fn split_glob(pattern: &str) -> (&str, &str) {
+    let mut prefix_end = 0;
+    for (index, _) in pattern.match_indices('/') {
+        if pattern[prefix_end..index].contains(['*', '?', '[']) {
+            break;
+        }
+        prefix_end = index;
+    }
+    let prefix = if prefix_end == 0 {
+        "/"
+    } else {
+        &pattern[..prefix_end]
+    };
+    (prefix, &pattern[prefix_end + 1..])
+}
+
+/// Canonicalises an entry's path, or the literal directories before a
+/// glob's first wildcard, so both compare with `/proc/PID/exe`. `file` is
+/// the configuration file, for the warning about a path not there yet.
+pub(crate) fn canonicalise(entry: &mut Entry, file: &Path) {
+    let (canonical, path, error) = match &entry.pattern {
+        Pattern::Path(path) => {
+            let (canonical, error) = resolve(path);
+            (Pattern::Path(canonical), path.clone(), error)
+        }
+        Pattern::Glob(glob) => {
+            let (prefix, rest) = split_glob(glob.as_str());
+            let (dir, error) = resolve(Path::new(prefix));
+            // A canonical prefix that is not UTF-8 cannot be written as a
+            // glob; the pattern is then kept as written.
+            let rebuilt = dir
+                .to_str()
+                .and_then(|dir| glob::Pattern::new(&format!("{}/{rest}", escape_dir(dir))).ok())
+                .unwrap_or_else(|| glob.clone());
+            (Pattern::Glob(rebuilt), PathBuf::from(prefix), error)
+        }
+    };
+    entry.pattern = canonical;
+    match error {
+        Some(e) if e.kind() == io::ErrorKind::NotFound => log::warn!(
+            "{}:{}: {} does not exist yet; it is watched once it is installed",
+            file.display(),
+            entry.line,
+            path.display()
+        ),
+        Some(e) => log::warn!(
+            "{}:{}: cannot resolve {}: {e}",
+            file.display(),
+            entry.line,
+            path.display()
+        ),
+        None => {}
+    }
+}
+
+/// The glob text matching exactly the directory `dir`, without its trailing
+/// `/` so that joining with `/` never doubles it (`/` itself becomes "").
+fn escape_dir(dir: &str) -> String {
+    glob::Pattern::escape(dir.trim_end_matches('/'))
+}
+
+/// Existing directories whose changes (files created, renamed over,
+/// removed) may change what [`expand`] returns, canonical and without
+/// duplicates.
+pub fn watch_dirs(config: &Config) -> Vec<PathBuf> {
+    let mut dirs = Vec::new();
+    for entry in &config.entries {
+        match &entry.pattern {
+            Pattern::Path(path) => push_new(&mut dirs, nearest_dir(path.parent().unwrap_or(path))),
+            Pattern::Glob(glob) => glob_dirs(glob.as_str(), &mut dirs),
+        }
+    }
+    dirs
+}
+
+/// The canonical directory `path`, or its nearest existing ancestor: the
+/// missing directories appear there first.
+fn nearest_dir(path: &Path) -> Option<PathBuf> {
+    path.ancestors()
+        .find_map(|ancestor| fs::canonicalize(ancestor).ok().filter(|dir| dir.is_dir()))
+}
+
+/// The directories of a glob: its literal prefix, then every directory
+/// matching each wildcard level above the file name, since a directory
+/// created at any level can bring new matches (`/opt/*/bin/*`: `/opt`,
+/// `/opt/*` and `/opt/*/bin`).
+fn glob_dirs(pattern: &str, dirs: &mut Vec<PathBuf>) {
+    let (prefix, rest) = split_glob(pattern);
+    push_new(dirs, nearest_dir(Path::new(prefix)));
+    let levels: Vec<&str> = rest.split('/').collect();
+    for depth in 1..levels.len() {
+        let level = format!(
+            "{}/{}",
+            prefix.trim_end_matches('/'),
+            levels[..depth].join("/")
+        );
+        let Ok(level_pattern) = glob::Pattern::new(&level) else {
+            continue;
+        };
+        for path in glob_paths(&level) {
+            let dir = fs::canonicalize(path).ok().filter(|dir| dir.is_dir());
+            // As for files, a symlinked directory leading elsewhere cannot
+            // hold canonical matches.
+            push_new(
+                dirs,
+                dir.filter(|dir| level_pattern.matches_path_with(dir, GLOB_OPTIONS)),
+            );
+        }
+    }
+}
+
+fn push_new(dirs: &mut Vec<PathBuf>, dir: Option<PathBuf>) {
+    if let Some(dir) = dir.filter(|dir| !dirs.contains(dir)) {
+        dirs.push(dir);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        env,
+        os::unix::fs::symlink,
+        process,
+        sync::atomic::{AtomicUsize, Ordering},
+    };
+
+    use super::*;
+    use crate::config;
+
+    /// A fresh canonical directory under the system temp dir, removed on drop.
+    struct TestDir(PathBuf);
+
+    impl TestDir {
+        fn new() -> Self {
+            static COUNTER: AtomicUsize = AtomicUsize::new(0);
+            let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+            let path = env::temp_dir().join(format!("armourd-test-{}-{n}", process::id()));
+            let _ = fs::remove_dir_all(&path);
+            fs::create_dir_all(&path).unwrap();
+            Self(fs::canonicalize(&path).unwrap())
+        }
+
+        fn path(&self) -> &Path {
+            &self.0
+        }
+
+        /// Writes `content` to `name` (parents created) with `mode`.
+        fn file(&self, name: &str, content: &str, mode: u32) -> PathBuf {
+            let path = self.0.join(name);
+            fs::create_dir_all(path.parent().unwrap()).unwrap();
+            fs::write(&path, content).unwrap();
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+            path
+        }
+
+        /// Loads a configuration with `lines`, where `@` stands for this dir.
+        fn config(&self, lines: &str) -> Config {
+            let file = self.0.join("armourd.conf");
+            fs::write(&file, lines.replace('@', self.0.to_str().unwrap())).unwrap();
+            config::load(&file).unwrap()
+        }
+    }
+
+    impl Drop for TestDir {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn paths(files: &[WatchedFile]) -> Vec<&Path> {
+        files.iter().map(|file| file.path.as_path()).collect()
+    }
+
+    #[test]
+    fn split_glob_stops_before_the_first_wildcard_component() {
+        assert_eq!(
+            split_glob("/usr/local/*/bin/x*"),
+            ("/usr/local", "*/bin/x*")
+        );
+        assert_eq!(split_glob("/opt/a?"), ("/opt", "a?"));
+        assert_eq!(split_glob("/*"), ("/", "*"));
+    }
+
+    #[test]
+    fn load_canonicalises_paths_and_glob_prefixes() {
+        let dir = TestDir::new();
+        let real = dir.path().join("real");
+        fs::create_dir(&real).unwrap();
+        symlink(&real, dir.path().join("link")).unwrap();
+        let config = dir.config("@/link/food\n@/link/later/x\n@/link/b*\n");
+        assert_eq!(config.entries[0].pattern, Pattern::Path(real.join("food")));
+        assert_eq!(
+            config.entries[1].pattern,
+            Pattern::Path(real.join("later/x"))
+        );
+        assert!(config.entries[2].matches(&real.join("bar")));
+        assert!(!config.entries[2].matches(&dir.path().join("link/bar")));
+    }
+
+    #[test]
+    fn literal_path_names_the_executable_with_its_key() {
+        let dir = TestDir::new();
+        let food = dir.file("bin/food", "\x7fELF", 0o755);
+        let files = expand(&dir.config("@/bin/food\n"));
+        assert_eq!(paths(&files), [food.as_path()]);
+        assert_eq!(files[0].key, file_key(&food).unwrap());
+        assert_eq!(files[0].entry, 0);
+        assert_eq!(files[0].interpreter, None);
+    }
+
+    #[test]
+    fn symlink_to_a_file_is_watched_as_its_target() {
+        let dir = TestDir::new();
+        let food = dir.file("bin/food", "\x7fELF", 0o755);
+        symlink(&food, dir.path().join("alias")).unwrap();
+        assert_eq!(paths(&expand(&dir.config("@/alias\n"))), [food.as_path()]);
+        // Also when the link appeared after the configuration was loaded.
+        let text = format!("{}/alias", dir.path().display());
+        let unresolved = config::parse(&text, Path::new("test.conf")).unwrap();
+        assert_eq!(paths(&expand(&unresolved)), [food.as_path()]);
+    }
+
+    #[test]
+    fn glob_does_not_match_a_symlink_out_of_its_directory() {
+        let dir = TestDir::new();
+        let a = dir.file("bin/a", "\x7fELF", 0o755);
+        let outside = dir.file("outside/x", "\x7fELF", 0o755);
+        symlink(&outside, dir.path().join("bin/out")).unwrap();
+        symlink(&a, dir.path().join("bin/same")).unwrap();
+        // bin/same is bin/a again: one file.
+        assert_eq!(paths(&expand(&dir.config("@/bin/*\n"))), [a.as_path()]);
+    }
+
+    #[test]
+    fn glob_matches_canonical_path_of_a_symlinked_prefix() {
+        let dir = TestDir::new();
+        let a = dir.file("real/a", "\x7fELF", 0o755);
+        symlink(dir.path().join("real"), dir.path().join("link")).unwrap();
+        assert_eq!(paths(&expand(&dir.config("@/link/*\n"))), [a.as_path()]);
+    }
+
+    #[test]
+    fn script_with_shebang_names_its_interpreter() {
+        let dir = TestDir::new();
+        dir.file("bin/script", "#!/bin/sh -e\necho hi\n", 0o755);
+        let files = expand(&dir.config("@/bin/script\n"));
+        assert_eq!(
+            files[0].interpreter,
+            Some(fs::canonicalize("/bin/sh").unwrap())
+        );
+    }
+
+    #[test]
+    fn non_executable_file_and_directory_are_not_watched() {
+        let dir = TestDir::new();
+        dir.file("bin/data", "x", 0o644);
+        fs::create_dir(dir.path().join("bin/sub")).unwrap();
+        assert!(expand(&dir.config("@/bin/*\n@/bin/data\n@/bin/sub\n")).is_empty());
+    }
+
+    #[test]
+    fn first_entry_wins_for_a_file_named_twice() {
+        let dir = TestDir::new();
+        let a = dir.file("bin/a", "\x7fELF", 0o755);
+        let b = dir.file("bin/b", "\x7fELF", 0o755);
+        let files = expand(&dir.config("@/bin/b success=3\n@/bin/*\n"));
+        assert_eq!(paths(&files), [b.as_path(), a.as_path()]);
+        assert_eq!(files.iter().map(|f| f.entry).collect::<Vec<_>>(), [0, 1]);
+    }
+
+    #[test]
+    fn watch_dirs_cover_missing_parents_and_wildcard_levels() {
+        let dir = TestDir::new();
+        dir.file("apps/one/bin/x", "\x7fELF", 0o755);
+        fs::create_dir_all(dir.path().join("apps/two")).unwrap();
+        dir.file("apps/file", "", 0o644);
+        let config = dir.config("@/missing/sub/x\n@/apps/one/bin/x\n@/apps/*/bin/*\n");
+        let p = |name: &str| dir.path().join(name);
+        let expected = [
+            p(""),
+            p("apps/one/bin"),
+            p("apps"),
+            p("apps/one"),
+            p("apps/two"),
+        ];
+        assert_eq!(
+            watch_dirs(&config),
+            expected.map(|p| p.components().collect::<PathBuf>())
+        );
+    }
+
+    #[test]
+    fn shebang_interpreter_ends_at_a_blank_or_newline() {
+        assert_eq!(parse_shebang(b"#!/bin/sh -e\n"), Some("/bin/sh".into()));
+        assert_eq!(
+            parse_shebang(b"#!  /usr/bin/env python3"),
+            Some("/usr/bin/env".into())
+        );
+        assert_eq!(
+            parse_shebang(b"#!\t/bin/bash\nexit 1"),
+            Some("/bin/bash".into())
+        );
+        assert_eq!(parse_shebang(b"#!/bin/sh"), Some("/bin/sh".into()));
+    }
+
+    #[test]
+    fn no_shebang_means_no_interpreter() {
+        assert_eq!(parse_shebang(b"\x7fELF\x02\x01"), None);
+        assert_eq!(parse_shebang(b"#! \n/bin/sh"), None);
+        assert_eq!(parse_shebang(b"#!"), None);
+        assert_eq!(parse_shebang(b" #!/bin/sh"), None);
+    }
+}
