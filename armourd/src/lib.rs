@@ -10,3 +10,7 @@ pub mod spawn;
 pub mod status;
 pub mod supervisor;
 pub mod btf;
+pub mod backend;
+pub mod daemon;
+pub mod engine;
+pub mod watchlist;

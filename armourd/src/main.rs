@@ -1,1 +1,105 @@
-fn main() {}
+//! `armourd`: parses the command line, sets up logging, loads the
+//! configuration and runs the daemon (see the library's `daemon` module).
+
+use std::{io::Write, path::PathBuf, process::ExitCode};
+
+use anyhow::Context;
+use armourd::{config, daemon};
+use clap::{Parser, ValueEnum};
+
+/// A fast process watchdog: restarts crashed processes of the configured
+/// executables at once, exactly as they were started.
+#[derive(Parser, Debug)]
+#[command(name = "armourd", version, about)]
+struct Args {
+    /// Configuration file [default: /etc/armourd.conf]
+    #[arg(short, long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// More log output (-v debug, -vv trace)
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Event source
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: Backend,
+    /// Message bus to answer on
+    #[arg(long, value_enum, default_value = "system")]
+    dbus: Bus,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Backend {
+    Auto,
+    Ebpf,
+    ProcConnector,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Bus {
+    System,
+    Session,
+    None,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    init_logging(args.verbose);
+    let loaded = match &args.config {
+        Some(path) => config::load(path).map(Some),
+        None => config::load_default(),
+    };
+    let config = match loaded {
+        Ok(Some(config)) => config,
+        Ok(None) => {
+            log::info!(
+                "no configuration at /etc/armourd.conf: starting with no entries (processes can still be watched over D-Bus)"
+            );
+            config::Config::default()
+        }
+        Err(err) => {
+            log::error!("{}", daemon::error_chain(&err));
+            return ExitCode::from(2);
+        }
+    };
+    match run(config, &args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            log::error!("{err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .context("cannot start the event loop")?;
+    let choice = match args.backend {
+        Backend::Auto => daemon::BackendChoice::Auto,
+        Backend::Ebpf => daemon::BackendChoice::Ebpf,
+        Backend::ProcConnector => daemon::BackendChoice::ProcConnector,
+    };
+    if args.dbus != Bus::None {
+        log::warn!("D-Bus is not available in this version; running without it");
+    }
+    runtime.block_on(daemon::run(config, choice))?;
+    Ok(())
+}
+
+fn init_logging(verbose: u8) {
+    let level = match verbose {
+        0 => log::LevelFilter::Info,
+        1 => log::LevelFilter::Debug,
+        _ => log::LevelFilter::Trace,
+    };
+    env_logger::Builder::new()
+        .filter_level(level)
+        // aya's loader is chatty at debug level; its details matter only when tracing.
+        .filter_module("aya", level.min(log::LevelFilter::Info).max(if verbose > 1 { level } else { log::LevelFilter::Warn }))
+        .parse_env("ARMOURD_LOG")
+        .format(|out, record| {
+            writeln!(out, "armourd: {}: {}", record.level().as_str().to_lowercase(), record.args())
+        })
+        .init();
+}

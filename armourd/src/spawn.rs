@@ -1,1 +1,686 @@
-//! (in progress)
+//! Starting a process from a [`LaunchSpec`]: the only place that forks and
+//! execs (SPEC §5).
+//!
+//! It works like glibc's `posix_spawn`: everything that allocates is
+//! prepared first, then `clone(CLONE_VM | CLONE_VFORK)` runs the child on a
+//! stack of its own in the parent's memory while the calling thread waits
+//! until the child has executed the program or failed. No page tables are
+//! copied, which keeps restarts fast. Because the memory is shared, the
+//! child only makes async-signal-safe calls, never allocates or panics, and
+//! sets ids with raw system calls (glibc's `setuid` would signal the
+//! parent's other threads to change theirs too). A failure in the child is
+//! written into a slot of the shared memory, which the parent reads once it
+//! resumes; nothing there means the exec succeeded.
+
+use std::{
+    borrow::Cow,
+    ffi::{c_int, c_void, CStr, CString, OsStr},
+    io,
+    os::unix::ffi::OsStrExt,
+    path::PathBuf,
+    ptr,
+};
+
+use crate::launch::{LaunchSpec, StdioTarget};
+
+/// Why a process could not be started.
+#[derive(thiserror::Error, Debug)]
+pub enum SpawnError {
+    /// The spec cannot be passed to `execve`.
+    #[error("cannot start the process: {what}")]
+    Prepare { what: &'static str },
+    /// No new process could be created (out of memory or process slots).
+    #[error("cannot create a process")]
+    Fork(#[source] io::Error),
+    /// The new process failed at `step` before it could execute `exe`.
+    #[error("cannot start {}: {step} failed", exe.display())]
+    Exec {
+        exe: PathBuf,
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Starts a process as `spec` says and returns its pid once it executes
+/// `spec.exe`. The caller reaps it; a child that failed before its exec is
+/// reaped here.
+pub fn spawn(spec: &LaunchSpec) -> Result<u32, SpawnError> {
+    let prepared = Prepared::new(spec)?;
+    let stack = Stack::new().map_err(SpawnError::Fork)?;
+    let mut shared = Shared {
+        prepared: &prepared,
+        failure: None,
+    };
+    let (pid, clone_error) = {
+        let _blocked = SignalsBlocked::new();
+        // SAFETY: `child_main` only reads `shared.prepared` and writes
+        // `shared.failure`, which outlive the call: CLONE_VFORK suspends this
+        // thread until the child has executed the program or exited. The
+        // stack top is the page-aligned end of a live mapping. All signals
+        // are blocked so no handler of ours runs on the child's stack.
+        let pid = unsafe {
+            libc::clone(
+                child_main,
+                stack.top(),
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                ptr::addr_of_mut!(shared).cast(),
+            )
+        };
+        (pid, io::Error::last_os_error())
+    };
+    drop(stack);
+    if pid < 0 {
+        return Err(SpawnError::Fork(clone_error));
+    }
+    // SAFETY: the child wrote this slot, if at all, before the clone returned.
+    let failure = unsafe { ptr::read_volatile(ptr::addr_of!(shared.failure)) };
+    let Some((step, errno)) = failure else {
+        return Ok(pid as u32);
+    };
+    reap(pid);
+    Err(SpawnError::Exec {
+        exe: spec.exe.clone(),
+        step,
+        source: io::Error::from_raw_os_error(errno),
+    })
+}
+
+/// Waits for a child that failed before its exec (it has exited already).
+fn reap(pid: libc::pid_t) {
+    let mut status = 0;
+    // SAFETY: plain system call on our own child; ECHILD (someone else reaped
+    // it) is fine.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0
+        && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+    {}
+}
+
+/// A file the child opens as one of its standard descriptors.
+struct StdioOpen {
+    path: Cow<'static, CStr>,
+    flags: c_int,
+}
+
+/// Everything the child needs, allocated before the clone.
+struct Prepared {
+    exe: CString,
+    // The pointer arrays point into these.
+    _argv: Vec<CString>,
+    _env: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    env_ptrs: Vec<*const libc::c_char>,
+    cwd: CString,
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: Vec<libc::gid_t>,
+    /// Unprivileged and already in exactly these groups: setgroups's EPERM
+    /// changes nothing.
+    groups_already_set: bool,
+    umask: libc::mode_t,
+    session_leader: bool,
+    stdio: [StdioOpen; 3],
+    default_action: libc::sigaction,
+    empty_mask: libc::sigset_t,
+}
+
+fn c_string(bytes: &OsStr, what: &'static str) -> Result<CString, SpawnError> {
+    CString::new(bytes.as_bytes()).map_err(|_| SpawnError::Prepare { what })
+}
+
+fn c_strings(list: &[std::ffi::OsString], what: &'static str) -> Result<Vec<CString>, SpawnError> {
+    list.iter().map(|s| c_string(s, what)).collect()
+}
+
+/// A NULL-terminated array of pointers into `strings`.
+fn pointers(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain([ptr::null()])
+        .collect()
+}
+
+impl Prepared {
+    fn new(spec: &LaunchSpec) -> Result<Self, SpawnError> {
+        let argv = c_strings(&spec.argv, "argv contains a NUL byte")?;
+        let env = c_strings(&spec.env, "the environment contains a NUL byte")?;
+        let stdio = |i: usize, flags| -> Result<StdioOpen, SpawnError> {
+            let path = match &spec.stdio[i] {
+                StdioTarget::Null => Cow::Borrowed(c"/dev/null"),
+                StdioTarget::File(path) => Cow::Owned(c_string(
+                    path.as_os_str(),
+                    "a stdio path contains a NUL byte",
+                )?),
+            };
+            let flags = flags | libc::O_NOCTTY | libc::O_CLOEXEC;
+            Ok(StdioOpen { path, flags })
+        };
+        let append = libc::O_WRONLY | libc::O_APPEND | libc::O_CREAT;
+        let groups_already_set = !nix::unistd::geteuid().is_root() && {
+            let mut current: Vec<u32> = nix::unistd::getgroups()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|g| g.as_raw())
+                .collect();
+            let mut wanted = spec.groups.clone();
+            current.sort_unstable();
+            wanted.sort_unstable();
+            current == wanted
+        };
+        // SAFETY: all-zero is a valid sigaction (SIG_DFL, no flags) and a
+        // valid sigset_t, which sigemptyset then initialises properly.
+        let (default_action, mut empty_mask): (libc::sigaction, libc::sigset_t) =
+            unsafe { (std::mem::zeroed(), std::mem::zeroed()) };
+        // SAFETY: a valid pointer to a sigset_t.
+        unsafe { libc::sigemptyset(&mut empty_mask) };
+        Ok(Self {
+            exe: c_string(
+                spec.exe.as_os_str(),
+                "the executable path contains a NUL byte",
+            )?,
+            argv_ptrs: pointers(&argv),
+            env_ptrs: pointers(&env),
+            _argv: argv,
+            _env: env,
+            cwd: c_string(
+                spec.cwd.as_os_str(),
+                "the working directory contains a NUL byte",
+            )?,
+            uid: spec.uid,
+            gid: spec.gid,
+            groups: spec.groups.clone(),
+            groups_already_set,
+            umask: spec.umask & 0o7777,
+            session_leader: spec.session_leader,
+            stdio: [
+                stdio(0, libc::O_RDONLY)?,
+                stdio(1, append)?,
+                stdio(2, append)?,
+            ],
+            default_action,
+            empty_mask,
+        })
+    }
+}
+
+/// What parent and child share: the child reads `prepared` and reports a
+/// failure in `failure`.
+struct Shared<'a> {
+    prepared: &'a Prepared,
+    failure: Option<(&'static str, c_int)>,
+}
+
+/// The child's stack: an anonymous mapping with a guard page below it.
+struct Stack {
+    base: *mut c_void,
+    len: usize,
+}
+
+impl Stack {
+    const SIZE: usize = 128 * 1024;
+
+    fn new() -> io::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let len = Self::SIZE + page;
+        // SAFETY: a fresh anonymous private mapping; no existing memory is touched.
+        let base = unsafe {
+            libc::mmap(
+                ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let stack = Self { base, len };
+        // SAFETY: the first page of the mapping we own; an overflow faults
+        // there instead of writing below the mapping.
+        if unsafe { libc::mprotect(base, page, libc::PROT_NONE) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(stack)
+    }
+
+    /// The highest address: stacks grow down on every Linux architecture
+    /// Rust supports but PA-RISC.
+    fn top(&self) -> *mut c_void {
+        // SAFETY: one past the end of the mapping.
+        unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping, no longer used: the child has executed
+        // another program or exited.
+        unsafe { libc::munmap(self.base, self.len) };
+    }
+}
+
+/// Blocks every signal in the calling thread while it lives, so no signal
+/// handler runs in the child, which shares this memory. glibc keeps its two
+/// internal signals unblocked; it only ever sends them to threads it knows,
+/// never to the child.
+struct SignalsBlocked {
+    old: libc::sigset_t,
+}
+
+impl SignalsBlocked {
+    fn new() -> Self {
+        // SAFETY: valid pointers to sigset_t values, initialised by sigfillset
+        // and pthread_sigmask.
+        unsafe {
+            let mut all: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigfillset(&mut all);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
+            Self { old }
+        }
+    }
+}
+
+impl Drop for SignalsBlocked {
+    fn drop(&mut self) {
+        // SAFETY: restores the mask saved by `new`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, ptr::null_mut()) };
+    }
+}
+
+/// A failed step in the child and its errno.
+type Failure = (&'static str, c_int);
+
+/// The child: runs on its own stack in the parent's memory.
+extern "C" fn child_main(arg: *mut c_void) -> c_int {
+    let shared = arg.cast::<Shared>();
+    // SAFETY: `arg` is the `Shared` of `spawn`, alive while the parent waits.
+    let prepared = unsafe { (*shared).prepared };
+    let failure = match run_child(prepared) {
+        Err(failure) => failure,
+    };
+    // SAFETY: as above; the parent reads the slot only after we exit.
+    unsafe {
+        ptr::write_volatile(ptr::addr_of_mut!((*shared).failure), Some(failure));
+        libc::_exit(127)
+    }
+}
+
+/// This thread's errno (in the child: the suspended parent thread's).
+fn errno() -> c_int {
+    // SAFETY: __errno_location always returns a valid pointer.
+    unsafe { *libc::__errno_location() }
+}
+
+/// `Err` with the current errno when a call returned -1.
+fn check(step: &'static str, ret: libc::c_long) -> Result<(), Failure> {
+    if ret == -1 {
+        Err((step, errno()))
+    } else {
+        Ok(())
+    }
+}
+
+const OPEN_STEPS: [&str; 3] = ["open stdin", "open stdout", "open stderr"];
+const DUP_STEPS: [&str; 3] = ["dup2 stdin", "dup2 stdout", "dup2 stderr"];
+
+/// The steps of the child in order; returns only on failure. Only
+/// async-signal-safe calls, no allocation, nothing that can panic.
+fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
+    // SAFETY (all blocks in this function): system calls on pointers into
+    // `p`, which outlives the child's use of it; none of them allocates.
+    if p.session_leader {
+        check("setsid", unsafe { libc::setsid() }.into())?;
+    } else {
+        check("setpgid", unsafe { libc::setpgid(0, 0) }.into())?;
+    }
+    // Signals are 1..=64 on Linux (_NSIG is 65).
+    for signal in 1..65 {
+        if signal != libc::SIGKILL && signal != libc::SIGSTOP {
+            // glibc's internal signals give EINVAL; exec resets their handlers.
+            unsafe { libc::sigaction(signal, &p.default_action, ptr::null_mut()) };
+        }
+    }
+    let ret = unsafe { libc::sigprocmask(libc::SIG_SETMASK, &p.empty_mask, ptr::null_mut()) };
+    check("sigprocmask", ret.into())?;
+    set_ids(p)?;
+    unsafe { libc::umask(p.umask) };
+    check("chdir", unsafe { libc::chdir(p.cwd.as_ptr()) }.into())?;
+    for (target, ((stdio, open), dup)) in (0..).zip(p.stdio.iter().zip(OPEN_STEPS).zip(DUP_STEPS)) {
+        let fd = unsafe { libc::open(stdio.path.as_ptr(), stdio.flags, 0o644) };
+        check(open, fd.into())?;
+        let ret = if fd == target {
+            unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }
+        } else {
+            unsafe { libc::dup2(fd, target) }
+        };
+        check(dup, ret.into())?;
+    }
+    close_on_exec_from_3()?;
+    unsafe { libc::execve(p.exe.as_ptr(), p.argv_ptrs.as_ptr(), p.env_ptrs.as_ptr()) };
+    Err(("execve", errno()))
+}
+
+/// Groups, then gid, then uid — real, effective and saved — with raw system
+/// calls: glibc's wrappers would ask the parent's other threads to follow.
+fn set_ids(p: &Prepared) -> Result<(), Failure> {
+    // SAFETY: system calls with integer arguments and a pointer to
+    // `p.groups`, which outlives the call.
+    unsafe {
+        // Arguments go through C varargs: widen them to a full register.
+        let ret = libc::syscall(
+            libc::SYS_setgroups,
+            p.groups.len() as libc::c_long,
+            p.groups.as_ptr(),
+        );
+        if !(ret == -1 && errno() == libc::EPERM && p.groups_already_set) {
+            check("setgroups", ret)?;
+        }
+        let (uid, gid) = (libc::c_long::from(p.uid), libc::c_long::from(p.gid));
+        check("setgid", libc::syscall(libc::SYS_setresgid, gid, gid, gid))?;
+        check("setuid", libc::syscall(libc::SYS_setresuid, uid, uid, uid))
+    }
+}
+
+/// Marks every descriptor from 3 up close-on-exec, so none of armourd's
+/// leaks into the new program. `CLOSE_RANGE_CLOEXEC` needs Linux 5.11; older
+/// kernels get a loop up to the descriptor limit.
+fn close_on_exec_from_3() -> Result<(), Failure> {
+    // SAFETY: system calls with integer arguments and a pointer to a local.
+    unsafe {
+        let (first, last) = (3 as libc::c_ulong, libc::c_ulong::from(u32::MAX));
+        let flags = libc::c_ulong::from(libc::CLOSE_RANGE_CLOEXEC);
+        if libc::syscall(libc::SYS_close_range, first, last, flags) == 0 {
+            return Ok(());
+        }
+        if !matches!(errno(), libc::ENOSYS | libc::EINVAL) {
+            return Err(("close_range", errno()));
+        }
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        check(
+            "getrlimit",
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit).into(),
+        )?;
+        let max = c_int::try_from(limit.rlim_cur).unwrap_or(c_int::MAX);
+        for fd in 3..max {
+            libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        ffi::OsString,
+        fs,
+        os::unix::{ffi::OsStringExt, fs::PermissionsExt},
+        path::Path,
+        time::{Duration, Instant},
+    };
+
+    use super::*;
+    use crate::procfs;
+
+    /// A fresh directory writable by everyone (children run as nobody).
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("armourd-spawn-{}-{name}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        dir.canonicalize().unwrap()
+    }
+
+    fn wait(pid: u32) -> i32 {
+        let mut status = 0;
+        // SAFETY: waits for our own child.
+        assert_eq!(
+            unsafe { libc::waitpid(pid as i32, &mut status, 0) },
+            pid as i32
+        );
+        status
+    }
+
+    /// Runs `argv` (argv[0] is the executable) with stdout and stderr
+    /// appended to `dir/out`, waits for it and returns what it wrote.
+    fn run(dir: &Path, mut spec: LaunchSpec) -> Vec<u8> {
+        let out = dir.join("out");
+        spec.stdio[1] = StdioTarget::File(out.clone());
+        spec.stdio[2] = StdioTarget::File(out.clone());
+        let pid = spawn(&spec).unwrap();
+        assert_eq!(wait(pid), 0, "{:?} failed", spec.argv);
+        fs::read(out).unwrap()
+    }
+
+    fn sh(script: &str) -> LaunchSpec {
+        let mut spec = LaunchSpec::minimal(
+            "/bin/sh".into(),
+            vec!["sh".into(), "-c".into(), script.into()],
+        );
+        spec.uid = 0;
+        spec.gid = 0;
+        spec
+    }
+
+    #[test]
+    fn argv_and_env_are_passed_exactly() {
+        let dir = temp_dir("argv");
+        let mut spec = sh("cat /proc/$$/cmdline; printf '|'; cat /proc/$$/environ");
+        spec.argv[0] = OsString::from_vec(b"my\xffsh".to_vec());
+        spec.argv
+            .extend(["", "\u{e9}", "", "last arg"].map(OsString::from));
+        spec.argv.push(OsString::from_vec(b"\xfe\xfd".to_vec()));
+        spec.env = ["B=2", "A=1", "EMPTY=", "X=y=z", "NO_EQUALS_SIGN", "A=again"]
+            .map(OsString::from)
+            .to_vec();
+        spec.env.push(OsString::from_vec(b"BYTES=\xff".to_vec()));
+        spec.cwd = dir.clone();
+        let out = run(&dir, spec.clone());
+        let mut expected = Vec::new();
+        for arg in &spec.argv {
+            expected.extend(arg.as_encoded_bytes());
+            expected.push(0);
+        }
+        expected.push(b'|');
+        for entry in &spec.env {
+            expected.extend(entry.as_encoded_bytes());
+            expected.push(0);
+        }
+        assert_eq!(out, expected);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn ids_groups_umask_cwd_and_process_group_are_set() {
+        let dir = temp_dir("ids");
+        let mut spec = sh("id -u; id -g; id -ru; id -rg; id -G; umask; pwd; \
+                           read -r line < /proc/$$/stat; set -- $line; echo $1 $5 $6");
+        (spec.uid, spec.gid, spec.groups) = (65534, 65534, vec![4242, 4343]);
+        spec.umask = 0o027;
+        spec.cwd = dir.clone();
+        let out = String::from_utf8(run(&dir, spec)).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[..7],
+            [
+                "65534",
+                "65534",
+                "65534",
+                "65534",
+                "65534 4242 4343",
+                "0027",
+                dir.to_str().unwrap()
+            ]
+        );
+        let ids: Vec<u32> = lines[7].split(' ').map(|s| s.parse().unwrap()).collect();
+        let (pid, pgrp, session) = (ids[0], ids[1], ids[2]);
+        assert_eq!(pgrp, pid, "own process group");
+        assert_ne!(session, pid, "not a session leader");
+        let mode = fs::metadata(dir.join("out")).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o640, "created as 0644 minus umask");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_session_leader_gets_its_own_session() {
+        let dir = temp_dir("session");
+        let spec = sh("read -r line < /proc/$$/stat; set -- $line; echo $1 $5 $6");
+        let spec = LaunchSpec {
+            session_leader: true,
+            ..spec
+        };
+        let out = String::from_utf8(run(&dir, spec)).unwrap();
+        let ids: Vec<&str> = out.split_whitespace().collect();
+        assert_eq!(ids, [ids[0]; 3]);
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn stdout_and_stderr_are_appended_and_stdin_is_reopened() {
+        let dir = temp_dir("append");
+        fs::write(dir.join("out"), "old\n").unwrap();
+        fs::write(dir.join("in"), "from stdin\n").unwrap();
+        let mut spec = sh("cat; echo out; echo err >&2");
+        spec.stdio[0] = StdioTarget::File(dir.join("in"));
+        assert_eq!(run(&dir, spec), b"old\nfrom stdin\nout\nerr\n");
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn signal_mask_and_ignored_signals_are_reset() {
+        let dir = temp_dir("signals");
+        // SAFETY: blocks SIGUSR2 in this test's thread only. The test
+        // harness (like the daemon) ignores SIGPIPE.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR2);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, ptr::null_mut());
+        }
+        let spec = sh("grep -E '^Sig(Blk|Ign)' /proc/$$/status");
+        let out = run(&dir, spec);
+        assert_eq!(
+            out,
+            b"SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn no_descriptor_of_the_parent_leaks() {
+        let dir = temp_dir("fds");
+        // SAFETY: plain descriptor calls; std opens everything close-on-exec,
+        // so these two are opened without O_CLOEXEC on purpose.
+        let leaky = unsafe {
+            let fd = libc::open(c"/dev/null".as_ptr(), libc::O_RDONLY);
+            let high = libc::fcntl(fd, libc::F_DUPFD, 300);
+            libc::close(fd);
+            high
+        };
+        assert!(leaky >= 300);
+        let spec = LaunchSpec {
+            uid: 0,
+            gid: 0,
+            ..LaunchSpec::minimal("/bin/ls".into(), vec!["ls".into(), "/proc/self/fd".into()])
+        };
+        let out = String::from_utf8(run(&dir, spec)).unwrap();
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(leaky) };
+        // 3 is the directory ls reads.
+        assert_eq!(
+            out.split_whitespace().collect::<Vec<_>>(),
+            ["0", "1", "2", "3"]
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn a_missing_executable_is_an_execve_error() {
+        let spec = LaunchSpec::minimal("/nonexistent/armourd-test".into(), vec!["x".into()]);
+        match spawn(&spec) {
+            Err(SpawnError::Exec { step, source, .. }) => {
+                assert_eq!(step, "execve");
+                assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_working_directory_is_a_chdir_error() {
+        let spec = LaunchSpec {
+            cwd: "/nonexistent/armourd-test".into(),
+            ..sh("true")
+        };
+        let err = spawn(&spec).unwrap_err();
+        assert!(
+            matches!(err, SpawnError::Exec { step: "chdir", .. }),
+            "{err:?}"
+        );
+        assert_eq!(err.to_string(), "cannot start /bin/sh: chdir failed");
+    }
+
+    #[test]
+    fn a_nul_byte_in_argv_is_refused_before_forking() {
+        let spec = LaunchSpec::minimal("/bin/true".into(), vec!["a\0b".into()]);
+        let err = spawn(&spec).unwrap_err();
+        assert!(matches!(
+            err,
+            SpawnError::Prepare {
+                what: "argv contains a NUL byte"
+            }
+        ));
+    }
+
+    /// A child is visible in /proc with its argv only once exec has set it up.
+    fn wait_for_cmdline(pid: u32) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while fs::read(format!("/proc/{pid}/cmdline")).unwrap().is_empty() {
+            assert!(Instant::now() < deadline, "no cmdline for {pid}");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_captured_spec_is_reproduced_by_spawn() {
+        let dir = temp_dir("roundtrip");
+        let exe = Path::new("/bin/sleep").canonicalize().unwrap();
+        let spec = LaunchSpec {
+            exe: exe.clone(),
+            argv: vec![OsString::from_vec(b"sl\xffeep".to_vec()), "30".into()],
+            env: vec!["Z=1".into(), "A=".into()],
+            cwd: dir.clone(),
+            uid: 65534,
+            gid: 65534,
+            groups: vec![4242],
+            umask: 0o077,
+            stdio: [
+                StdioTarget::Null,
+                StdioTarget::File(dir.join("log")),
+                StdioTarget::Null,
+            ],
+            session_leader: true,
+        };
+        let pid = spawn(&spec).unwrap();
+        wait_for_cmdline(pid);
+        let captured = procfs::capture(
+            pid,
+            procfs::exe_path(pid).unwrap(),
+            procfs::Known::default(),
+        );
+        // SAFETY: our own child.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        wait(pid);
+        fs::remove_dir_all(&dir).unwrap();
+        let null = StdioTarget::File("/dev/null".into());
+        let expected = LaunchSpec {
+            stdio: [null.clone(), spec.stdio[1].clone(), null],
+            ..spec
+        };
+        assert_eq!(captured.unwrap(), expected);
+    }
+}

@@ -186,6 +186,25 @@ impl Supervisor {
         self.by_pid.contains_key(&pid)
     }
 
+    /// Whether `pid` is a restart armourd spawned whose exec was not yet reported.
+    pub fn awaits_exec(&self, pid: u32) -> bool {
+        self.by_pid
+            .get(&pid)
+            .and_then(|id| self.instances[id].leader)
+            .is_some_and(|leader| leader == ProcId { pid, start: None })
+    }
+
+    /// The exec of a spawned restart was reported: its start time is known now.
+    pub fn exec_confirmed(&mut self, pid: u32, start: Option<u64>) -> Vec<Action> {
+        if let Some(id) = self.by_pid.get(&pid) {
+            let instance = self.instances.get_mut(id).expect("indexed instance");
+            if let Some(leader) = instance.leader.as_mut().filter(|l| l.pid == pid) {
+                leader.start = start;
+            }
+        }
+        Vec::new()
+    }
+
     /// Every watched process (leaders and members) with its start time.
     pub fn watched(&self) -> Vec<ProcId> {
         let mut all = Vec::new();

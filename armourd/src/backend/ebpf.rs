@@ -1,0 +1,245 @@
+//! The eBPF backend: loads `armourd-ebpf` (BTF tracepoints on
+//! `sched_process_{exec,fork,exit}`), hands it the running kernel's offsets,
+//! and reads its ring buffer through tokio's `AsyncFd`.
+//!
+//! Needs Linux 5.8+ (ring buffer) with BTF, and CAP_BPF + CAP_PERFMON (or root).
+
+use std::{ffi::OsStr, io, os::unix::ffi::OsStrExt};
+
+use armourd_common::{
+    EventKind, ExecRecord, ExitRecord, FileKey, ForkRecord, Header, EXEC_INTERPRETER,
+    FILE_INTERPRETER, FILE_WATCHED,
+};
+use aya::{
+    maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
+    programs::{BtfTracePoint, ProgramError},
+    Btf, Ebpf, EbpfLoader,
+};
+use tokio::io::unix::AsyncFd;
+
+use super::{Event, ExecEvent, FileMark};
+use crate::{btf, launch::split_nul, status::ExitStatus};
+
+#[cfg(ebpf_object)]
+static OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
+    env!("OUT_DIR"),
+    "/armourd-ebpf.o"
+)));
+#[cfg(not(ebpf_object))]
+static OBJECT: Option<&[u8]> = None;
+
+const PROGRAMS: [&str; 3] = [
+    "sched_process_exit",
+    "sched_process_fork",
+    "sched_process_exec",
+];
+
+/// Why the eBPF backend cannot run.
+#[derive(thiserror::Error, Debug)]
+pub enum EbpfError {
+    #[error("this armourd was built without its eBPF object (build it with `cargo xtask build`)")]
+    NotBuiltIn,
+    #[error("the kernel has no BTF at {}", btf::VMLINUX)]
+    NoBtf,
+    #[error(transparent)]
+    Offsets(#[from] btf::BtfError),
+    #[error("cannot load the eBPF object (needs Linux 5.8+ with ring buffers, and CAP_BPF + CAP_PERFMON or root)")]
+    Load(#[source] aya::EbpfError),
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    #[error("the kernel rejected program {program}")]
+    Program {
+        program: &'static str,
+        #[source]
+        source: ProgramError,
+    },
+    #[error("eBPF map {map}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("cannot poll the ring buffer")]
+    Poll(#[source] io::Error),
+}
+
+/// The loaded programs and the maps armourd talks to.
+pub struct EbpfBackend {
+    /// Owns the programs and their links: dropping it detaches them.
+    _ebpf: Ebpf,
+    ring: AsyncFd<RingBuf<MapData>>,
+    pids: HashMap<MapData, u32, u32>,
+    files: HashMap<MapData, FileKey, u32>,
+    lost: PerCpuArray<MapData, u64>,
+    lost_seen: u64,
+    ns_per_tick: u64,
+}
+
+impl EbpfBackend {
+    /// Loads and attaches the programs. Must run inside the tokio runtime.
+    pub fn load() -> Result<Self, EbpfError> {
+        let object = OBJECT.ok_or(EbpfError::NotBuiltIn)?;
+        if !std::path::Path::new(btf::VMLINUX).exists() {
+            return Err(EbpfError::NoBtf);
+        }
+        let offsets = btf::kernel_offsets()?;
+        let kernel_btf = Btf::from_sys_fs().map_err(|_| EbpfError::NoBtf)?;
+        let mut ebpf = EbpfLoader::new()
+            .btf(Some(&kernel_btf))
+            .override_global("OFFSETS", &offsets, true)
+            .load(object)
+            .map_err(EbpfError::Load)?;
+        for program in PROGRAMS {
+            let tracepoint: &mut BtfTracePoint = ebpf
+                .program_mut(program)
+                .ok_or(EbpfError::Missing(program))?
+                .try_into()
+                .map_err(|source| EbpfError::Program { program, source })?;
+            tracepoint
+                .load(program, &kernel_btf)
+                .and_then(|()| tracepoint.attach().map(drop))
+                .map_err(|source| EbpfError::Program { program, source })?;
+        }
+        let ring = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
+            .map_err(|source| EbpfError::Map { map: "EVENTS", source })?;
+        let pids = HashMap::try_from(take_map(&mut ebpf, "WATCHED_PIDS")?)
+            .map_err(|source| EbpfError::Map { map: "WATCHED_PIDS", source })?;
+        let files = HashMap::try_from(take_map(&mut ebpf, "WATCHED_FILES")?)
+            .map_err(|source| EbpfError::Map { map: "WATCHED_FILES", source })?;
+        let lost = PerCpuArray::try_from(take_map(&mut ebpf, "LOST")?)
+            .map_err(|source| EbpfError::Map { map: "LOST", source })?;
+        Ok(Self {
+            _ebpf: ebpf,
+            // SAFETY: the AsyncFd owns the ring buffer, which owns the map descriptor.
+            ring: unsafe { AsyncFd::register(ring) }.map_err(|e| EbpfError::Poll(e.into()))?,
+            pids,
+            files,
+            lost,
+            lost_seen: 0,
+            ns_per_tick: 1_000_000_000 / crate::procfs::clock_ticks_per_second(),
+        })
+    }
+
+    /// Waits for records and appends their events to `out`.
+    pub async fn read(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        let ns_per_tick = self.ns_per_tick;
+        let ring = guard.get_inner_mut();
+        while let Some(item) = ring.next() {
+            match decode(&item, ns_per_tick) {
+                Some(event) => out.push(event),
+                None => log::warn!(
+                    "ignored a malformed eBPF record of {} bytes (kernel half and daemon out of step?)",
+                    item.len()
+                ),
+            }
+        }
+        guard.clear_ready();
+        drop(guard);
+        let lost = self.lost_total();
+        if lost > self.lost_seen {
+            out.push(Event::Lost {
+                count: lost - self.lost_seen,
+            });
+            self.lost_seen = lost;
+        }
+        Ok(())
+    }
+
+    fn lost_total(&self) -> u64 {
+        self.lost
+            .get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().sum())
+            .unwrap_or(self.lost_seen)
+    }
+
+    /// Reports events about `pid` from now on.
+    pub fn watch(&mut self, pid: u32) -> Result<(), MapError> {
+        self.pids.insert(pid, 0, 0)
+    }
+
+    /// Stops reporting events about `pid`.
+    pub fn unwatch(&mut self, pid: u32) {
+        // Absent already when the kernel removed it at its exit.
+        let _ = self.pids.remove(&pid);
+    }
+
+    /// Marks executions of `file` for reporting.
+    pub fn set_file(&mut self, file: FileKey, mark: FileMark) -> Result<(), MapError> {
+        let value = match mark {
+            FileMark::Watched => FILE_WATCHED,
+            FileMark::Interpreter => FILE_INTERPRETER,
+        };
+        self.files.insert(file, value, 0)
+    }
+
+    /// Stops reporting executions of `file`.
+    pub fn remove_file(&mut self, file: FileKey) {
+        let _ = self.files.remove(&file);
+    }
+}
+
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, EbpfError> {
+    ebpf.take_map(name).ok_or(EbpfError::Missing(name))
+}
+
+/// Reads a `T` from the start of `bytes`, if it is long enough.
+fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+    (bytes.len() >= size_of::<T>())
+        // SAFETY: long enough, and T is a repr(C) record of plain integers.
+        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
+}
+
+/// Turns one ring buffer record into an event.
+fn decode(bytes: &[u8], ns_per_tick: u64) -> Option<Event> {
+    let header: Header = read(bytes)?;
+    let start = Some(header.start_boottime_ns / ns_per_tick);
+    Some(match EventKind::from_raw(header.kind)? {
+        EventKind::Exit => {
+            let record: ExitRecord = read(bytes)?;
+            Event::Exit {
+                pid: header.tgid,
+                start,
+                status: ExitStatus::from_wait_status(record.status),
+                ktime_ns: Some(header.ktime_ns),
+            }
+        }
+        EventKind::Fork => {
+            let record: ForkRecord = read(bytes)?;
+            Event::Fork {
+                parent: record.parent_tgid,
+                child: header.tgid,
+                start,
+            }
+        }
+        EventKind::Exec => Event::Exec(decode_exec(bytes, start)?),
+    })
+}
+
+fn decode_exec(bytes: &[u8], start: Option<u64>) -> Option<ExecEvent> {
+    let aligned = bytes.as_ptr().align_offset(align_of::<ExecRecord>()) == 0;
+    if bytes.len() < size_of::<ExecRecord>() || !aligned {
+        return None;
+    }
+    // SAFETY: checked length and alignment (ring buffer records are
+    // 8-byte aligned); every bit pattern is a valid ExecRecord.
+    let record = unsafe { &*bytes.as_ptr().cast::<ExecRecord>() };
+    let area = |buf: &[u8], len: u32| buf.get(..len as usize).map(split_nul);
+    // A truncated area is read from /proc instead.
+    let whole = |flag: u32| record.flags & flag == 0;
+    Some(ExecEvent {
+        pid: record.header.tgid,
+        start,
+        file: Some(record.file),
+        argv: area(&record.args, record.args_len)
+            .filter(|a| whole(armourd_common::EXEC_ARGS_TRUNCATED) && !a.is_empty()),
+        env: area(&record.env, record.env_len).filter(|_| whole(armourd_common::EXEC_ENV_TRUNCATED)),
+        uid: Some(record.uid),
+        gid: Some(record.gid),
+        filename: (record.flags & EXEC_INTERPRETER != 0)
+            .then(|| record.filename.get(..record.filename_len as usize))
+            .flatten()
+            .map(|name| OsStr::from_bytes(name).to_owned()),
+        ktime_ns: Some(record.header.ktime_ns),
+    })
+}

@@ -1,0 +1,78 @@
+//! Event sources. Every backend turns what the kernel reports into the same
+//! [`Event`]s and keeps the kernel-side filter (watched pids, watched files)
+//! current; it decides nothing.
+
+use std::ffi::OsString;
+
+use armourd_common::FileKey;
+
+use crate::status::ExitStatus;
+
+pub mod ebpf;
+
+/// Something the kernel reported about a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A process executed a program.
+    Exec(ExecEvent),
+    /// A watched process forked `child` (a new process, not a thread).
+    Fork {
+        parent: u32,
+        child: u32,
+        start: Option<u64>,
+    },
+    /// The last thread of a watched process ended.
+    Exit {
+        pid: u32,
+        /// Start time in clock ticks since boot, when the backend knows it.
+        start: Option<u64>,
+        status: ExitStatus,
+        /// CLOCK_MONOTONIC nanoseconds of the end, when the backend knows it.
+        ktime_ns: Option<u64>,
+    },
+    /// Events were lost (a full buffer): reconcile with /proc.
+    Lost { count: u64 },
+}
+
+/// A process executed a program; what the backend could capture at that moment.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct ExecEvent {
+    pub pid: u32,
+    pub start: Option<u64>,
+    /// The executed file, when the backend knows it (else read `/proc/PID/exe`).
+    pub file: Option<FileKey>,
+    /// argv as it was at exec, before the program could change it.
+    pub argv: Option<Vec<OsString>>,
+    pub env: Option<Vec<OsString>>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    /// The file name given to `execve`, for scripts run by a watched interpreter.
+    pub filename: Option<OsString>,
+    pub ktime_ns: Option<u64>,
+}
+
+/// Which backend runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Ebpf,
+    ProcConnector,
+}
+
+impl Kind {
+    /// The name used on the command line, in the log and on D-Bus.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Ebpf => "ebpf",
+            Self::ProcConnector => "proc-connector",
+        }
+    }
+}
+
+/// How a watched file is marked in the kernel filter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileMark {
+    /// Executions of it start instances.
+    Watched,
+    /// It interprets a watched script: executions are reported with their file name.
+    Interpreter,
+}

@@ -1,0 +1,467 @@
+//! The event loop: kernel events, signals, directory changes and deadlines
+//! go into the [`Supervisor`]; the [`Action`]s it returns are carried out
+//! here, and only here.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    ffi::OsString,
+    io,
+    time::Instant,
+};
+
+use nix::{
+    errno::Errno,
+    sys::{
+        signal::{kill, killpg, Signal},
+        wait::{waitpid, WaitPidFlag, WaitStatus},
+    },
+    unistd::Pid,
+};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{signal, SignalKind},
+};
+
+use crate::{
+    backend::{Event, ExecEvent},
+    config::Config,
+    engine::Engine,
+    launch::LaunchSpec,
+    procfs,
+    spawn,
+    status::ExitStatus,
+    supervisor::{Action, Exec, Notice, Policy, ProcId, Supervisor, Target},
+    watchlist::{DirWatch, Match, WatchList},
+};
+
+/// Which backend to run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendChoice {
+    Auto,
+    Ebpf,
+    ProcConnector,
+}
+
+/// Why the daemon stopped.
+#[derive(thiserror::Error, Debug)]
+pub enum DaemonError {
+    #[error("cannot start the {backend} backend")]
+    Backend {
+        backend: &'static str,
+        #[source]
+        source: crate::engine::EngineError,
+    },
+    #[error("cannot set up {what}")]
+    Setup {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the event source failed")]
+    Events(#[source] io::Error),
+}
+
+/// The running daemon's state.
+pub struct Daemon {
+    engine: Engine,
+    supervisor: Supervisor,
+    config: Config,
+    watchlist: WatchList,
+    /// Kernel time of the end of crashed processes, by the pid that replaced them.
+    exit_ktimes: HashMap<u32, u64>,
+}
+
+/// Runs armourd until SIGTERM or SIGINT. Must run inside a tokio runtime.
+pub async fn run(config: Config, choice: BackendChoice) -> Result<(), DaemonError> {
+    let engine = Engine::start(choice)?;
+    let policies = config
+        .entries
+        .iter()
+        .map(|e| Policy {
+            success: e.success,
+            stop_timeout: e.stop_timeout,
+        })
+        .collect();
+    let mut daemon = Daemon {
+        engine,
+        supervisor: Supervisor::new(policies),
+        watchlist: WatchList::new(&config),
+        config,
+        exit_ktimes: HashMap::new(),
+    };
+    daemon.install_marks();
+    daemon.adopt(None);
+    let mut dirs = DirWatch::new()
+        .map_err(|e| setup("an inotify instance", e.into()))
+        .and_then(|d| {
+            // SAFETY: the AsyncFd owns the DirWatch, which owns the descriptor.
+            unsafe { AsyncFd::register(d) }.map_err(|e| setup("inotify polling", e.into()))
+        })?;
+    dirs.get_mut().update(&daemon.config);
+    log::info!(
+        "ready: backend={}, {} watched, {} entries, {} executables",
+        daemon.engine.kind().name(),
+        daemon.supervisor.watched().len(),
+        daemon.config.entries.len(),
+        daemon.watchlist.len()
+    );
+    daemon.event_loop(&mut dirs).await
+}
+
+fn setup(what: &'static str, source: io::Error) -> DaemonError {
+    DaemonError::Setup { what, source }
+}
+
+impl Daemon {
+    async fn event_loop(&mut self, dirs: &mut AsyncFd<DirWatch>) -> Result<(), DaemonError> {
+        let mut term = signal(SignalKind::terminate()).map_err(|e| setup("SIGTERM", e))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| setup("SIGINT", e))?;
+        let mut hup = signal(SignalKind::hangup()).map_err(|e| setup("SIGHUP", e))?;
+        let mut chld = signal(SignalKind::child()).map_err(|e| setup("SIGCHLD", e))?;
+        let mut events = Vec::new();
+        loop {
+            let deadline = self.supervisor.next_deadline();
+            let sleep = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                biased;
+                read = self.engine.read(&mut events) => {
+                    read.map_err(DaemonError::Events)?;
+                    for event in events.drain(..) {
+                        self.handle(event);
+                    }
+                }
+                _ = chld.recv() => reap(),
+                ready = dirs.readable() => {
+                    if let Ok(mut guard) = ready {
+                        guard.clear_ready();
+                    }
+                    if dirs.get_ref().drain() {
+                        self.rescan_files();
+                        dirs.get_mut().update(&self.config);
+                    }
+                }
+                () = sleep => {
+                    let actions = self.supervisor.tick(Instant::now());
+                    self.apply(actions);
+                }
+                _ = hup.recv() => log::info!(
+                    "SIGHUP: reloading the configuration is not supported yet; restart armourd to apply changes"
+                ),
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        log::info!(
+            "stopping; {} watched processes keep running",
+            self.supervisor.watched().len()
+        );
+        Ok(())
+    }
+
+    fn handle(&mut self, event: Event) {
+        let now = Instant::now();
+        let actions = match event {
+            Event::Exec(exec) => self.exec(exec, now),
+            Event::Fork {
+                parent,
+                child,
+                start,
+            } => self.supervisor.fork(parent, ProcId { pid: child, start }),
+            Event::Exit {
+                pid,
+                start,
+                status,
+                ktime_ns,
+            } => {
+                log::debug!("pid {pid} ended: {status}");
+                if let Some(ktime) = ktime_ns {
+                    self.exit_ktimes.insert(pid, ktime);
+                }
+                self.supervisor.exit(pid, start, status, now)
+            }
+            Event::Lost { count } => {
+                log::warn!("{count} kernel events were lost (buffer full); reconciling with /proc");
+                self.reconcile(now);
+                Vec::new()
+            }
+        };
+        self.apply(actions);
+    }
+
+    fn exec(&mut self, exec: ExecEvent, now: Instant) -> Vec<Action> {
+        let pid = exec.pid;
+        if let (Some(ktime), Some(exit)) = (exec.ktime_ns, self.exit_ktimes.remove(&pid)) {
+            log::debug!(
+                "pid {pid} restart latency {} µs (crash to exec, kernel clock)",
+                ktime.saturating_sub(exit) / 1000
+            );
+        }
+        if self.supervisor.awaits_exec(pid) {
+            return self.supervisor.exec_confirmed(pid, exec.start);
+        }
+        let key = match exec.file {
+            Some(key) => key,
+            None => match procfs::exe_key(pid) {
+                Ok(key) => key,
+                Err(_) => return self.supervisor.exec_other(pid),
+            },
+        };
+        let argv = match &exec.argv {
+            Some(argv) => argv.clone(),
+            None => procfs::cmdline(pid).unwrap_or_default(),
+        };
+        let Some(found) = self.watchlist.classify(pid, &key, exec.filename.as_deref(), &argv)
+        else {
+            return self.supervisor.exec_other(pid);
+        };
+        let (entry, exe, script_argv) = (found.file.entry, found.file.path.clone(), found.script_argv);
+        let argv = strip_interpreter(argv, script_argv);
+        let known = procfs::Known {
+            argv: Some(argv.clone()),
+            env: exec.env,
+            uid: exec.uid,
+            gid: exec.gid,
+        };
+        let (spec, leads_group) = capture(pid, exe, known, argv);
+        let exec = Exec {
+            proc: ProcId {
+                pid,
+                start: exec.start,
+            },
+            entry: Some(entry),
+            spec,
+            leads_group,
+            adopted: false,
+        };
+        self.supervisor.exec(exec, now)
+    }
+
+    /// Adopts running processes of watched files (of `only`, if given).
+    fn adopt(&mut self, only: Option<&[armourd_common::FileKey]>) {
+        let now = Instant::now();
+        let found = self.watchlist.scan(only);
+        let mut adopted: Vec<(u32, procfs::Stat, usize)> = Vec::new();
+        let mut actions = Vec::new();
+        for (pid, stat, Match { file, script_argv }, argv) in found {
+            if self.supervisor.is_watched(pid) {
+                continue;
+            }
+            let start = Some(stat.start_ticks);
+            // A process forked (same program, same group) by an adopted one is
+            // part of that instance.
+            let parent = adopted
+                .iter()
+                .find(|(p, s, e)| *p == stat.ppid && *e == file.entry && s.pgrp == stat.pgrp);
+            if let Some((parent, _, _)) = parent {
+                actions.extend(self.supervisor.fork(*parent, ProcId { pid, start }));
+                continue;
+            }
+            let argv = strip_interpreter(argv, script_argv);
+            let known = procfs::Known {
+                argv: Some(argv.clone()),
+                ..procfs::Known::default()
+            };
+            let (spec, leads_group) = capture(pid, file.path.clone(), known, argv);
+            let exec = Exec {
+                proc: ProcId { pid, start },
+                entry: Some(file.entry),
+                spec,
+                leads_group,
+                adopted: true,
+            };
+            actions.extend(self.supervisor.exec(exec, now));
+            adopted.push((pid, stat, file.entry));
+        }
+        self.apply(actions);
+        // A process that ended between the scan and its watch was not seen ending.
+        for proc in self.supervisor.watched() {
+            if !alive(proc) {
+                let actions = self.supervisor.exit(proc.pid, proc.start, ExitStatus::Unknown, now);
+                self.apply(actions);
+            }
+        }
+    }
+
+    /// After lost events: ends that went unseen count as crashes, and
+    /// processes whose exec went unseen are adopted.
+    fn reconcile(&mut self, now: Instant) {
+        for proc in self.supervisor.watched() {
+            if !alive(proc) {
+                let actions = self.supervisor.exit(proc.pid, proc.start, ExitStatus::Unknown, now);
+                self.apply(actions);
+            }
+        }
+        self.adopt(None);
+    }
+
+    /// Re-reads which files the entries name, after a directory changed.
+    fn rescan_files(&mut self) {
+        let newer = WatchList::new(&self.config);
+        let added = newer.added_since(&self.watchlist);
+        for (key, _) in self.watchlist.marks() {
+            self.engine.remove_file(key);
+        }
+        self.watchlist = newer;
+        self.install_marks();
+        if !added.is_empty() {
+            log::info!("{} new executables match the configuration", added.len());
+            self.adopt(Some(&added));
+        }
+    }
+
+    fn install_marks(&mut self) {
+        for (key, mark) in self.watchlist.marks() {
+            if let Err(err) = self.engine.set_file(key, mark) {
+                log::warn!("cannot watch executable {key:?} in the kernel filter: {err}");
+            }
+        }
+    }
+
+    /// Carries out `actions` and whatever they lead to.
+    fn apply(&mut self, actions: Vec<Action>) {
+        let mut queue = VecDeque::from(actions);
+        while let Some(action) = queue.pop_front() {
+            match action {
+                Action::Spawn { instance, spec } => {
+                    let result = spawn::spawn(&spec).map_err(|e| error_chain(&e));
+                    queue.extend(self.supervisor.spawned(instance, result, Instant::now()));
+                }
+                Action::Signal { target, signal } => send(target, signal),
+                Action::Watch(pid) => {
+                    if let Err(err) = self.engine.watch(pid) {
+                        log::warn!("cannot watch pid {pid} in the kernel filter: {err}");
+                    }
+                }
+                Action::Unwatch(pid) => self.engine.unwatch(pid),
+                Action::Notify(notice) => self.notify(notice),
+            }
+        }
+    }
+
+    fn notify(&mut self, notice: Notice) {
+        match notice {
+            Notice::Watching { pid, exe, adopted } => log::info!(
+                "{} pid {pid} ({})",
+                if adopted { "adopted" } else { "watching" },
+                exe.display()
+            ),
+            Notice::Exited {
+                pid,
+                exe,
+                status,
+                will_restart,
+            } => {
+                let what = if will_restart { "crashed" } else { "ended" };
+                let then = if will_restart { "; restarting" } else { "" };
+                log::info!("pid {pid} ({}) {what}: {status}{then}", exe.display());
+            }
+            Notice::HandedOff { from, to, exe } => log::info!(
+                "pid {from} ({}) ended cleanly; watching its child pid {to}",
+                exe.display()
+            ),
+            Notice::Restarted {
+                old_pid,
+                new_pid,
+                exe,
+                restarts,
+            } => {
+                if let Some(ktime) = self.exit_ktimes.remove(&old_pid) {
+                    self.exit_ktimes.insert(new_pid, ktime);
+                }
+                log::info!(
+                    "restarted {}: pid {old_pid} -> pid {new_pid} (restart {restarts})",
+                    exe.display()
+                );
+            }
+            Notice::RestartFailed {
+                exe,
+                reason,
+                retry_in,
+            } => log::error!(
+                "restarting {} failed: {reason}; trying again in {} s",
+                exe.display(),
+                retry_in.as_secs_f32()
+            ),
+            Notice::Unwatched { pid, exe, reason } => {
+                log::info!("stopped watching pid {pid} ({}): {reason}", exe.display())
+            }
+        }
+    }
+}
+
+/// For a script run by its interpreter: argv from the script path on.
+fn strip_interpreter(argv: Vec<OsString>, script_argv: Option<usize>) -> Vec<OsString> {
+    match script_argv {
+        Some(index) if index < argv.len() => argv[index..].to_vec(),
+        _ => argv,
+    }
+}
+
+/// Captures a process's launch context; for a process that is already gone,
+/// what the kernel reported and safe defaults.
+fn capture(pid: u32, exe: std::path::PathBuf, known: procfs::Known, argv: Vec<OsString>) -> (LaunchSpec, bool) {
+    let leads_group = procfs::stat(pid).is_ok_and(|s| s.pgrp == pid);
+    let (env, uid, gid) = (known.env.clone(), known.uid, known.gid);
+    match procfs::capture(pid, exe.clone(), known) {
+        Ok(spec) => (spec, leads_group),
+        Err(err) => {
+            log::warn!("pid {pid}: cannot read its launch context ({}); a restart uses what the kernel reported and /dev/null for stdio", error_chain(&err));
+            let mut spec = LaunchSpec::minimal(exe, argv);
+            spec.env = env.unwrap_or_default();
+            if let (Some(uid), Some(gid)) = (uid, gid) {
+                spec.uid = uid;
+                spec.gid = gid;
+                spec.groups = vec![gid];
+            }
+            (spec, leads_group)
+        }
+    }
+}
+
+/// Whether the process still runs (a zombie counts as ended).
+fn alive(proc: ProcId) -> bool {
+    procfs::stat(proc.pid)
+        .is_ok_and(|s| proc.start.is_none_or(|start| start == s.start_ticks) && !s.zombie)
+}
+
+fn send(target: Target, signal: i32) {
+    let Ok(sig) = Signal::try_from(signal) else {
+        return;
+    };
+    let (result, what) = match target {
+        Target::Process(pid) => (kill(Pid::from_raw(pid as i32), sig), "pid"),
+        Target::Group(pgid) => (killpg(Pid::from_raw(pgid as i32), sig), "process group"),
+    };
+    match result {
+        Ok(()) => log::debug!("sent {sig} to {what} {target:?}"),
+        Err(Errno::ESRCH) => {}
+        Err(err) => log::warn!("cannot send {sig} to {what} {target:?}: {err}"),
+    }
+}
+
+/// Reaps every ended child (restarted processes are armourd's children).
+fn reap() {
+    loop {
+        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(_) => break,
+            Ok(status) => log::trace!("reaped {status:?}"),
+        }
+    }
+}
+
+/// An error with its causes, for one log line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -1,0 +1,227 @@
+//! The executables armourd watches right now, by kernel file key, and the
+//! look-ups that tie a process to one of them: its executable, or for a
+//! script, the interpreter plus the script's path on its command line.
+
+use std::{
+    collections::HashMap,
+    ffi::{OsStr, OsString},
+    os::fd::{AsFd, AsRawFd, RawFd},
+    path::{Path, PathBuf},
+};
+
+use armourd_common::FileKey;
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+use crate::{
+    backend::FileMark,
+    config::Config,
+    files::{self, WatchedFile},
+    procfs,
+};
+
+/// The watched files of a configuration, as found on disk.
+#[derive(Debug, Default)]
+pub struct WatchList {
+    files: HashMap<FileKey, WatchedFile>,
+    interpreters: HashMap<FileKey, PathBuf>,
+}
+
+/// A running process that runs a watched file.
+#[derive(Debug)]
+pub struct Match<'a> {
+    pub file: &'a WatchedFile,
+    /// For a script: the index in the interpreter's argv where the
+    /// script's own command line starts (the script path).
+    pub script_argv: Option<usize>,
+}
+
+impl WatchList {
+    /// Finds on disk what `config` names.
+    pub fn new(config: &Config) -> Self {
+        let mut list = Self::default();
+        for file in files::expand(config) {
+            if let Some(interpreter) = &file.interpreter {
+                match files::file_key(interpreter) {
+                    Ok(key) => {
+                        list.interpreters.insert(key, interpreter.clone());
+                    }
+                    Err(err) => log::warn!(
+                        "script {}: its interpreter {} cannot be used: {err}",
+                        file.path.display(),
+                        interpreter.display()
+                    ),
+                }
+            }
+            list.files.insert(file.key, file);
+        }
+        list
+    }
+
+    /// How many files are watched.
+    pub fn len(&self) -> usize {
+        self.files.len()
+    }
+
+    /// Whether nothing is watched.
+    pub fn is_empty(&self) -> bool {
+        self.files.is_empty()
+    }
+
+    /// The marks the kernel filter needs.
+    pub fn marks(&self) -> impl Iterator<Item = (FileKey, FileMark)> + '_ {
+        let files = self.files.keys().map(|k| (*k, FileMark::Watched));
+        files.chain(self.interpreters.keys().map(|k| (*k, FileMark::Interpreter)))
+    }
+
+    /// The watched file with `key`, if it is not a script.
+    pub fn file(&self, key: &FileKey) -> Option<&WatchedFile> {
+        self.files.get(key).filter(|f| f.interpreter.is_none())
+    }
+
+    /// Whether `key` is the interpreter of a watched script.
+    pub fn is_interpreter(&self, key: &FileKey) -> bool {
+        self.interpreters.contains_key(key)
+    }
+
+    /// What process `pid`, running the file `key`, runs: the file itself,
+    /// or the watched script that `filename` (given to execve) or its argv names.
+    pub fn classify(
+        &self,
+        pid: u32,
+        key: &FileKey,
+        filename: Option<&OsStr>,
+        argv: &[OsString],
+    ) -> Option<Match<'_>> {
+        if let Some(file) = self.file(key) {
+            return Some(Match {
+                file,
+                script_argv: None,
+            });
+        }
+        if !self.is_interpreter(key) {
+            return None;
+        }
+        let named = |name: &OsStr| -> Option<&WatchedFile> {
+            let path = Path::new(name);
+            let path = if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                Path::new(&format!("/proc/{pid}/cwd")).join(path)
+            };
+            let key = files::file_key(&path).ok()?;
+            self.files.get(&key).filter(|f| f.interpreter.is_some())
+        };
+        // The kernel puts the script's path after the interpreter and its
+        // one optional argument.
+        let file = match filename {
+            Some(name) => named(name)?,
+            None => argv.iter().skip(1).take(2).find_map(|a| named(a))?,
+        };
+        let index = argv
+            .iter()
+            .skip(1)
+            .position(|a| named(a).is_some_and(|f| f.key == file.key))
+            .map(|i| i + 1)?;
+        Some(Match {
+            file,
+            script_argv: Some(index),
+        })
+    }
+
+    /// Running processes of watched files (all of them, or only those in `only`).
+    pub fn scan(&self, only: Option<&[FileKey]>) -> Vec<(u32, procfs::Stat, Match<'_>, Vec<OsString>)> {
+        let mut found = Vec::new();
+        let own = std::process::id();
+        for pid in procfs::pids().unwrap_or_default() {
+            if pid == own {
+                continue;
+            }
+            let Ok(key) = procfs::exe_key(pid) else {
+                continue;
+            };
+            let wanted = |k: &FileKey| only.is_none_or(|keys| keys.contains(k));
+            if !(self.files.contains_key(&key) || self.is_interpreter(&key)) {
+                continue;
+            }
+            let Ok(argv) = procfs::cmdline(pid) else {
+                continue;
+            };
+            let Some(found_match) = self.classify(pid, &key, None, &argv) else {
+                continue;
+            };
+            if !wanted(&found_match.file.key) {
+                continue;
+            }
+            if let Ok(stat) = procfs::stat(pid) {
+                found.push((pid, stat, found_match, argv));
+            }
+        }
+        found.sort_by_key(|(pid, stat, _, _)| (stat.start_ticks, *pid));
+        found
+    }
+
+    /// Keys in `self` that are not in `older`.
+    pub fn added_since(&self, older: &WatchList) -> Vec<FileKey> {
+        self.files
+            .keys()
+            .filter(|k| !older.files.contains_key(k))
+            .copied()
+            .collect()
+    }
+}
+
+/// Notices files appearing in, or renamed into, the directories that the
+/// configuration's entries and globs name.
+pub struct DirWatch {
+    inotify: Inotify,
+    watched: Vec<PathBuf>,
+}
+
+impl DirWatch {
+    /// An inotify instance (non-blocking, close-on-exec) without watches.
+    pub fn new() -> nix::Result<Self> {
+        Ok(Self {
+            inotify: Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?,
+            watched: Vec::new(),
+        })
+    }
+
+    /// Watches every directory `config` depends on (adds the new ones).
+    pub fn update(&mut self, config: &Config) {
+        let flags = AddWatchFlags::IN_CREATE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_ATTRIB
+            | AddWatchFlags::IN_ONLYDIR;
+        for dir in files::watch_dirs(config) {
+            if self.watched.contains(&dir) {
+                continue;
+            }
+            match self.inotify.add_watch(&dir, flags) {
+                Ok(_) => self.watched.push(dir),
+                Err(err) => log::warn!(
+                    "cannot watch {} for new executables ({err}); binaries installed there are found at the next rescan",
+                    dir.display()
+                ),
+            }
+        }
+    }
+
+    /// Reads pending notifications; true if there were any.
+    pub fn drain(&self) -> bool {
+        let mut any = false;
+        while let Ok(events) = self.inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            any = true;
+        }
+        any
+    }
+}
+
+impl AsRawFd for DirWatch {
+    fn as_raw_fd(&self) -> RawFd {
+        self.inotify.as_fd().as_raw_fd()
+    }
+}
