@@ -1,1 +1,131 @@
+//! Harness for armourd's integration tests: they start the real daemon as
+//! root against real processes (copies of the `testee` program) on the real
+//! kernel (SPEC §10).
+//!
+//! - [`Sandbox`]: a temporary directory per test with its own copies of the
+//!   testee, its config file and report files; on drop it kills, by pid,
+//!   every process the test started or that recorded itself in a report
+//!   (restarts, workers, daemons) and checks that none is left.
+//! - [`Daemon`]: the armourd process, its log collected in the background
+//!   and printed when the test fails.
+//! - [`Report`]: the records the testees append (`start`, `workers`, …).
+//! - [`backend_tests!`]: instantiates each test once per event backend.
+//!
+//! Waits poll with short sleeps and generous timeouts: a timeout only means
+//! "it never happened", never "it was too slow" (timings belong in
+//! `cargo xtask bench`).
 
+mod daemon;
+mod launch;
+pub mod process;
+mod report;
+mod sandbox;
+
+use std::{
+    path::PathBuf,
+    sync::OnceLock,
+    time::{Duration, Instant},
+};
+
+pub use daemon::Daemon;
+pub use launch::LaunchExt;
+pub use report::{Record, Report, Start};
+pub use sandbox::Sandbox;
+
+/// How long to wait for something that should happen (a restart, a record).
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long to watch for something that must not happen (a restart of a
+/// cleanly ended or unwatched process).
+pub const QUIET_WINDOW: Duration = Duration::from_millis(1500);
+
+/// An event backend of armourd (`--backend`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Ebpf,
+    ProcConnector,
+}
+
+impl Backend {
+    /// The value of `--backend` and of `backend=` in the ready line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Ebpf => "ebpf",
+            Backend::ProcConnector => "proc-connector",
+        }
+    }
+
+    /// Whether `ARMOURD_TEST_BACKEND` (a comma-separated list of backend
+    /// names, or `all`) selects this backend; unset selects every backend.
+    fn selected(self) -> bool {
+        match std::env::var("ARMOURD_TEST_BACKEND") {
+            Err(_) => true,
+            Ok(list) => list.split(',').map(str::trim).any(|b| b == "all" || b == self.name()),
+        }
+    }
+}
+
+static TESTEE: OnceLock<PathBuf> = OnceLock::new();
+
+/// The built testee program, which tests copy into their sandbox.
+pub(crate) fn testee_bin() -> &'static PathBuf {
+    TESTEE.get().expect("tests must be run through backend_tests!")
+}
+
+/// Runs one instance of a test: called by [`backend_tests!`].
+pub fn run(backend: Backend, testee: &str, test: fn(Backend)) {
+    TESTEE.get_or_init(|| PathBuf::from(testee));
+    if !backend.selected() {
+        eprintln!(
+            "NOT RUN: backend {} is not in ARMOURD_TEST_BACKEND={:?}",
+            backend.name(),
+            std::env::var("ARMOURD_TEST_BACKEND").unwrap_or_default()
+        );
+        return;
+    }
+    assert!(
+        unsafe { libc::geteuid() } == 0,
+        "the integration tests start armourd and load eBPF programs: run them as root \
+         (`cargo xtask test`, or `sudo -E cargo test -p armourd-tests`)"
+    );
+    test(backend)
+}
+
+/// Instantiates tests `fn NAME(backend: Backend)` once per event backend,
+/// as `ebpf::NAME` (and, once that backend exists, `proc_connector::NAME`).
+#[macro_export]
+macro_rules! backend_tests {
+    ($($name:ident),* $(,)?) => {
+        $crate::backend_tests!(@instances ebpf, Ebpf, $($name),*);
+        // The proc connector backend: uncomment once armourd has it.
+        // $crate::backend_tests!(@instances proc_connector, ProcConnector, $($name),*);
+    };
+    (@instances $module:ident, $backend:ident, $($name:ident),*) => {
+        mod $module {
+            $(
+                #[test]
+                fn $name() {
+                    $crate::run($crate::Backend::$backend, env!("CARGO_BIN_EXE_testee"), super::$name)
+                }
+            )*
+        }
+    };
+}
+
+/// Polls `condition` every 20 ms until it holds (true) or `timeout` passes (false).
+pub fn wait_until(timeout: Duration, mut condition: impl FnMut() -> bool) -> bool {
+    wait_for(timeout, || condition().then_some(())).is_some()
+}
+
+/// Polls `probe` every 20 ms until it gives a value or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

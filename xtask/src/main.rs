@@ -1,1 +1,63 @@
-fn main() {}
+//! `cargo xtask …`: sets up the eBPF toolchain, builds both halves, runs the
+//! daemon (plain or with a demo) and runs every test.
+
+mod build_cmd;
+mod cmd;
+mod demo;
+mod run;
+mod setup;
+mod test;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, run and test armourd")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what the eBPF half needs when missing (nightly rust-src, bpf-linker)
+    Setup(setup::SetupOptions),
+    /// Build the eBPF object and the daemon (target/release/armourd)
+    Build(build_cmd::BuildOptions),
+    /// Build, then run the daemon in the foreground with the given arguments
+    Run(run::RunOptions),
+    /// Build, then show a watched process crashing and being restarted
+    Demo,
+    /// Build, then run every test (integration tests need root)
+    Test(test::TestOptions),
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Setup(options) => setup::setup(&options).map(drop),
+        Command::Build(options) => build_cmd::build(&options).map(drop),
+        Command::Run(options) => run::run(options),
+        Command::Demo => demo::demo(),
+        Command::Test(options) => test::test(options),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn command_line_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
+}
