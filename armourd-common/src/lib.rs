@@ -17,7 +17,7 @@ pub const MAX_WATCHED_PIDS: u32 = 16384;
 /// Entries of the map of watched executables.
 pub const MAX_WATCHED_FILES: u32 = 4096;
 /// Size of the ring buffer, in bytes (a power of two, a multiple of the page size).
-pub const RING_BUF_BYTES: u32 = 1 << 20;
+pub const RING_BUF_BYTES: u32 = 1 << 18;
 
 /// The kind of a record, the first field of every [`Header`].
 #[repr(u32)]

@@ -98,6 +98,10 @@ pub async fn run(config: Config, choice: BackendChoice) -> Result<(), DaemonErro
             unsafe { AsyncFd::register(d) }.map_err(|e| setup("inotify polling", e.into()))
         })?;
     dirs.get_mut().update(&daemon.config);
+    // Parsing the kernel's BTF at start-up takes megabytes that are free
+    // now; hand them back so the resident set stays small.
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe { libc::malloc_trim(0) };
     log::info!(
         "ready: backend={}, {} watched, {} entries, {} executables",
         daemon.engine.kind().name(),
