@@ -326,9 +326,11 @@ impl Daemon {
         }
     }
 
-    /// Carries out `actions` and whatever they lead to.
+    /// Carries out `actions` and whatever they lead to. Notices are logged
+    /// last, in order, so that no log write delays a restart.
     fn apply(&mut self, actions: Vec<Action>) {
         let mut queue = VecDeque::from(actions);
+        let mut notices = Vec::new();
         while let Some(action) = queue.pop_front() {
             match action {
                 Action::Spawn { instance, spec } => {
@@ -342,8 +344,11 @@ impl Daemon {
                     }
                 }
                 Action::Unwatch(pid) => self.engine.unwatch(pid),
-                Action::Notify(notice) => self.notify(notice),
+                Action::Notify(notice) => notices.push(notice),
             }
+        }
+        for notice in notices {
+            self.notify(notice);
         }
     }
 

@@ -1,6 +1,7 @@
 //! `cargo xtask …`: sets up the eBPF toolchain, builds both halves, runs the
 //! daemon (plain or with a demo) and runs every test.
 
+mod bench;
 mod build_cmd;
 mod cmd;
 mod demo;
@@ -31,6 +32,8 @@ enum Command {
     Demo,
     /// Build, then run every test (integration tests need root)
     Test(test::TestOptions),
+    /// Build, then measure restart latency, CPU, wake-ups and memory; writes BENCHMARKS.md
+    Bench(bench::BenchOptions),
 }
 
 fn main() -> ExitCode {
@@ -50,6 +53,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Run(options) => run::run(options),
         Command::Demo => demo::demo(),
         Command::Test(options) => test::test(options),
+        Command::Bench(options) => bench::bench(&options),
     }
 }
 

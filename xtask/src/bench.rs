@@ -1,0 +1,350 @@
+//! `cargo xtask bench`: measures restart latency, CPU and wake-ups (idle and
+//! under an exec+exit storm of unrelated processes), memory and binary size
+//! for each backend, prints a table and writes BENCHMARKS.md (SPEC §11).
+//!
+//! Restart latency is the daemon's own `restart latency` debug line: the
+//! kernel timestamp of the replacement's exec minus that of the crashed
+//! process's exit, both taken in the kernel (eBPF: `bpf_ktime_get_ns`;
+//! proc connector: the event's `timestamp_ns`).
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc::{self, Receiver},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, ensure, Context as _, Result};
+
+use crate::{build_cmd, cmd};
+
+#[derive(clap::Args)]
+pub struct BenchOptions {
+    /// Restarts measured per backend
+    #[arg(long, default_value_t = 300)]
+    restarts: usize,
+    /// Seconds of each CPU measurement (idle, storm)
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Unrelated exec+exit per second during the storm
+    #[arg(long, default_value_t = 1500)]
+    storm_rate: u32,
+}
+
+const BACKENDS: [&str; 2] = ["ebpf", "proc-connector"];
+
+struct Report {
+    backend: &'static str,
+    latencies_us: Vec<u64>,
+    idle: Usage,
+    storm: Usage,
+    storm_achieved: f64,
+    vm_rss_kib: u64,
+    vm_hwm_kib: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Usage {
+    cpu_percent: f64,
+    wakeups_per_s: f64,
+}
+
+pub fn bench(options: &BenchOptions) -> Result<()> {
+    ensure!(cmd::is_root(), "the benchmark runs armourd, which needs root");
+    let built = build_cmd::build(&build_cmd::BuildOptions { debug: false })?;
+    let binary_size = fs::metadata(&built.daemon)?.len();
+    let mut reports = Vec::new();
+    for backend in BACKENDS {
+        println!("bench: {backend} …");
+        match measure(&built.daemon, backend, options) {
+            Ok(report) => reports.push(report),
+            Err(err) => println!("bench: {backend} could not be measured: {err:#}"),
+        }
+    }
+    ensure!(!reports.is_empty(), "no backend could be measured");
+    let text = render(&reports, binary_size, options);
+    print!("{text}");
+    let path = cmd::workspace_root().join("BENCHMARKS.md");
+    fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    println!("bench: wrote {}", path.display());
+    Ok(())
+}
+
+/// A temporary directory with a copy of `sleep` as the watched service.
+struct Scene {
+    dir: PathBuf,
+    daemon: Option<Child>,
+    service: PathBuf,
+}
+
+impl Drop for Scene {
+    fn drop(&mut self) {
+        if let Some(mut daemon) = self.daemon.take() {
+            signal(daemon.id(), libc::SIGTERM);
+            let _ = daemon.wait();
+        }
+        for pid in pids_of(&self.service) {
+            signal(pid, libc::SIGKILL);
+        }
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn measure(daemon: &Path, backend: &'static str, options: &BenchOptions) -> Result<Report> {
+    let dir = std::env::temp_dir()
+        .canonicalize()?
+        .join(format!("armourd-bench-{}-{backend}", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    let mut scene = Scene {
+        service: dir.join("bench-service"),
+        dir,
+        daemon: None,
+    };
+    fs::copy(fs::canonicalize("/usr/bin/sleep")?, &scene.service)?;
+    let config = scene.dir.join("armourd.conf");
+    fs::write(&config, format!("{}\n", scene.service.display()))?;
+    let mut first = Command::new(&scene.service)
+        .arg("1000000")
+        .stdin(Stdio::null())
+        .spawn()
+        .context("cannot start the benchmark service")?;
+    // Adopted by armourd at start-up; the first kill below ends it.
+    let mut child = Command::new(daemon)
+        .args(["-c", &config.display().to_string(), "--backend", backend])
+        .args(["--dbus", "none", "-v"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start armourd")?;
+    let lines = log_lines(&mut child);
+    let pid = child.id();
+    scene.daemon = Some(child);
+    wait_for(&lines, Duration::from_secs(20), |l| l.contains("ready"))
+        .context("armourd did not get ready")?;
+
+    let idle = usage(pid, Duration::from_secs(options.seconds))?;
+    let (storm, storm_achieved) = storm(pid, options)?;
+    let latencies_us = latencies(&scene.service, &lines, options.restarts)?;
+    let _ = first.wait();
+    let (vm_rss_kib, vm_hwm_kib) = memory(pid)?;
+    Ok(Report {
+        backend,
+        latencies_us,
+        idle,
+        storm,
+        storm_achieved,
+        vm_rss_kib,
+        vm_hwm_kib,
+    })
+}
+
+fn log_lines(child: &mut Child) -> Receiver<String> {
+    let stderr = child.stderr.take().expect("piped");
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+fn wait_for(lines: &Receiver<String>, timeout: Duration, wanted: impl Fn(&str) -> bool) -> Result<String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if wanted(&line) => return Ok(line),
+            Ok(_) => {}
+            Err(mpsc::RecvTimeoutError::Timeout) => bail!("timed out after {timeout:?}"),
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("armourd exited"),
+        }
+    }
+}
+
+/// Kills the service `count` times and collects the daemon's latency lines.
+fn latencies(service: &Path, lines: &Receiver<String>, count: usize) -> Result<Vec<u64>> {
+    let mut found = Vec::with_capacity(count);
+    while found.len() < count {
+        let pids = pids_of(service);
+        let [pid] = pids[..] else {
+            bail!("expected one running service, found {pids:?}");
+        };
+        signal(pid, libc::SIGKILL);
+        let line = wait_for(lines, Duration::from_secs(10), |l| l.contains("restart latency"))
+            .context("no restart seen")?;
+        let micros = line
+            .split("restart latency ")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse().ok())
+            .with_context(|| format!("unreadable latency line: {line}"))?;
+        found.push(micros);
+        // Let the new instance settle, as a real crash would not come at once.
+        thread::sleep(Duration::from_millis(20));
+    }
+    Ok(found)
+}
+
+/// CPU time (utime + stime, ticks) and context switches of `pid`.
+fn counters(pid: u32) -> Result<(u64, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat.rsplit_once(')').context("stat")?.1.split_whitespace().collect();
+    let ticks = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let switches = status
+        .lines()
+        .filter(|l| l.contains("ctxt_switches"))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .sum();
+    Ok((ticks, switches))
+}
+
+fn usage(pid: u32, span: Duration) -> Result<Usage> {
+    let (t0, s0) = counters(pid)?;
+    let start = Instant::now();
+    thread::sleep(span);
+    usage_since(pid, (t0, s0), start)
+}
+
+fn usage_since(pid: u32, (t0, s0): (u64, u64), start: Instant) -> Result<Usage> {
+    let (t1, s1) = counters(pid)?;
+    let secs = start.elapsed().as_secs_f64();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Ok(Usage {
+        cpu_percent: (t1 - t0) as f64 / hz / secs * 100.0,
+        wakeups_per_s: (s1 - s0) as f64 / secs,
+    })
+}
+
+/// Runs unrelated `/bin/true` at `storm_rate` per second (from a few
+/// threads, since one exec+wait takes longer than the interval) while measuring.
+fn storm(pid: u32, options: &BenchOptions) -> Result<(Usage, f64)> {
+    const THREADS: u32 = 3;
+    let before = counters(pid)?;
+    let start = Instant::now();
+    let span = Duration::from_secs(options.seconds);
+    let interval = Duration::from_secs_f64(f64::from(THREADS) / f64::from(options.storm_rate));
+    let workers: Vec<_> = (0..THREADS)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut done = 0u64;
+                let mut next = start;
+                while start.elapsed() < span {
+                    if Command::new("/bin/true").status().is_ok() {
+                        done += 1;
+                    }
+                    next += interval;
+                    if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                        thread::sleep(wait);
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    let done: u64 = workers.into_iter().map(|w| w.join().unwrap_or(0)).sum();
+    let used = usage_since(pid, before, start)?;
+    Ok((used, done as f64 / start.elapsed().as_secs_f64()))
+}
+
+fn memory(pid: u32) -> Result<(u64, u64)> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .unwrap_or(0)
+    };
+    Ok((field("VmRSS:"), field("VmHWM:")))
+}
+
+fn pids_of(exe: &Path) -> Vec<u32> {
+    let Ok(dir) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe)
+                && fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+        })
+        .collect()
+}
+
+fn signal(pid: u32, sig: i32) {
+    // SAFETY: kill has no memory preconditions; pids come from this benchmark.
+    unsafe { libc::kill(pid as i32, sig) };
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    let rank = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[rank] as f64 / 1000.0
+}
+
+fn machine() -> String {
+    let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+    let cpu = read("/proc/cpuinfo")
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|| "unknown CPU".into());
+    let cores = thread::available_parallelism().map_or(0, |n| n.get());
+    let mem_kib: u64 = read("/proc/meminfo")
+        .lines()
+        .next()
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0);
+    let kernel = read("/proc/sys/kernel/osrelease");
+    format!(
+        "{cores} cores ({cpu}), {:.0} GiB, Linux {}",
+        mem_kib as f64 / 1024.0 / 1024.0,
+        kernel.trim()
+    )
+}
+
+fn render(reports: &[Report], binary_size: u64, options: &BenchOptions) -> String {
+    let mut out = String::from("# armourd benchmarks\n\n");
+    let _ = writeln!(out, "Written by `cargo xtask bench`.\n");
+    let _ = writeln!(out, "- machine: {}", machine());
+    let _ = writeln!(out, "- release binary: {:.2} MiB ({binary_size} bytes)", binary_size as f64 / 1048576.0);
+    let _ = writeln!(
+        out,
+        "- restarts per backend: {}; CPU windows: {} s; storm: {} unrelated `/bin/true` exec+exit per second requested\n",
+        options.restarts, options.seconds, options.storm_rate
+    );
+    out.push_str("| backend | latency p50 | p90 | p99 | max | idle CPU | idle wake-ups/s | storm rate | storm CPU | storm wake-ups/s | VmRSS | VmHWM |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for r in reports {
+        let mut sorted = r.latencies_us.clone();
+        sorted.sort_unstable();
+        let _ = writeln!(
+            out,
+            "| {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.2} % | {:.1} | {:.0}/s | {:.2} % | {:.1} | {} KiB | {} KiB |",
+            r.backend,
+            percentile(&sorted, 0.5),
+            percentile(&sorted, 0.9),
+            percentile(&sorted, 0.99),
+            percentile(&sorted, 1.0),
+            r.idle.cpu_percent,
+            r.idle.wakeups_per_s,
+            r.storm_achieved,
+            r.storm.cpu_percent,
+            r.storm.wakeups_per_s,
+            r.vm_rss_kib,
+            r.vm_hwm_kib,
+        );
+    }
+    out.push_str(
+        "\nTargets (SPEC §11): p50 ≤ 0.6 ms, p99 ≤ 2 ms on both backends; no wake-ups when idle; storm CPU ≤ 0.5 % (eBPF) and ≤ 3 % (proc connector); VmRSS ≤ 4 MiB.\n",
+    );
+    out
+}
