@@ -12,5 +12,6 @@ pub mod supervisor;
 pub mod btf;
 pub mod backend;
 pub mod daemon;
+pub mod dbus;
 pub mod engine;
 pub mod watchlist;

@@ -1,0 +1,297 @@
+//! `armourctl`: asks a running armourd over D-Bus which processes it
+//! watches, watches or unwatches one, or prints its signals as they come.
+
+use std::{
+    future::poll_fn,
+    io::{self, Write},
+    pin::Pin,
+    process::ExitCode,
+};
+
+use armourd::{
+    dbus::{
+        self, ArmourdProxy, Bus, ProcessExited, ProcessInfo, ProcessRestarted, WatchResult,
+        BUS_NAME,
+    },
+    status::signal_name,
+};
+use clap::{Parser, Subcommand};
+use zbus::{export::futures_core::Stream, fdo, proxy::CacheProperties};
+
+/// Talks to armourd, the process watchdog, over D-Bus.
+#[derive(Parser, Debug)]
+#[command(name = "armourctl", version, about)]
+struct Args {
+    /// Use the system bus (the default)
+    #[arg(long, conflicts_with = "session")]
+    system: bool,
+    /// Use the session bus (DBUS_SESSION_BUS_ADDRESS)
+    #[arg(long)]
+    session: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Show the watched processes
+    List,
+    /// Watch a running process
+    Watch { pid: i32 },
+    /// Stop watching a process
+    Unwatch { pid: i32 },
+    /// Print armourd's signals as they arrive, until interrupted
+    Monitor,
+}
+
+/// What went wrong, as one line for the user.
+struct Failure(String);
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let bus = if args.session {
+        Bus::Session
+    } else {
+        Bus::System
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return fail(Failure(format!("cannot start the async runtime: {e}"))),
+    };
+    match runtime.block_on(run(bus, args.command)) {
+        Ok(code) => code,
+        Err(failure) => fail(failure),
+    }
+}
+
+fn fail(Failure(message): Failure) -> ExitCode {
+    eprintln!("armourctl: {message}");
+    ExitCode::FAILURE
+}
+
+async fn run(bus: Bus, command: Command) -> Result<ExitCode, Failure> {
+    let conn = dbus::connect(bus)
+        .await
+        .map_err(|e| Failure(format!("{e}: {}", source_of(&e))))?;
+    let proxy = ArmourdProxy::builder(&conn)
+        .cache_properties(CacheProperties::No)
+        .build()
+        .await
+        .map_err(|e| Failure(format!("cannot make a proxy for {BUS_NAME}: {e}")))?;
+    let call_failed = |method: &str, e: zbus::Error| Failure(explain(bus, method, e));
+    match command {
+        Command::List => {
+            let entries = proxy
+                .get_processes()
+                .await
+                .map_err(|e| call_failed("GetProcesses", e))?;
+            let processes = entries
+                .iter()
+                .map(ProcessInfo::from_dict)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| Failure(e.to_string()))?;
+            print!("{}", table(&processes));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Watch { pid } => {
+            let code = proxy
+                .watch_process(pid)
+                .await
+                .map_err(|e| call_failed("WatchProcess", e))?;
+            Ok(report("watch", pid, code))
+        }
+        Command::Unwatch { pid } => {
+            let code = proxy
+                .unwatch_process(pid)
+                .await
+                .map_err(|e| call_failed("UnwatchProcess", e))?;
+            Ok(report("unwatch", pid, code))
+        }
+        Command::Monitor => monitor(bus, &proxy).await.map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn source_of(e: &dyn std::error::Error) -> String {
+    e.source().map_or_else(String::new, ToString::to_string)
+}
+
+/// One line saying why a call failed and what to do about it.
+fn explain(bus: Bus, method: &str, e: zbus::Error) -> String {
+    match e {
+        zbus::Error::FDO(e) => match *e {
+            fdo::Error::ServiceUnknown(_) | fdo::Error::NameHasNoOwner(_) => {
+                format!("armourd is not running on the {bus} bus (nobody owns {BUS_NAME})")
+            }
+            fdo::Error::AccessDenied(m) => format!(
+                "the {bus} bus refused {method}: {m} (is dbus/com.github.Armourd.conf installed?)"
+            ),
+            other => format!("{method} failed: {other}"),
+        },
+        other => format!("{method} failed: {other}"),
+    }
+}
+
+/// Prints what a watch or unwatch code means; success is code 0 only.
+fn report(verb: &str, pid: i32, code: u32) -> ExitCode {
+    match WatchResult::from_code(code) {
+        Some(WatchResult::Ok) => {
+            println!("{verb} {pid}: ok");
+            ExitCode::SUCCESS
+        }
+        Some(result) => {
+            eprintln!("armourctl: {verb} {pid}: {}", result.description());
+            ExitCode::FAILURE
+        }
+        None => {
+            eprintln!("armourctl: {verb} {pid}: unknown result code {code}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// How a process ended last: `exit 3`, `SIGSEGV (core)`, or `-` when it has not.
+fn last_exit(code: i32, signal: i32, core_dumped: bool) -> String {
+    if signal != 0 {
+        let name =
+            signal_name(signal).map_or_else(|| format!("signal {signal}"), |n| format!("SIG{n}"));
+        if core_dumped {
+            format!("{name} (core)")
+        } else {
+            name
+        }
+    } else if code >= 0 {
+        format!("exit {code}")
+    } else {
+        "-".to_owned()
+    }
+}
+
+/// The `list` table, columns as wide as their widest cell.
+fn table(processes: &[ProcessInfo]) -> String {
+    let mut rows = vec![["PID", "EXECUTABLE", "STATE", "RESTARTS", "LAST EXIT"].map(String::from)];
+    rows.extend(processes.iter().map(|p| {
+        [
+            p.pid.to_string(),
+            p.exe.clone(),
+            p.state.to_owned(),
+            p.restarts.to_string(),
+            last_exit(p.last_exit_code, p.last_signal, p.last_core_dumped),
+        ]
+    }));
+    let mut widths = [0; 5];
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .enumerate()
+            .map(|(i, (cell, width))| match i {
+                0 | 3 => format!("{cell:>width$}"),
+                _ => format!("{cell:<width$}"),
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// The next item of a stream.
+async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
+}
+
+/// Prints one line per signal, in the order the bus delivers them, until
+/// interrupted or the connection ends.
+async fn monitor(bus: Bus, proxy: &ArmourdProxy<'_>) -> Result<(), Failure> {
+    let mut signals = proxy
+        .inner()
+        .receive_all_signals()
+        .await
+        .map_err(|e| Failure(format!("cannot subscribe to armourd's signals: {e}")))?;
+    // Fails clearly when armourd is not there; once subscribed, signals of a
+    // restarted armourd still arrive, as the match rule names the bus name.
+    let version = proxy
+        .version()
+        .await
+        .map_err(|e| Failure(explain(bus, "Get Version", e)))?;
+    eprintln!("armourctl: monitoring armourd {version} on the {bus} bus (Ctrl-C to stop)");
+    while let Some(message) = next(&mut signals).await {
+        let Some(line) = describe(message) else {
+            continue;
+        };
+        let mut stdout = io::stdout().lock();
+        if writeln!(stdout, "{line}")
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            return Ok(()); // stdout closed, e.g. piped into `head`
+        }
+    }
+    Err(Failure(format!("the connection to the {bus} bus ended")))
+}
+
+/// One line for a signal of armourd's, or `None` for other signals.
+fn describe(message: zbus::Message) -> Option<String> {
+    let line = if let Some(signal) = ProcessExited::from_message(message.clone()) {
+        signal.args().map(|a| {
+            let end = last_exit(a.exit_code, a.signal, a.core_dumped);
+            let then = if a.will_restart {
+                "restarting"
+            } else {
+                "not restarting"
+            };
+            format!("exited    pid {} {}: {end}, {then}", a.pid, a.exe)
+        })
+    } else if let Some(signal) = ProcessRestarted::from_message(message) {
+        signal.args().map(|a| {
+            format!(
+                "restarted pid {} -> {} {} (restart {})",
+                a.old_pid, a.new_pid, a.exe, a.restarts
+            )
+        })
+    } else {
+        return None;
+    };
+    Some(line.unwrap_or_else(|e| format!("(unreadable signal: {e})")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_exit_names_codes_and_signals() {
+        assert_eq!(last_exit(3, 0, false), "exit 3");
+        assert_eq!(last_exit(-1, libc::SIGSEGV, true), "SIGSEGV (core)");
+        assert_eq!(last_exit(-1, libc::SIGTERM, false), "SIGTERM");
+        assert_eq!(last_exit(-1, 0, false), "-");
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let p = ProcessInfo {
+            pid: 42,
+            exe: "/usr/bin/x".into(),
+            argv: vec!["x".into()],
+            state: "running",
+            restarts: 2,
+            last_exit_code: -1,
+            last_signal: libc::SIGABRT,
+            last_core_dumped: false,
+            since_us: 0,
+        };
+        let out = table(&[p]);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines[0], "PID  EXECUTABLE  STATE    RESTARTS  LAST EXIT");
+        assert_eq!(lines[1], " 42  /usr/bin/x  running         2  SIGABRT");
+    }
+}
