@@ -107,11 +107,7 @@ fn member_offset(
 }
 
 /// Bit offset of `name` in `s` and whether it is a bit field, or `None`.
-fn find_member(
-    btf: &Btf,
-    s: &btf_rs::Struct,
-    name: &str,
-) -> Result<Option<(u64, bool)>, BtfError> {
+fn find_member(btf: &Btf, s: &btf_rs::Struct, name: &str) -> Result<Option<(u64, bool)>, BtfError> {
     for m in &s.members {
         let member_name = btf.resolve_name(m).unwrap_or_default();
         if member_name == name {

@@ -27,8 +27,7 @@ use crate::{
     config::Config,
     engine::Engine,
     launch::LaunchSpec,
-    procfs,
-    spawn,
+    procfs, spawn,
     status::ExitStatus,
     supervisor::{Action, Exec, Notice, Policy, ProcId, Supervisor, Target},
     watchlist::{DirWatch, Match, WatchList},
@@ -45,12 +44,8 @@ pub enum BackendChoice {
 /// Why the daemon stopped.
 #[derive(thiserror::Error, Debug)]
 pub enum DaemonError {
-    #[error("cannot start the {backend} backend")]
-    Backend {
-        backend: &'static str,
-        #[source]
-        source: crate::engine::EngineError,
-    },
+    #[error(transparent)]
+    Backend(#[from] crate::engine::EngineError),
     #[error("cannot set up {what}")]
     Setup {
         what: &'static str,
@@ -212,18 +207,24 @@ impl Daemon {
             Some(key) => key,
             None => match procfs::exe_key(pid) {
                 Ok(key) => key,
-                Err(_) => return self.supervisor.exec_other(pid),
+                Err(_) => {
+                    self.adopt_orphans_of(pid);
+                    return self.supervisor.exec_other(pid);
+                }
             },
         };
         let argv = match &exec.argv {
             Some(argv) => argv.clone(),
             None => procfs::cmdline(pid).unwrap_or_default(),
         };
-        let Some(found) = self.watchlist.classify(pid, &key, exec.filename.as_deref(), &argv)
+        let Some(found) = self
+            .watchlist
+            .classify(pid, &key, exec.filename.as_deref(), &argv)
         else {
             return self.supervisor.exec_other(pid);
         };
-        let (entry, exe, script_argv) = (found.file.entry, found.file.path.clone(), found.script_argv);
+        let (entry, exe, script_argv) =
+            (found.file.entry, found.file.path.clone(), found.script_argv);
         let argv = strip_interpreter(argv, script_argv);
         let known = procfs::Known {
             argv: Some(argv.clone()),
@@ -285,9 +286,26 @@ impl Daemon {
         // A process that ended between the scan and its watch was not seen ending.
         for proc in self.supervisor.watched() {
             if !alive(proc) {
-                let actions = self.supervisor.exit(proc.pid, proc.start, ExitStatus::Unknown, now);
+                let actions = self
+                    .supervisor
+                    .exit(proc.pid, proc.start, ExitStatus::Unknown, now);
                 self.apply(actions);
             }
+        }
+    }
+
+    /// A process ended before its exec could be looked at (a backend that
+    /// does not say which file was executed). If its name, still readable
+    /// while it is a zombie, is a watched file's, the processes it forked
+    /// (a daemon that detached at once) are found and adopted.
+    fn adopt_orphans_of(&mut self, pid: u32) {
+        let Ok(comm) = procfs::comm(pid) else {
+            return;
+        };
+        let keys = self.watchlist.named(&comm);
+        if !keys.is_empty() {
+            log::debug!("pid {pid} ended before it could be inspected; looking for what it forked");
+            self.adopt(Some(&keys));
         }
     }
 
@@ -296,7 +314,9 @@ impl Daemon {
     fn reconcile(&mut self, now: Instant) {
         for proc in self.supervisor.watched() {
             if !alive(proc) {
-                let actions = self.supervisor.exit(proc.pid, proc.start, ExitStatus::Unknown, now);
+                let actions = self
+                    .supervisor
+                    .exit(proc.pid, proc.start, ExitStatus::Unknown, now);
                 self.apply(actions);
             }
         }
@@ -413,7 +433,12 @@ fn strip_interpreter(argv: Vec<OsString>, script_argv: Option<usize>) -> Vec<OsS
 
 /// Captures a process's launch context; for a process that is already gone,
 /// what the kernel reported and safe defaults.
-fn capture(pid: u32, exe: std::path::PathBuf, known: procfs::Known, argv: Vec<OsString>) -> (LaunchSpec, bool) {
+fn capture(
+    pid: u32,
+    exe: std::path::PathBuf,
+    known: procfs::Known,
+    argv: Vec<OsString>,
+) -> (LaunchSpec, bool) {
     let leads_group = procfs::stat(pid).is_ok_and(|s| s.pgrp == pid);
     let (env, uid, gid) = (known.env.clone(), known.uid, known.gid);
     match procfs::capture(pid, exe.clone(), known) {

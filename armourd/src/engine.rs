@@ -1,4 +1,5 @@
-//! The backend that runs, chosen at start-up (`--backend`).
+//! The backend that runs, chosen at start-up (`--backend`), with the
+//! automatic fallback from eBPF to the proc connector.
 
 use std::io;
 
@@ -7,39 +8,51 @@ use armourd_common::FileKey;
 use crate::{
     backend::{
         ebpf::{EbpfBackend, EbpfError},
+        proc_connector::{ProcConnectorBackend, ProcConnectorError},
         Event, FileMark, Kind,
     },
-    daemon::{BackendChoice, DaemonError},
+    daemon::{error_chain, BackendChoice},
 };
 
-/// Why a backend failed to start.
+/// Why no backend could start.
 #[derive(thiserror::Error, Debug)]
 pub enum EngineError {
-    #[error(transparent)]
-    Ebpf(#[from] EbpfError),
-    #[error("the proc-connector backend is not available in this version")]
-    ProcConnectorMissing,
+    #[error("cannot start the eBPF backend")]
+    Ebpf(#[source] EbpfError),
+    #[error("cannot start the proc-connector backend")]
+    ProcConnector(#[source] ProcConnectorError),
 }
 
 /// One running backend.
 pub enum Engine {
     Ebpf(Box<EbpfBackend>),
+    ProcConnector(Box<ProcConnectorBackend>),
 }
 
 impl Engine {
-    /// Starts the backend `choice` asks for.
-    pub fn start(choice: BackendChoice) -> Result<Self, DaemonError> {
+    /// Starts the backend `choice` asks for; `Auto` falls back to the proc
+    /// connector, with one warning that says why.
+    pub fn start(choice: BackendChoice) -> Result<Self, EngineError> {
+        let proc_connector = || {
+            ProcConnectorBackend::open()
+                .map(|b| Self::ProcConnector(Box::new(b)))
+                .map_err(EngineError::ProcConnector)
+        };
         match choice {
-            BackendChoice::Ebpf | BackendChoice::Auto => EbpfBackend::load()
+            BackendChoice::Ebpf => EbpfBackend::load()
                 .map(|b| Self::Ebpf(Box::new(b)))
-                .map_err(|e| DaemonError::Backend {
-                    backend: Kind::Ebpf.name(),
-                    source: e.into(),
-                }),
-            BackendChoice::ProcConnector => Err(DaemonError::Backend {
-                backend: Kind::ProcConnector.name(),
-                source: EngineError::ProcConnectorMissing,
-            }),
+                .map_err(EngineError::Ebpf),
+            BackendChoice::ProcConnector => proc_connector(),
+            BackendChoice::Auto => match EbpfBackend::load() {
+                Ok(b) => Ok(Self::Ebpf(Box::new(b))),
+                Err(err) => {
+                    log::warn!(
+                        "eBPF backend unavailable: {}; falling back to the proc connector",
+                        error_chain(&err)
+                    );
+                    proc_connector()
+                }
+            },
         }
     }
 
@@ -47,6 +60,7 @@ impl Engine {
     pub fn kind(&self) -> Kind {
         match self {
             Self::Ebpf(_) => Kind::Ebpf,
+            Self::ProcConnector(_) => Kind::ProcConnector,
         }
     }
 
@@ -54,13 +68,15 @@ impl Engine {
     pub async fn read(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
         match self {
             Self::Ebpf(b) => b.read(out).await,
+            Self::ProcConnector(b) => b.read(out).await,
         }
     }
 
     /// Reports events about `pid` from now on.
     pub fn watch(&mut self, pid: u32) -> Result<(), String> {
         match self {
-            Self::Ebpf(b) => b.watch(pid).map_err(|e| e.to_string()),
+            Self::Ebpf(b) => b.watch(pid).map_err(|e| error_chain(&e)),
+            Self::ProcConnector(b) => b.watch(pid).map_err(|e| error_chain(&e)),
         }
     }
 
@@ -68,13 +84,15 @@ impl Engine {
     pub fn unwatch(&mut self, pid: u32) {
         match self {
             Self::Ebpf(b) => b.unwatch(pid),
+            Self::ProcConnector(b) => b.unwatch(pid),
         }
     }
 
     /// Marks executions of `file`.
     pub fn set_file(&mut self, file: FileKey, mark: FileMark) -> Result<(), String> {
         match self {
-            Self::Ebpf(b) => b.set_file(file, mark).map_err(|e| e.to_string()),
+            Self::Ebpf(b) => b.set_file(file, mark).map_err(|e| error_chain(&e)),
+            Self::ProcConnector(b) => b.set_file(file, mark).map_err(|e| error_chain(&e)),
         }
     }
 
@@ -82,6 +100,7 @@ impl Engine {
     pub fn remove_file(&mut self, file: FileKey) {
         match self {
             Self::Ebpf(b) => b.remove_file(file),
+            Self::ProcConnector(b) => b.remove_file(file),
         }
     }
 }

@@ -2,16 +2,16 @@
 //! shell around these modules; see `daemon` for the event loop and
 //! `supervisor` for the decisions.
 
+pub mod backend;
+pub mod btf;
 pub mod config;
+pub mod daemon;
+pub mod dbus;
+pub mod engine;
 pub mod files;
 pub mod launch;
 pub mod procfs;
 pub mod spawn;
 pub mod status;
 pub mod supervisor;
-pub mod btf;
-pub mod backend;
-pub mod daemon;
-pub mod dbus;
-pub mod engine;
 pub mod watchlist;

@@ -96,10 +96,22 @@ fn init_logging(verbose: u8) {
     env_logger::Builder::new()
         .filter_level(level)
         // aya's loader is chatty at debug level; its details matter only when tracing.
-        .filter_module("aya", if verbose > 1 { level } else { log::LevelFilter::Warn })
+        .filter_module(
+            "aya",
+            if verbose > 1 {
+                level
+            } else {
+                log::LevelFilter::Warn
+            },
+        )
         .parse_env("ARMOURD_LOG")
         .format(|out, record| {
-            writeln!(out, "armourd: {}: {}", record.level().as_str().to_lowercase(), record.args())
+            writeln!(
+                out,
+                "armourd: {}: {}",
+                record.level().as_str().to_lowercase(),
+                record.args()
+            )
         })
         .init();
 }

@@ -105,6 +105,18 @@ pub fn parse_stat(text: &str) -> Option<Stat> {
     })
 }
 
+/// The process's name (`comm`), readable also while it is a zombie.
+pub fn comm(pid: u32) -> Result<Vec<u8>, ProcfsError> {
+    let text = read_text(pid, "stat")?;
+    let (_, rest) = text
+        .split_once('(')
+        .ok_or(ProcfsError::Parse { pid, what: "stat" })?;
+    let (name, _) = rest
+        .rsplit_once(')')
+        .ok_or(ProcfsError::Parse { pid, what: "stat" })?;
+    Ok(name.as_bytes().to_vec())
+}
+
 /// Reads `/proc/PID/stat`.
 pub fn stat(pid: u32) -> Result<Stat, ProcfsError> {
     let text = read_text(pid, "stat")?;

@@ -46,7 +46,13 @@ impl ExitStatus {
 
     /// Whether a core dump was written.
     pub fn core_dumped(self) -> bool {
-        matches!(self, Self::Signaled { core_dumped: true, .. })
+        matches!(
+            self,
+            Self::Signaled {
+                core_dumped: true,
+                ..
+            }
+        )
     }
 }
 
@@ -108,14 +114,20 @@ const SIGNALS: [(&str, i32); 31] = [
 
 /// The name of a signal without its `SIG` prefix (`SEGV`).
 pub fn signal_name(signal: i32) -> Option<&'static str> {
-    SIGNALS.iter().find(|(_, n)| *n == signal).map(|(name, _)| *name)
+    SIGNALS
+        .iter()
+        .find(|(_, n)| *n == signal)
+        .map(|(name, _)| *name)
 }
 
 /// The number of a signal named `TERM`, `SIGTERM` or `sigterm`.
 pub fn signal_number(name: &str) -> Option<i32> {
     let upper = name.to_ascii_uppercase();
     let bare = upper.strip_prefix("SIG").unwrap_or(&upper);
-    SIGNALS.iter().find(|(n, _)| *n == bare).map(|(_, num)| *num)
+    SIGNALS
+        .iter()
+        .find(|(n, _)| *n == bare)
+        .map(|(_, num)| *num)
 }
 
 /// Exit codes and signals that count as a clean end (`success=`).
@@ -160,7 +172,9 @@ impl SuccessSet {
     /// Whether `status` is a clean end. A core dump or an unknown status never is.
     pub fn is_clean(&self, status: ExitStatus) -> bool {
         match status {
-            ExitStatus::Exited(code) => self.codes[usize::from(code / 64)] & (1 << (code % 64)) != 0,
+            ExitStatus::Exited(code) => {
+                self.codes[usize::from(code / 64)] & (1 << (code % 64)) != 0
+            }
             ExitStatus::Signaled {
                 core_dumped: true, ..
             } => false,

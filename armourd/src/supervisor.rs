@@ -70,20 +70,52 @@ pub enum Target {
 /// Something that happened, for the log and for D-Bus.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Notice {
-    Watching { pid: u32, exe: PathBuf, adopted: bool },
-    Exited { pid: u32, exe: PathBuf, status: ExitStatus, will_restart: bool },
-    HandedOff { from: u32, to: u32, exe: PathBuf },
-    Restarted { old_pid: u32, new_pid: u32, exe: PathBuf, restarts: u32 },
-    RestartFailed { exe: PathBuf, reason: String, retry_in: Duration },
-    Unwatched { pid: u32, exe: PathBuf, reason: &'static str },
+    Watching {
+        pid: u32,
+        exe: PathBuf,
+        adopted: bool,
+    },
+    Exited {
+        pid: u32,
+        exe: PathBuf,
+        status: ExitStatus,
+        will_restart: bool,
+    },
+    HandedOff {
+        from: u32,
+        to: u32,
+        exe: PathBuf,
+    },
+    Restarted {
+        old_pid: u32,
+        new_pid: u32,
+        exe: PathBuf,
+        restarts: u32,
+    },
+    RestartFailed {
+        exe: PathBuf,
+        reason: String,
+        retry_in: Duration,
+    },
+    Unwatched {
+        pid: u32,
+        exe: PathBuf,
+        reason: &'static str,
+    },
 }
 
 /// An effect for the shell to carry out.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// Start the instance again; report the outcome with [`Supervisor::spawned`].
-    Spawn { instance: InstanceId, spec: Arc<LaunchSpec> },
-    Signal { target: Target, signal: i32 },
+    Spawn {
+        instance: InstanceId,
+        spec: Arc<LaunchSpec>,
+    },
+    Signal {
+        target: Target,
+        signal: i32,
+    },
     /// Report events about this pid from now on (kernel filter).
     Watch(u32),
     /// Stop reporting events about this pid.
@@ -109,11 +141,16 @@ pub struct Exec {
 pub enum State {
     Running,
     /// The leader crashed; leftovers were sent SIGTERM (then SIGKILL once `killed`).
-    Stopping { deadline: Instant, killed: bool },
+    Stopping {
+        deadline: Instant,
+        killed: bool,
+    },
     /// A restart was asked for and not yet reported.
     Restarting,
     /// The last restart failed; the next is due at the deadline.
-    Retrying { deadline: Instant },
+    Retrying {
+        deadline: Instant,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -347,10 +384,13 @@ impl Supervisor {
             let instance = &self.instances[&id];
             let known = match instance.leader {
                 Some(leader) if leader.pid == pid => leader.same_start(start),
-                _ => instance
-                    .members
-                    .get(&pid)
-                    .is_some_and(|m| ProcId { pid, start: m.start }.same_start(start)),
+                _ => instance.members.get(&pid).is_some_and(|m| {
+                    ProcId {
+                        pid,
+                        start: m.start,
+                    }
+                    .same_start(start)
+                }),
             };
             if !known {
                 return Vec::new();
@@ -481,7 +521,12 @@ impl Supervisor {
         let id = *self.by_pid.get(&pid)?;
         let instance = self.instances.remove(&id)?;
         let mut actions = Vec::new();
-        for p in instance.leader.iter().map(|l| l.pid).chain(instance.members.keys().copied()) {
+        for p in instance
+            .leader
+            .iter()
+            .map(|l| l.pid)
+            .chain(instance.members.keys().copied())
+        {
             self.by_pid.remove(&p);
             actions.push(Action::Unwatch(p));
         }

@@ -6,6 +6,7 @@ use std::{
     collections::HashMap,
     ffi::{OsStr, OsString},
     os::fd::{AsFd, AsRawFd, RawFd},
+    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
 };
 
@@ -70,7 +71,11 @@ impl WatchList {
     /// The marks the kernel filter needs.
     pub fn marks(&self) -> impl Iterator<Item = (FileKey, FileMark)> + '_ {
         let files = self.files.keys().map(|k| (*k, FileMark::Watched));
-        files.chain(self.interpreters.keys().map(|k| (*k, FileMark::Interpreter)))
+        files.chain(
+            self.interpreters
+                .keys()
+                .map(|k| (*k, FileMark::Interpreter)),
+        )
     }
 
     /// The watched file with `key`, if it is not a script.
@@ -129,7 +134,10 @@ impl WatchList {
     }
 
     /// Running processes of watched files (all of them, or only those in `only`).
-    pub fn scan(&self, only: Option<&[FileKey]>) -> Vec<(u32, procfs::Stat, Match<'_>, Vec<OsString>)> {
+    pub fn scan(
+        &self,
+        only: Option<&[FileKey]>,
+    ) -> Vec<(u32, procfs::Stat, Match<'_>, Vec<OsString>)> {
         let mut found = Vec::new();
         let own = std::process::id();
         for pid in procfs::pids().unwrap_or_default() {
@@ -158,6 +166,19 @@ impl WatchList {
         }
         found.sort_by_key(|(pid, stat, _, _)| (stat.start_ticks, *pid));
         found
+    }
+
+    /// Watched files whose name the kernel would show as `comm` (the first
+    /// 15 bytes of the executed file's name).
+    pub fn named(&self, comm: &[u8]) -> Vec<FileKey> {
+        self.files
+            .values()
+            .filter(|f| {
+                let name = f.path.file_name().map_or(&[][..], |n| n.as_bytes());
+                !comm.is_empty() && &name[..name.len().min(15)] == comm
+            })
+            .map(|f| f.key)
+            .collect()
     }
 
     /// Keys in `self` that are not in `older`.

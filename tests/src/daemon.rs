@@ -56,14 +56,26 @@ impl Daemon {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         sandbox.register_daemon(child.id() as i32);
         let log = Arc::new(Mutex::new(String::new()));
         let readers = vec![
-            collect(child.stdout.take().expect("piped stdout"), "stdout: ", log.clone()),
+            collect(
+                child.stdout.take().expect("piped stdout"),
+                "stdout: ",
+                log.clone(),
+            ),
             collect(child.stderr.take().expect("piped stderr"), "", log.clone()),
         ];
-        Daemon { child, backend, log, readers, status: None }
+        Daemon {
+            child,
+            backend,
+            log,
+            readers,
+            status: None,
+        }
     }
 
     /// Starts armourd and waits until it is ready; returns it and the
@@ -89,15 +101,26 @@ impl Daemon {
         let wanted = format!("backend={}", self.backend.name());
         let found = wait_for(READY_TIMEOUT, || {
             let log = self.log();
-            let line = log.lines().find(|l| l.contains("ready") && l.contains(&wanted))?;
+            let line = log
+                .lines()
+                .find(|l| l.contains("ready") && l.contains(&wanted))?;
             Some(watched_count(line))
         });
         match found {
             Some(Some(n)) => n,
-            Some(None) => panic!("ready line without a number of watched processes:\n{}", self.log()),
+            Some(None) => panic!(
+                "ready line without a number of watched processes:\n{}",
+                self.log()
+            ),
             None => match self.try_status() {
-                Some(status) => panic!("armourd ended before it was ready ({status}):\n{}", self.log()),
-                None => panic!("armourd not ready with {wanted} within {READY_TIMEOUT:?}:\n{}", self.log()),
+                Some(status) => panic!(
+                    "armourd ended before it was ready ({status}):\n{}",
+                    self.log()
+                ),
+                None => panic!(
+                    "armourd not ready with {wanted} within {READY_TIMEOUT:?}:\n{}",
+                    self.log()
+                ),
             },
         }
     }
@@ -128,7 +151,11 @@ impl Daemon {
 
     /// Sends `signal` to armourd.
     pub fn signal(&self, signal: i32) {
-        assert!(process::kill(self.pid(), signal), "armourd (pid {}) is gone", self.pid());
+        assert!(
+            process::kill(self.pid(), signal),
+            "armourd (pid {}) is gone",
+            self.pid()
+        );
     }
 
     /// SIGTERM, then waits for it to end; returns its exit status.
@@ -147,7 +174,9 @@ impl Daemon {
     /// Lets the log readers catch up after armourd ended. Bounded: if a
     /// process armourd started kept its pipes open, they never finish.
     fn join_readers(&mut self) {
-        crate::wait_until(Duration::from_secs(2), || self.readers.iter().all(JoinHandle::is_finished));
+        crate::wait_until(Duration::from_secs(2), || {
+            self.readers.iter().all(JoinHandle::is_finished)
+        });
     }
 }
 
@@ -159,20 +188,35 @@ impl Drop for Daemon {
         }
         self.join_readers();
         if std::thread::panicking() {
-            eprintln!("----- armourd log (pid {}) -----\n{}", self.pid(), self.log());
+            eprintln!(
+                "----- armourd log (pid {}) -----\n{}",
+                self.pid(),
+                self.log()
+            );
         }
     }
 }
 
 /// The N of "N watched" in the ready line.
 fn watched_count(line: &str) -> Option<usize> {
-    let words: Vec<&str> = line.split(|c: char| c.is_whitespace() || c == ',' || c == ':').collect();
+    let words: Vec<&str> = line
+        .split(|c: char| c.is_whitespace() || c == ',' || c == ':')
+        .collect();
     let at = words.iter().position(|w| *w == "watched")?;
-    words[..at].iter().rev().find(|w| !w.is_empty())?.parse().ok()
+    words[..at]
+        .iter()
+        .rev()
+        .find(|w| !w.is_empty())?
+        .parse()
+        .ok()
 }
 
 /// Copies lines of `from` into `log` in the background, so the pipe never fills.
-fn collect(from: impl Read + Send + 'static, prefix: &'static str, log: Arc<Mutex<String>>) -> JoinHandle<()> {
+fn collect(
+    from: impl Read + Send + 'static,
+    prefix: &'static str,
+    log: Arc<Mutex<String>>,
+) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut reader = BufReader::new(from);
         let mut line = Vec::new();
@@ -195,8 +239,14 @@ mod tests {
 
     #[test]
     fn watched_count_is_read_from_ready_lines() {
-        assert_eq!(watched_count("[INFO] ready: backend=ebpf, 3 watched"), Some(3));
-        assert_eq!(watched_count("ready backend=ebpf 0 watched (1 entry)"), Some(0));
+        assert_eq!(
+            watched_count("[INFO] ready: backend=ebpf, 3 watched"),
+            Some(3)
+        );
+        assert_eq!(
+            watched_count("ready backend=ebpf 0 watched (1 entry)"),
+            Some(0)
+        );
         assert_eq!(watched_count("ready backend=ebpf"), None);
     }
 }

@@ -4,7 +4,11 @@
 use std::{io, os::unix::process::CommandExt, process::Command};
 
 fn check(result: libc::c_int) -> io::Result<()> {
-    if result == -1 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    if result == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
 }
 
 /// Launch-context settings for [`Command`], applied in the child between

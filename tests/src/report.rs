@@ -41,13 +41,19 @@ pub struct Start {
 pub enum Record {
     Start(Box<Start>),
     /// A forking server's master and the workers it forked.
-    Workers { master: i32, workers: Vec<i32> },
+    Workers {
+        master: i32,
+        workers: Vec<i32>,
+    },
     /// A worker got SIGTERM (and exits 0).
     WorkerTerm(i32),
     /// The process a daemonizing testee left running.
     Daemon(i32),
     /// A line written by a test script: `script PID ARGS…`.
-    Script { pid: i32, args: String },
+    Script {
+        pid: i32,
+        args: String,
+    },
     /// Anything else, kept for the failure output.
     Other(String),
 }
@@ -58,7 +64,9 @@ impl Record {
         match self {
             Record::Start(s) => vec![s.pid],
             Record::Workers { master, workers } => [vec![*master], workers.clone()].concat(),
-            Record::WorkerTerm(pid) | Record::Daemon(pid) | Record::Script { pid, .. } => vec![*pid],
+            Record::WorkerTerm(pid) | Record::Daemon(pid) | Record::Script { pid, .. } => {
+                vec![*pid]
+            }
             Record::Other(_) => Vec::new(),
         }
     }
@@ -122,7 +130,11 @@ impl Report {
     /// Waits for a record `pick` accepts; panics after [`EVENT_TIMEOUT`].
     pub fn wait_record<T>(&self, what: &str, mut pick: impl FnMut(&Record) -> Option<T>) -> T {
         wait_for(EVENT_TIMEOUT, || self.records().iter().find_map(&mut pick)).unwrap_or_else(|| {
-            panic!("{}: no {what} record within {EVENT_TIMEOUT:?}:\n{}", self.path.display(), self.text())
+            panic!(
+                "{}: no {what} record within {EVENT_TIMEOUT:?}:\n{}",
+                self.path.display(),
+                self.text()
+            )
         })
     }
 
@@ -147,17 +159,26 @@ fn parse_line(line: &str) -> Record {
         Some("start") => parse_start(line).map(|s| Record::Start(Box::new(s))),
         Some("workers") => {
             let pids: Option<Vec<i32>> = words.map(|w| w.parse().ok()).collect();
-            pids.filter(|p| !p.is_empty())
-                .map(|p| Record::Workers { master: p[0], workers: p[1..].to_vec() })
+            pids.filter(|p| !p.is_empty()).map(|p| Record::Workers {
+                master: p[0],
+                workers: p[1..].to_vec(),
+            })
         }
         Some("worker") => {
             let pid = words.next().and_then(|w| w.parse().ok());
-            pid.filter(|_| line.ends_with(" got TERM")).map(Record::WorkerTerm)
+            pid.filter(|_| line.ends_with(" got TERM"))
+                .map(Record::WorkerTerm)
         }
-        Some("daemon") => words.next().and_then(|w| w.parse().ok()).map(Record::Daemon),
+        Some("daemon") => words
+            .next()
+            .and_then(|w| w.parse().ok())
+            .map(Record::Daemon),
         Some("script") => {
             let pid = words.next().and_then(|w| w.parse().ok());
-            pid.map(|pid| Record::Script { pid, args: words.collect::<Vec<_>>().join(" ") })
+            pid.map(|pid| Record::Script {
+                pid,
+                args: words.collect::<Vec<_>>().join(" "),
+            })
         }
         _ => None,
     };
@@ -168,7 +189,11 @@ fn parse_start(line: &str) -> Option<Start> {
     let field = |name: &str| field(line, name);
     let num = |name: &str| -> Option<i32> { field(name)?.parse().ok() };
     let nums = |name: &str| -> Option<Vec<u32>> {
-        field(name)?.split(',').filter(|s| !s.is_empty()).map(|s| s.parse().ok()).collect()
+        field(name)?
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(|s| s.parse().ok())
+            .collect()
     };
     let triple = |name: &str| -> Option<[u32; 3]> { nums(name)?.try_into().ok() };
     let strings = |count: &str, name: &str| -> Option<Vec<OsString>> {
@@ -190,7 +215,10 @@ fn parse_start(line: &str) -> Option<Start> {
         umask: field("umask")?.to_owned(),
         capeff: field("capeff")?.to_owned(),
         stdout_is_file: field("stdout")? == "file",
-        fds: field("fds")?.split(',').filter_map(|s| s.parse().ok()).collect(),
+        fds: field("fds")?
+            .split(',')
+            .filter_map(|s| s.parse().ok())
+            .collect(),
         cwd: unhex(field("cwd")?)?.into(),
         exe: unhex(field("exe")?)?.into(),
         mark: match field("mark")? {
@@ -204,15 +232,18 @@ fn parse_start(line: &str) -> Option<Start> {
 
 /// The value of ` NAME=VALUE` in a start record.
 fn field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
-    line.split(' ').find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+    line.split(' ')
+        .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
 }
 
 fn unhex(text: &str) -> Option<OsString> {
     if text.len() % 2 != 0 {
         return None;
     }
-    let bytes: Option<Vec<u8>> =
-        (0..text.len()).step_by(2).map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok()).collect();
+    let bytes: Option<Vec<u8>> = (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
+        .collect();
     Some(OsString::from_vec(bytes?))
 }
 
@@ -222,25 +253,47 @@ mod tests {
 
     #[test]
     fn start_record_with_empty_and_binary_args_round_trips() {
-        let line = "start pid=10 ppid=1 pgid=10 sid=10 uid=65534,65534,65534 gid=1,2,3 groups=100,65534 \
+        let line =
+            "start pid=10 ppid=1 pgid=10 sid=10 uid=65534,65534,65534 gid=1,2,3 groups=100,65534 \
                     umask=0027 capeff=0000000000000000 stdout=file fds=0,1,2 cwd=2f746d70 exe=2f62 \
                     mark=x6869 argc=3 argv=61,,ff envc=0 env=";
-        let Record::Start(s) = parse_line(line) else { panic!("not a start record") };
+        let Record::Start(s) = parse_line(line) else {
+            panic!("not a start record")
+        };
         assert_eq!(s.pid, 10);
         assert_eq!(s.uid, [65534; 3]);
         assert_eq!(s.groups, vec![100, 65534]);
         assert_eq!(s.cwd, PathBuf::from("/tmp"));
         assert_eq!(s.mark, Some("hi".into()));
-        assert_eq!(s.argv, vec![OsString::from("a"), OsString::new(), OsString::from_vec(vec![0xff])]);
+        assert_eq!(
+            s.argv,
+            vec![
+                OsString::from("a"),
+                OsString::new(),
+                OsString::from_vec(vec![0xff])
+            ]
+        );
         assert!(s.env.is_empty());
     }
 
     #[test]
     fn other_records_parse() {
-        assert_eq!(parse_line("workers 5 6 7"), Record::Workers { master: 5, workers: vec![6, 7] });
+        assert_eq!(
+            parse_line("workers 5 6 7"),
+            Record::Workers {
+                master: 5,
+                workers: vec![6, 7]
+            }
+        );
         assert_eq!(parse_line("worker 6 got TERM"), Record::WorkerTerm(6));
         assert_eq!(parse_line("daemon 8"), Record::Daemon(8));
-        assert_eq!(parse_line("script 9 a b"), Record::Script { pid: 9, args: "a b".into() });
+        assert_eq!(
+            parse_line("script 9 a b"),
+            Record::Script {
+                pid: 9,
+                args: "a b".into()
+            }
+        );
         assert_eq!(parse_line("junk"), Record::Other("junk".into()));
     }
 }

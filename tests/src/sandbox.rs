@@ -39,7 +39,13 @@ impl Sandbox {
             .name()
             .unwrap_or("test")
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
             .collect();
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("armourd-{test}-{}-{id}", std::process::id()));
@@ -48,7 +54,12 @@ impl Sandbox {
         fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
         let dir = dir.canonicalize().expect("canonical sandbox path");
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).expect("chmod sandbox");
-        Self { dir, children: RefCell::default(), reports: RefCell::default(), daemons: RefCell::default() }
+        Self {
+            dir,
+            children: RefCell::default(),
+            reports: RefCell::default(),
+            daemons: RefCell::default(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -75,8 +86,9 @@ impl Sandbox {
     pub fn testee(&self, rel: &str) -> PathBuf {
         let dest = self.path(rel);
         let tmp = self.path(&format!(".{}.tmp", rel.replace('/', "_")));
-        fs::copy(testee_bin(), &tmp)
-            .unwrap_or_else(|e| panic!("copy {} to {}: {e}", testee_bin().display(), tmp.display()));
+        fs::copy(testee_bin(), &tmp).unwrap_or_else(|e| {
+            panic!("copy {} to {}: {e}", testee_bin().display(), tmp.display())
+        });
         fs::set_permissions(&tmp, fs::Permissions::from_mode(0o755)).expect("chmod testee");
         fs::rename(&tmp, &dest).unwrap_or_else(|e| panic!("rename to {}: {e}", dest.display()));
         dest
@@ -103,7 +115,10 @@ impl Sandbox {
             .mode(0o666)
             .open(&stderr)
             .unwrap_or_else(|e| panic!("open {}: {e}", stderr.display()));
-        let _ = fs::set_permissions(self.path("testee.stderr"), fs::Permissions::from_mode(0o666));
+        let _ = fs::set_permissions(
+            self.path("testee.stderr"),
+            fs::Permissions::from_mode(0o666),
+        );
         let mut cmd = Command::new(exe);
         cmd.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -139,10 +154,12 @@ impl Sandbox {
     /// not end within `timeout`. Returns its wait status.
     pub fn wait_child(&self, pid: i32, timeout: Duration) -> std::process::ExitStatus {
         let mut children = self.children.borrow_mut();
-        let child = children.iter_mut().find(|c| c.id() as i32 == pid).expect("not a child of this test");
-        crate::wait_for(timeout, || child.try_wait().expect("try_wait")).unwrap_or_else(|| {
-            panic!("child {pid} did not end within {timeout:?}")
-        })
+        let child = children
+            .iter_mut()
+            .find(|c| c.id() as i32 == pid)
+            .expect("not a child of this test");
+        crate::wait_for(timeout, || child.try_wait().expect("try_wait"))
+            .unwrap_or_else(|| panic!("child {pid} did not end within {timeout:?}"))
     }
 
     /// The config file path used by [`crate::Daemon::start`].
@@ -175,7 +192,13 @@ impl Sandbox {
             .filter_map(|c| matches!(c.try_wait(), Ok(None)).then_some(c.id() as i32))
             .collect();
         for report in self.reports.borrow().iter() {
-            pids.extend(report.records().iter().flat_map(|r| r.pids()).filter(|p| ours.contains(p)));
+            pids.extend(
+                report
+                    .records()
+                    .iter()
+                    .flat_map(|r| r.pids())
+                    .filter(|p| ours.contains(p)),
+            );
         }
         pids.extend(&ours);
         pids.sort_unstable();

@@ -18,9 +18,16 @@ fn assert_config_error(sb: &Sandbox, backend: Backend, expected: &[&str]) -> Str
     let mut daemon = Daemon::start(sb, backend);
     let status = daemon.wait_exit(armourd_tests::EVENT_TIMEOUT);
     let log = daemon.log();
-    assert_eq!(status.code(), Some(2), "exit status of armourd on a bad config, log:\n{log}");
+    assert_eq!(
+        status.code(),
+        Some(2),
+        "exit status of armourd on a bad config, log:\n{log}"
+    );
     for text in expected {
-        assert!(log.contains(text), "the log does not contain {text:?}:\n{log}");
+        assert!(
+            log.contains(text),
+            "the log does not contain {text:?}:\n{log}"
+        );
     }
     log
 }
@@ -31,7 +38,11 @@ fn unknown_option_is_reported_with_line_and_column(backend: Backend) {
     let path = svc.display().to_string();
     sb.write_config(&format!("# watched\n{path}\n{path}  sucess=0\n"));
     let column = path.len() + 3;
-    assert_config_error(&sb, backend, &[&format!("armourd.conf:3:{column}:"), "sucess"]);
+    assert_config_error(
+        &sb,
+        backend,
+        &[&format!("armourd.conf:3:{column}:"), "sucess"],
+    );
 }
 
 fn relative_path_is_reported_with_line_and_column(backend: Backend) {
@@ -64,7 +75,11 @@ fn missing_program_is_only_a_warning(backend: Backend) {
     sb.write_config(&format!("{}\n", sb.path("not-installed-yet").display()));
     let (mut daemon, watched) = Daemon::ready(&sb, backend);
     assert_eq!(watched, 0);
-    assert!(daemon.log().contains("not-installed-yet"), "no warning about the missing program:\n{}", daemon.log());
+    assert!(
+        daemon.log().contains("not-installed-yet"),
+        "no warning about the missing program:\n{}",
+        daemon.log()
+    );
     daemon.assert_running();
 }
 

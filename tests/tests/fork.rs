@@ -4,7 +4,9 @@
 
 use std::os::unix::process::CommandExt;
 
-use armourd_tests::{backend_tests, process, Backend, Daemon, Record, Report, Sandbox, EVENT_TIMEOUT, QUIET_WINDOW};
+use armourd_tests::{
+    backend_tests, process, Backend, Daemon, Record, Report, Sandbox, EVENT_TIMEOUT, QUIET_WINDOW,
+};
 
 backend_tests!(
     forking_server_leftovers_are_terminated_before_restart,
@@ -26,7 +28,11 @@ fn forking_server(backend: Backend, sb: &Sandbox, report: &Report) -> (Daemon, i
     let svc = sb.testee("server");
     sb.write_config(&format!("{} stop-timeout=2s\n", svc.display()));
     let (daemon, _) = Daemon::ready(sb, backend);
-    let master = sb.spawn(sb.command(&svc, report).env("TESTEE_MODE", "fork-workers=2").process_group(0));
+    let master = sb.spawn(
+        sb.command(&svc, report)
+            .env("TESTEE_MODE", "fork-workers=2")
+            .process_group(0),
+    );
     let workers = workers_of(report, master);
     assert_eq!(workers.len(), 2);
     (daemon, master, workers)
@@ -42,9 +48,14 @@ fn forking_server_leftovers_are_terminated_before_restart(backend: Backend) {
     assert!(process::kill(master, libc::SIGKILL));
     let restart = report.wait_starts(2).remove(1);
     let records = report.records();
-    let restart_at = records.iter().position(|r| matches!(r, Record::Start(s) if s.pid == restart.pid)).unwrap();
+    let restart_at = records
+        .iter()
+        .position(|r| matches!(r, Record::Start(s) if s.pid == restart.pid))
+        .unwrap();
     for worker in &workers {
-        let term_at = records.iter().position(|r| *r == Record::WorkerTerm(*worker));
+        let term_at = records
+            .iter()
+            .position(|r| *r == Record::WorkerTerm(*worker));
         assert!(
             term_at.is_some_and(|at| at < restart_at),
             "worker {worker} got no SIGTERM before the restart:\n{}",
@@ -54,7 +65,10 @@ fn forking_server_leftovers_are_terminated_before_restart(backend: Backend) {
     }
     let new_workers = workers_of(&report, restart.pid);
     assert!(new_workers.iter().all(|w| !workers.contains(w)));
-    assert_eq!(restart.pgid, restart.pid, "the new master leads its own group");
+    assert_eq!(
+        restart.pgid, restart.pid,
+        "the new master leads its own group"
+    );
     daemon.assert_running();
 }
 
@@ -65,7 +79,11 @@ fn worker_crash_does_not_restart_the_server(backend: Backend) {
     let (mut daemon, master, workers) = forking_server(backend, &sb, &report);
 
     assert!(process::kill(workers[0], libc::SIGKILL));
-    report.assert_starts_stay(1, QUIET_WINDOW, "a worker's death does not restart the server");
+    report.assert_starts_stay(
+        1,
+        QUIET_WINDOW,
+        "a worker's death does not restart the server",
+    );
     assert!(process::is_alive(master), "the master still runs");
     assert!(process::is_alive(workers[1]), "the other worker still runs");
     daemon.assert_running();
@@ -81,7 +99,11 @@ fn assert_daemon_followed(backend: Backend, mode: &str) {
     sb.write_config(&format!("{}\n", svc.display()));
     let (mut daemon, _) = Daemon::ready(&sb, backend);
 
-    let original_pid = sb.spawn(sb.command(&svc, &report).env("TESTEE_MODE", mode).args(["--daemon", ""]));
+    let original_pid = sb.spawn(
+        sb.command(&svc, &report)
+            .env("TESTEE_MODE", mode)
+            .args(["--daemon", ""]),
+    );
     let original = report.wait_starts(1).remove(0);
     let status = sb.wait_child(original_pid, EVENT_TIMEOUT);
     assert_eq!(status.code(), Some(0), "the original exits 0 after forking");
@@ -94,7 +116,10 @@ fn assert_daemon_followed(backend: Backend, mode: &str) {
 
     assert!(process::kill(child, libc::SIGKILL));
     let restart = report.wait_starts(2).remove(1);
-    assert_eq!(restart.argv, original.argv, "the restart command is the original one");
+    assert_eq!(
+        restart.argv, original.argv,
+        "the restart command is the original one"
+    );
     assert_eq!(restart.env, original.env);
     let new_child = report.wait_record("new daemon", |r| daemon_pid(r).filter(|&p| p != child));
     assert!(process::is_alive(new_child));
@@ -102,7 +127,9 @@ fn assert_daemon_followed(backend: Backend, mode: &str) {
     // The restart daemonized too: the watch followed it again.
     assert!(process::kill(new_child, libc::SIGKILL));
     report.wait_starts(3);
-    report.wait_record("third daemon", |r| daemon_pid(r).filter(|&p| p != child && p != new_child));
+    report.wait_record("third daemon", |r| {
+        daemon_pid(r).filter(|&p| p != child && p != new_child)
+    });
     daemon.assert_running();
 }
 

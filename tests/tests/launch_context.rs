@@ -37,7 +37,12 @@ struct Pair {
 
 /// Runs the two originals `make(name, report)` builds (`adopted` before
 /// armourd, `execed` after), kills them with SIGKILL and returns both pairs.
-fn restarts(backend: Backend, sb: &Sandbox, exe: &Path, make: impl Fn(&str, &Report) -> Command) -> Vec<Pair> {
+fn restarts(
+    backend: Backend,
+    sb: &Sandbox,
+    exe: &Path,
+    make: impl Fn(&str, &Report) -> Command,
+) -> Vec<Pair> {
     sb.write_config(&format!("{}\n", exe.display()));
     let (adopted, execed) = (sb.report("adopted"), sb.report("execed"));
     let first = sb.spawn(&mut make("adopted", &adopted));
@@ -53,7 +58,11 @@ fn restarts(backend: Backend, sb: &Sandbox, exe: &Path, make: impl Fn(&str, &Rep
         let mut starts = report.wait_starts(2);
         let restart = starts.remove(1);
         let original = starts.remove(0);
-        pairs.push(Pair { which, original, restart });
+        pairs.push(Pair {
+            which,
+            original,
+            restart,
+        });
     }
     daemon.assert_running();
     pairs
@@ -78,7 +87,11 @@ fn restart_keeps_argv_exactly(backend: Backend) {
     let mut expected = vec![OsString::from("custom argv0")];
     expected.extend(args.iter().cloned());
     for p in pairs {
-        assert_eq!(p.original.argv, expected, "{}: the original got the test's argv", p.which);
+        assert_eq!(
+            p.original.argv, expected,
+            "{}: the original got the test's argv",
+            p.which
+        );
         assert_eq!(p.restart.argv, expected, "{}: the restart's argv", p.which);
         assert_eq!(p.restart.exe, svc, "{}", p.which);
     }
@@ -90,18 +103,35 @@ fn restart_keeps_environment(backend: Backend) {
     let mark = OsString::from_vec(b"spaces and = signs, \xc3\xbc and \xff".to_vec());
     let pairs = restarts(backend, &sb, &svc, |_, report| {
         let mut cmd = sb.command(&svc, report);
-        cmd.env("TESTEE_MARK", &mark).env("EMPTY_VALUE", "").env("LANG", "C.UTF-8");
+        cmd.env("TESTEE_MARK", &mark)
+            .env("EMPTY_VALUE", "")
+            .env("LANG", "C.UTF-8");
         cmd
     });
     for p in pairs {
-        assert_eq!(p.original.mark.as_ref(), Some(&mark), "{}: the original got the mark", p.which);
-        assert_eq!(p.restart.mark.as_ref(), Some(&mark), "{}: TESTEE_MARK is kept", p.which);
+        assert_eq!(
+            p.original.mark.as_ref(),
+            Some(&mark),
+            "{}: the original got the mark",
+            p.which
+        );
+        assert_eq!(
+            p.restart.mark.as_ref(),
+            Some(&mark),
+            "{}: TESTEE_MARK is kept",
+            p.which
+        );
         let sorted = |env: &[OsString]| {
             let mut env = env.to_vec();
             env.sort();
             env
         };
-        assert_eq!(sorted(&p.restart.env), sorted(&p.original.env), "{}: the whole environment", p.which);
+        assert_eq!(
+            sorted(&p.restart.env),
+            sorted(&p.original.env),
+            "{}: the whole environment",
+            p.which
+        );
     }
 }
 
@@ -116,7 +146,11 @@ fn restart_keeps_cwd(backend: Backend) {
     });
     for p in pairs {
         assert_eq!(p.original.cwd, work, "{}", p.which);
-        assert_eq!(p.restart.cwd, work, "{}: the restart's working directory", p.which);
+        assert_eq!(
+            p.restart.cwd, work,
+            "{}: the restart's working directory",
+            p.which
+        );
     }
 }
 
@@ -131,14 +165,40 @@ fn restart_keeps_unprivileged_identity(backend: Backend) {
         cmd
     });
     for p in pairs {
-        assert_eq!(p.original.uid, [65534; 3], "{}: the original runs as nobody", p.which);
-        assert_eq!(p.restart.uid, [65534; 3], "{}: real, effective, saved uid", p.which);
-        assert_eq!(p.restart.gid, [65534; 3], "{}: real, effective, saved gid", p.which);
+        assert_eq!(
+            p.original.uid, [65534; 3],
+            "{}: the original runs as nobody",
+            p.which
+        );
+        assert_eq!(
+            p.restart.uid, [65534; 3],
+            "{}: real, effective, saved uid",
+            p.which
+        );
+        assert_eq!(
+            p.restart.gid, [65534; 3],
+            "{}: real, effective, saved gid",
+            p.which
+        );
         let mut groups = p.restart.groups.clone();
         groups.sort_unstable();
-        assert_eq!(groups, vec![100, 65534], "{}: supplementary groups", p.which);
-        assert_eq!(p.restart.capeff, p.original.capeff, "{}: capabilities", p.which);
-        assert_eq!(u64::from_str_radix(&p.restart.capeff, 16), Ok(0), "{}: no capability", p.which);
+        assert_eq!(
+            groups,
+            vec![100, 65534],
+            "{}: supplementary groups",
+            p.which
+        );
+        assert_eq!(
+            p.restart.capeff, p.original.capeff,
+            "{}: capabilities",
+            p.which
+        );
+        assert_eq!(
+            u64::from_str_radix(&p.restart.capeff, 16),
+            Ok(0),
+            "{}: no capability",
+            p.which
+        );
     }
 }
 
@@ -173,9 +233,16 @@ fn restart_appends_to_stdout_file(backend: Backend) {
         cmd
     });
     for p in pairs {
-        assert!(p.restart.stdout_is_file, "{}: the restart's stdout is a file", p.which);
+        assert!(
+            p.restart.stdout_is_file,
+            "{}: the restart's stdout is a file",
+            p.which
+        );
         let text = fs::read_to_string(out(p.which)).unwrap();
-        let expected = format!("{earlier}started {}\nstarted {}\n", p.original.pid, p.restart.pid);
+        let expected = format!(
+            "{earlier}started {}\nstarted {}\n",
+            p.original.pid, p.restart.pid
+        );
         assert_eq!(text, expected, "{}: stdout file", p.which);
     }
 }
@@ -189,9 +256,21 @@ fn restart_of_session_leader_leads_a_new_session(backend: Backend) {
         cmd
     });
     for p in pairs {
-        assert_eq!(p.original.sid, p.original.pid, "{}: the original leads a session", p.which);
-        assert_eq!(p.restart.sid, p.restart.pid, "{}: the restart leads its own session", p.which);
-        assert_eq!(p.restart.pgid, p.restart.pid, "{}: and its process group", p.which);
+        assert_eq!(
+            p.original.sid, p.original.pid,
+            "{}: the original leads a session",
+            p.which
+        );
+        assert_eq!(
+            p.restart.sid, p.restart.pid,
+            "{}: the restart leads its own session",
+            p.which
+        );
+        assert_eq!(
+            p.restart.pgid, p.restart.pid,
+            "{}: and its process group",
+            p.which
+        );
     }
 }
 
@@ -200,9 +279,17 @@ fn restart_of_group_member_leads_its_own_group(backend: Backend) {
     let svc = sb.testee("svc");
     let pairs = restarts(backend, &sb, &svc, |_, report| sb.command(&svc, report));
     for p in pairs {
-        assert_ne!(p.original.pgid, p.original.pid, "{}: the original leads no group", p.which);
+        assert_ne!(
+            p.original.pgid, p.original.pid,
+            "{}: the original leads no group",
+            p.which
+        );
         assert_ne!(p.original.sid, p.original.pid, "{}: nor a session", p.which);
-        assert_eq!(p.restart.pgid, p.restart.pid, "{}: the restart leads its own process group", p.which);
+        assert_eq!(
+            p.restart.pgid, p.restart.pid,
+            "{}: the restart leads its own process group",
+            p.which
+        );
         assert_ne!(p.restart.sid, p.restart.pid, "{}: but no session", p.which);
     }
 }
@@ -212,6 +299,11 @@ fn restart_inherits_no_descriptor(backend: Backend) {
     let svc = sb.testee("svc");
     let pairs = restarts(backend, &sb, &svc, |_, report| sb.command(&svc, report));
     for p in pairs {
-        assert_eq!(p.restart.fds, vec![0, 1, 2], "{}: the restart's open descriptors", p.which);
+        assert_eq!(
+            p.restart.fds,
+            vec![0, 1, 2],
+            "{}: the restart's open descriptors",
+            p.which
+        );
     }
 }

@@ -42,9 +42,20 @@ fn assert_signal_ends_armourd(backend: Backend, signal: i32) {
 
     daemon.signal(signal);
     let status = daemon.wait_exit(armourd_tests::EVENT_TIMEOUT);
-    assert_eq!(status.code(), Some(0), "armourd's exit status, log:\n{}", daemon.log());
-    assert!(process::is_alive(kept_pid), "the adopted process keeps running");
-    assert!(process::is_alive(restart.pid), "the process armourd started keeps running");
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "armourd's exit status, log:\n{}",
+        daemon.log()
+    );
+    assert!(
+        process::is_alive(kept_pid),
+        "the adopted process keeps running"
+    );
+    assert!(
+        process::is_alive(restart.pid),
+        "the process armourd started keeps running"
+    );
 }
 
 fn sigterm_ends_armourd_and_processes_keep_running(backend: Backend) {

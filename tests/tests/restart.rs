@@ -1,7 +1,9 @@
 //! Abnormal ends are restarted, clean ends are not (SPEC §4, §5), and
 //! `success=` decides which is which.
 
-use armourd_tests::{backend_tests, process, Backend, Daemon, Report, Sandbox, EVENT_TIMEOUT, QUIET_WINDOW};
+use armourd_tests::{
+    backend_tests, process, Backend, Daemon, Report, Sandbox, EVENT_TIMEOUT, QUIET_WINDOW,
+};
 
 backend_tests!(
     restarts_after_sigsegv,
@@ -19,7 +21,12 @@ backend_tests!(
 /// Starts armourd watching a `svc` testee (config line `svc OPTIONS`), then
 /// the testee with `env`, after armourd is ready; sends it `signal` and
 /// asserts that it is restarted with the same argv.
-fn assert_restarted_after(backend: Backend, options: &str, env: &[(&str, &str)], signal: i32) -> Sandbox {
+fn assert_restarted_after(
+    backend: Backend,
+    options: &str,
+    env: &[(&str, &str)],
+    signal: i32,
+) -> Sandbox {
     let sb = Sandbox::new();
     let svc = sb.testee("svc");
     let report = sb.report("svc");
@@ -27,7 +34,11 @@ fn assert_restarted_after(backend: Backend, options: &str, env: &[(&str, &str)],
     let (mut daemon, watched) = Daemon::ready(&sb, backend);
     assert_eq!(watched, 0, "nothing runs yet");
 
-    let pid = sb.spawn(sb.command(&svc, &report).args(["--serve", "now"]).envs(env.iter().copied()));
+    let pid = sb.spawn(
+        sb.command(&svc, &report)
+            .args(["--serve", "now"])
+            .envs(env.iter().copied()),
+    );
     let original = report.wait_starts(1).remove(0);
     assert!(process::kill(pid, signal));
 
@@ -73,7 +84,13 @@ fn restarts_after_exit_code_3(backend: Backend) {
 /// Starts a `svc` testee with `env`, then armourd watching it (config line
 /// `svc OPTIONS`), so that the ready line proves it is watched; sends it
 /// `signal`, checks how it ended and that it is not restarted.
-fn assert_not_restarted_after(backend: Backend, options: &str, env: &[(&str, &str)], signal: i32, end: Option<i32>) {
+fn assert_not_restarted_after(
+    backend: Backend,
+    options: &str,
+    env: &[(&str, &str)],
+    signal: i32,
+    end: Option<i32>,
+) {
     let sb = Sandbox::new();
     let svc = sb.testee("svc");
     let report = sb.report("svc");
@@ -91,7 +108,13 @@ fn assert_not_restarted_after(backend: Backend, options: &str, env: &[(&str, &st
 }
 
 fn no_restart_after_exit_0(backend: Backend) {
-    assert_not_restarted_after(backend, "", &[("TESTEE_EXIT_CODE", "0")], libc::SIGUSR1, Some(0));
+    assert_not_restarted_after(
+        backend,
+        "",
+        &[("TESTEE_EXIT_CODE", "0")],
+        libc::SIGUSR1,
+        Some(0),
+    );
 }
 
 fn no_restart_after_sigterm(backend: Backend) {
@@ -99,7 +122,13 @@ fn no_restart_after_sigterm(backend: Backend) {
 }
 
 fn success_exit_code_is_clean(backend: Backend) {
-    assert_not_restarted_after(backend, "success=0,3", &[("TESTEE_EXIT_CODE", "3")], libc::SIGUSR1, Some(3));
+    assert_not_restarted_after(
+        backend,
+        "success=0,3",
+        &[("TESTEE_EXIT_CODE", "3")],
+        libc::SIGUSR1,
+        Some(3),
+    );
 }
 
 fn success_signal_is_clean(backend: Backend) {
@@ -130,7 +159,13 @@ fn restarts_again_and_reaps_what_it_started(backend: Backend) {
     assert_eq!(second.argv, original.argv);
     assert_ne!(second.pid, first.pid);
 
-    let reaped = armourd_tests::wait_until(EVENT_TIMEOUT, || process::zombie_children(daemon.pid()).is_empty());
-    assert!(reaped, "armourd leaves zombie children: {:?}", process::zombie_children(daemon.pid()));
+    let reaped = armourd_tests::wait_until(EVENT_TIMEOUT, || {
+        process::zombie_children(daemon.pid()).is_empty()
+    });
+    assert!(
+        reaped,
+        "armourd leaves zombie children: {:?}",
+        process::zombie_children(daemon.pid())
+    );
     daemon.assert_running();
 }

@@ -32,8 +32,16 @@ fn adopts_processes_started_before_it(backend: Backend) {
     assert!(process::kill(pid_two, libc::SIGKILL));
     let restart = two.wait_starts(2).remove(1);
     assert_eq!(restart.argv, original.argv);
-    assert_eq!(one.starts().len(), 1, "the other instance is not restarted:\n{}", one.text());
-    assert!(process::is_alive(pid_one), "the other instance is untouched");
+    assert_eq!(
+        one.starts().len(),
+        1,
+        "the other instance is not restarted:\n{}",
+        one.text()
+    );
+    assert!(
+        process::is_alive(pid_one),
+        "the other instance is untouched"
+    );
     daemon.assert_running();
 }
 
@@ -90,7 +98,11 @@ fn never_restarts_a_program_not_in_the_config(backend: Backend) {
     other_report.wait_starts(2);
     assert!(process::kill(before, libc::SIGKILL));
     assert!(process::kill(after, libc::SIGSEGV));
-    other_report.assert_starts_stay(2, QUIET_WINDOW, "a program not in the config is not restarted");
+    other_report.assert_starts_stay(
+        2,
+        QUIET_WINDOW,
+        "a program not in the config is not restarted",
+    );
 
     assert!(process::kill(svc_pid, libc::SIGKILL));
     svc_report.wait_starts(2);
@@ -112,7 +124,10 @@ fn restarts_binary_replaced_on_disk(backend: Backend) {
     sb.testee("svc");
     assert!(process::kill(pid, libc::SIGKILL));
     let restart = report.wait_starts(2).remove(1);
-    assert_eq!(restart.exe, svc, "the restart runs the file now at the path");
+    assert_eq!(
+        restart.exe, svc,
+        "the restart runs the file now at the path"
+    );
     assert!(process::is_alive(restart.pid));
     daemon.assert_running();
 }
@@ -134,15 +149,27 @@ fn watches_script_entry(backend: Backend) {
     sb.write_config(&format!("{}\n", script.display()));
     let (mut daemon, _) = Daemon::ready(&sb, backend);
 
-    let pid = sb.spawn(sb.command(&script, &report).args(["a", "b c"]).env("BLOCK_FIFO", &fifo));
+    let pid = sb.spawn(
+        sb.command(&script, &report)
+            .args(["a", "b c"])
+            .env("BLOCK_FIFO", &fifo),
+    );
     let script_pid = |r: &Record| match r {
         Record::Script { pid, args } => Some((*pid, args.clone())),
         _ => None,
     };
-    assert_eq!(report.wait_record("script", script_pid), (pid, "a b c".to_owned()));
+    assert_eq!(
+        report.wait_record("script", script_pid),
+        (pid, "a b c".to_owned())
+    );
     assert!(process::kill(pid, libc::SIGKILL));
-    let restarted = report.wait_record("second script", |r| script_pid(r).filter(|(p, _)| *p != pid));
-    assert_eq!(restarted.1, "a b c", "the restart gets the script's arguments");
+    let restarted = report.wait_record("second script", |r| {
+        script_pid(r).filter(|(p, _)| *p != pid)
+    });
+    assert_eq!(
+        restarted.1, "a b c",
+        "the restart gets the script's arguments"
+    );
     daemon.assert_running();
 }
 

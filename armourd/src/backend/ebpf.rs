@@ -39,8 +39,13 @@ const PROGRAMS: [&str; 3] = [
 pub enum EbpfError {
     #[error("this armourd was built without its eBPF object (build it with `cargo xtask build`)")]
     NotBuiltIn,
-    #[error("the kernel has no BTF at {}", btf::VMLINUX)]
+    #[error(
+        "the kernel has no BTF at {} (needs CONFIG_DEBUG_INFO_BTF)",
+        btf::VMLINUX
+    )]
     NoBtf,
+    #[error("armourd lacks {0} (run it as root, or grant CAP_BPF and CAP_PERFMON)")]
+    MissingCapability(&'static str),
     #[error(transparent)]
     Offsets(#[from] btf::BtfError),
     #[error("cannot load the eBPF object (needs Linux 5.8+ with ring buffers, and CAP_BPF + CAP_PERFMON or root)")]
@@ -82,6 +87,7 @@ impl EbpfBackend {
         if !std::path::Path::new(btf::VMLINUX).exists() {
             return Err(EbpfError::NoBtf);
         }
+        check_capabilities()?;
         let offsets = btf::kernel_offsets()?;
         let kernel_btf = Btf::from_sys_fs().map_err(|_| EbpfError::NoBtf)?;
         let mut ebpf = EbpfLoader::new()
@@ -100,14 +106,29 @@ impl EbpfBackend {
                 .and_then(|()| tracepoint.attach().map(drop))
                 .map_err(|source| EbpfError::Program { program, source })?;
         }
-        let ring = RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?)
-            .map_err(|source| EbpfError::Map { map: "EVENTS", source })?;
-        let pids = HashMap::try_from(take_map(&mut ebpf, "WATCHED_PIDS")?)
-            .map_err(|source| EbpfError::Map { map: "WATCHED_PIDS", source })?;
-        let files = HashMap::try_from(take_map(&mut ebpf, "WATCHED_FILES")?)
-            .map_err(|source| EbpfError::Map { map: "WATCHED_FILES", source })?;
-        let lost = PerCpuArray::try_from(take_map(&mut ebpf, "LOST")?)
-            .map_err(|source| EbpfError::Map { map: "LOST", source })?;
+        let ring =
+            RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| EbpfError::Map {
+                map: "EVENTS",
+                source,
+            })?;
+        let pids = HashMap::try_from(take_map(&mut ebpf, "WATCHED_PIDS")?).map_err(|source| {
+            EbpfError::Map {
+                map: "WATCHED_PIDS",
+                source,
+            }
+        })?;
+        let files = HashMap::try_from(take_map(&mut ebpf, "WATCHED_FILES")?).map_err(|source| {
+            EbpfError::Map {
+                map: "WATCHED_FILES",
+                source,
+            }
+        })?;
+        let lost = PerCpuArray::try_from(take_map(&mut ebpf, "LOST")?).map_err(|source| {
+            EbpfError::Map {
+                map: "LOST",
+                source,
+            }
+        })?;
         Ok(Self {
             _ebpf: ebpf,
             // SAFETY: the AsyncFd owns the ring buffer, which owns the map descriptor.
@@ -179,6 +200,29 @@ impl EbpfBackend {
     }
 }
 
+/// CAP_BPF and CAP_PERFMON (Linux 5.8+), or CAP_SYS_ADMIN for both.
+fn check_capabilities() -> Result<(), EbpfError> {
+    const CAP_SYS_ADMIN: u32 = 21;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let Some(effective) = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+    else {
+        return Ok(()); // unknown: let the kernel decide
+    };
+    let has = |cap: u32| effective & (1 << cap) != 0;
+    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
+        return Err(EbpfError::MissingCapability("CAP_BPF"));
+    }
+    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
+        return Err(EbpfError::MissingCapability("CAP_PERFMON"));
+    }
+    Ok(())
+}
+
 fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, EbpfError> {
     ebpf.take_map(name).ok_or(EbpfError::Missing(name))
 }
@@ -233,7 +277,8 @@ fn decode_exec(bytes: &[u8], start: Option<u64>) -> Option<ExecEvent> {
         file: Some(record.file),
         argv: area(&record.args, record.args_len)
             .filter(|a| whole(armourd_common::EXEC_ARGS_TRUNCATED) && !a.is_empty()),
-        env: area(&record.env, record.env_len).filter(|_| whole(armourd_common::EXEC_ENV_TRUNCATED)),
+        env: area(&record.env, record.env_len)
+            .filter(|_| whole(armourd_common::EXEC_ENV_TRUNCATED)),
         uid: Some(record.uid),
         gid: Some(record.gid),
         filename: (record.flags & EXEC_INTERPRETER != 0)

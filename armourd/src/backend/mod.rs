@@ -9,6 +9,7 @@ use armourd_common::FileKey;
 use crate::status::ExitStatus;
 
 pub mod ebpf;
+pub mod proc_connector;
 
 /// Something the kernel reported about a process.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -103,7 +103,10 @@ fn success_option_makes_an_exit_code_clean() {
     assert!(spawns(&s.exit(100, Some(7), ExitStatus::Exited(3), t)).is_empty());
     s.exec(exec(101, 8, false), t);
     // exit 0 is no longer in the list
-    assert_eq!(spawns(&s.exit(101, Some(8), ExitStatus::Exited(0), t)).len(), 1);
+    assert_eq!(
+        spawns(&s.exit(101, Some(8), ExitStatus::Exited(0), t)).len(),
+        1
+    );
 }
 
 #[test]
@@ -192,7 +195,10 @@ fn leftovers_get_sigkill_after_the_stop_timeout() {
     assert!(signals(&actions).contains(&(Target::Process(101), libc::SIGKILL)));
     assert!(signals(&actions).contains(&(Target::Group(100), libc::SIGKILL)));
     assert!(spawns(&actions).is_empty());
-    assert_eq!(spawns(&s.exit(101, Some(8), ExitStatus::from_wait_status(9), t)).len(), 1);
+    assert_eq!(
+        spawns(&s.exit(101, Some(8), ExitStatus::from_wait_status(9), t)).len(),
+        1
+    );
 }
 
 #[test]
@@ -208,7 +214,11 @@ fn single_fork_daemon_hands_the_watch_to_its_child() {
         exe: PathBuf::from("/usr/sbin/food"),
     })));
     let id = spawns(&s.exit(101, Some(8), SEGV, t));
-    assert_eq!(id.len(), 1, "the daemon's crash restarts the original command");
+    assert_eq!(
+        id.len(),
+        1,
+        "the daemon's crash restarts the original command"
+    );
 }
 
 #[test]

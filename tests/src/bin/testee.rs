@@ -40,13 +40,22 @@ extern "C" fn on_term(_: libc::c_int) {
 }
 
 fn main() {
-    if let Some(code) = std::env::var("TESTEE_EXIT_CODE").ok().and_then(|c| c.parse().ok()) {
+    if let Some(code) = std::env::var("TESTEE_EXIT_CODE")
+        .ok()
+        .and_then(|c| c.parse().ok())
+    {
         EXIT_CODE.store(code, Ordering::Relaxed);
     }
     if std::env::var_os("TESTEE_CORE").is_some_and(|v| v == "1") {
-        let unlimited = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+        let unlimited = libc::rlimit {
+            rlim_cur: libc::RLIM_INFINITY,
+            rlim_max: libc::RLIM_INFINITY,
+        };
         if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &unlimited) } != 0 {
-            eprintln!("testee: setrlimit(RLIMIT_CORE): {}", std::io::Error::last_os_error());
+            eprintln!(
+                "testee: setrlimit(RLIMIT_CORE): {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     // Rust's runtime catches SIGSEGV and SIGBUS to report stack overflows;
@@ -67,7 +76,10 @@ fn main() {
         "sleep" => sleep_forever(),
         "daemon1" => daemon1(),
         "daemon2" => daemon2(),
-        _ => match mode.strip_prefix("fork-workers=").and_then(|n| n.parse().ok()) {
+        _ => match mode
+            .strip_prefix("fork-workers=")
+            .and_then(|n| n.parse().ok())
+        {
             Some(n) => fork_workers(n),
             None => {
                 eprintln!("testee: unknown TESTEE_MODE {mode:?}");
@@ -89,10 +101,16 @@ fn set_handler(signal: libc::c_int, handler: extern "C" fn(libc::c_int)) {
 /// Appends one line to `$TESTEE_REPORT` in a single `write`, so lines of
 /// concurrent writers never interleave.
 fn append(line: &str) {
-    let Some(path) = std::env::var_os("TESTEE_REPORT") else { return };
+    let Some(path) = std::env::var_os("TESTEE_REPORT") else {
+        return;
+    };
     let mut line = line.to_owned();
     line.push('\n');
-    let file = OpenOptions::new().append(true).create(true).mode(0o666).open(&path);
+    let file = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o666)
+        .open(&path);
     match file.and_then(|mut f| f.write(line.as_bytes())) {
         Ok(n) if n == line.len() => {}
         Ok(n) => eprintln!("testee: short write to report: {n} of {}", line.len()),
@@ -125,8 +143,12 @@ fn start_record() -> String {
             .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
             .unwrap_or_else(|| "?".into())
     };
-    let cwd = std::env::current_dir().map(|d| hex(d.as_os_str().as_bytes())).unwrap_or_default();
-    let exe = std::fs::read_link("/proc/self/exe").map(|d| hex(d.as_os_str().as_bytes())).unwrap_or_default();
+    let cwd = std::env::current_dir()
+        .map(|d| hex(d.as_os_str().as_bytes()))
+        .unwrap_or_default();
+    let exe = std::fs::read_link("/proc/self/exe")
+        .map(|d| hex(d.as_os_str().as_bytes()))
+        .unwrap_or_default();
     let mark = match std::env::var_os("TESTEE_MARK") {
         Some(m) => format!("x{}", hex(m.as_bytes())),
         None => "-".into(),
@@ -143,11 +165,19 @@ fn start_record() -> String {
         unsafe { libc::getppid() },
         unsafe { libc::getpgrp() },
         unsafe { libc::getsid(0) },
-        groups().iter().map(u32::to_string).collect::<Vec<_>>().join(","),
+        groups()
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         status_field("Umask:"),
         status_field("CapEff:"),
         if stdout_is_file() { "file" } else { "other" },
-        open_fds().iter().map(i32::to_string).collect::<Vec<_>>().join(","),
+        open_fds()
+            .iter()
+            .map(i32::to_string)
+            .collect::<Vec<_>>()
+            .join(","),
         argv.len(),
         hex_list(argv.iter().map(|a| OsStr::as_bytes(a))),
         env.len(),
@@ -170,7 +200,9 @@ fn stdout_is_file() -> bool {
 
 /// Open descriptors, probed with `fcntl` so that probing opens none.
 fn open_fds() -> Vec<i32> {
-    (0..1024).filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1).collect()
+    (0..1024)
+        .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1)
+        .collect()
 }
 
 fn sleep_forever() -> ! {
@@ -204,7 +236,11 @@ fn fork_workers(n: usize) -> ! {
         libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
     }
     let pids: Vec<_> = workers.iter().map(i32::to_string).collect();
-    append(&format!("workers {} {}", std::process::id(), pids.join(" ")));
+    append(&format!(
+        "workers {} {}",
+        std::process::id(),
+        pids.join(" ")
+    ));
     sleep_forever()
 }
 

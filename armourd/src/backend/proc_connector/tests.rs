@@ -1,0 +1,301 @@
+use std::process::{Child, Command, Stdio};
+
+use super::*;
+
+/// Above any pid_max (2^22): never in /proc.
+const NEVER: u32 = 1 << 23;
+
+#[test]
+fn a_process_ends_with_the_datagram_of_its_last_thread() {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let _guard = runtime.as_ref().unwrap().enter();
+    let mut backend = ProcConnectorBackend::open().expect("the proc connector needs root");
+    let (pid, other) = (NEVER, NEVER + 1);
+    backend.insert(pid, Some(1), HashSet::from([pid, pid + 5]));
+    backend.insert(other, None, HashSet::from([other]));
+    let exit = |tid, tgid, code| Message::Exit {
+        tid,
+        tgid,
+        code,
+        ktime_ns: 9,
+    };
+    let thread = |tid| Message::Fork {
+        parent: 1,
+        child_pid: tid,
+        child_tgid: pid,
+    };
+    let mut out = Vec::new();
+    // The leader ends first, a thread is born, a thread dumps core (SIGABRT).
+    let batch = [exit(pid, pid, 0), thread(pid + 6), exit(pid + 6, pid, 0x86)];
+    backend.handle(&batch, &mut out);
+    backend.handle(&[exit(other, other, 0x200)], &mut out);
+    assert_eq!(exits_of(&out, pid), []);
+    backend.handle(&[exit(pid + 5, pid, 0x06)], &mut out);
+    let aborted = ExitStatus::Signaled {
+        signal: libc::SIGABRT,
+        core_dumped: true,
+    };
+    assert_eq!(exits_of(&out, pid), [aborted]);
+    assert_eq!(exits_of(&out, other), [ExitStatus::Exited(2)]);
+    assert!(matches!(
+        out[1],
+        Event::Exit {
+            start: Some(1),
+            ktime_ns: Some(9),
+            ..
+        }
+    ));
+    assert!(backend.watched.is_empty());
+}
+
+/// A child of the test, killed (by pid) and reaped when dropped.
+struct Proc(Child);
+
+impl Proc {
+    fn spawn(program: &str, args: &[&str]) -> Self {
+        let child = Command::new(program)
+            .args(args)
+            .stdin(Stdio::piped())
+            .spawn();
+        Self(child.unwrap_or_else(|e| panic!("this test needs {program}: {e}")))
+    }
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+    /// Closes its stdin (the scripts below wait for that) and reaps it.
+    fn finish(&mut self) {
+        drop(self.0.stdin.take());
+        self.0.wait().unwrap();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Opens a backend, watches `watched`'s pid (among a thousand others that
+/// never exist, so that the kernel runs a large filter), runs `end`, and
+/// reads until `done` holds for the events (or fails after 10 s), then for
+/// `linger`.
+fn events(
+    mut watched: Proc,
+    end: impl FnOnce(&mut Proc),
+    linger: Duration,
+    done: impl Fn(&[Event]) -> bool,
+) -> Vec<Event> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let mut backend = ProcConnectorBackend::open().expect("the proc connector needs root");
+        (0..1000).for_each(|i| backend.insert(NEVER + i, None, HashSet::new()));
+        backend.watch(watched.pid()).unwrap();
+        assert!(backend.exact);
+        end(&mut watched);
+        let mut events = Vec::new();
+        let found = tokio::time::timeout(Duration::from_secs(10), async {
+            while !done(&events) {
+                backend.read(&mut events).await.unwrap();
+            }
+        });
+        found
+            .await
+            .unwrap_or_else(|_| panic!("timed out; read {events:?}"));
+        let more = async {
+            loop {
+                backend.read(&mut events).await.unwrap();
+            }
+        };
+        let _ = tokio::time::timeout(linger, more).await;
+        let left: Vec<_> = backend.watched.keys().filter(|&&p| p < NEVER).collect();
+        assert!(left.is_empty(), "still watched: {left:?}");
+        events
+    })
+}
+
+fn exits_of(events: &[Event], of: u32) -> Vec<ExitStatus> {
+    let exits = events.iter().filter_map(|event| match *event {
+        Event::Exit { pid, status, .. } if pid == of => Some(status),
+        _ => None,
+    });
+    exits.collect()
+}
+
+fn children_of(events: &[Event], of: u32) -> Vec<u32> {
+    let forks = events.iter().filter_map(|event| match *event {
+        Event::Fork { parent, child, .. } if parent == of => Some(child),
+        _ => None,
+    });
+    forks.collect()
+}
+
+fn has_ended(pid: u32) -> impl Fn(&[Event]) -> bool {
+    move |events| !exits_of(events, pid).is_empty()
+}
+
+#[test]
+fn a_watched_exit_passes_and_an_unwatched_one_is_dropped() {
+    let watched = Proc::spawn("/bin/sh", &["-c", "read x; exit 4"]);
+    let mut other = Proc::spawn("/bin/sh", &["-c", "read x; exit 0"]);
+    let (pid, other_pid) = (watched.pid(), other.pid());
+    // The unwatched one ends first: had it passed, it would be read first.
+    let end = |watched: &mut Proc| {
+        other.finish();
+        watched.finish();
+    };
+    let events = events(watched, end, Duration::ZERO, has_ended(pid));
+    assert_eq!(exits_of(&events, pid), [ExitStatus::Exited(4)]);
+    assert_eq!(exits_of(&events, other_pid), []);
+    assert_eq!(
+        children_of(&events, std::process::id()),
+        [],
+        "forks of unwatched processes"
+    );
+    let exit = events
+        .iter()
+        .find(|e| matches!(e, Event::Exit { pid: p, .. } if *p == pid));
+    assert!(matches!(
+        exit,
+        Some(Event::Exit {
+            start: Some(_),
+            ktime_ns: Some(_),
+            ..
+        })
+    ));
+}
+
+#[test]
+fn execs_are_reported_and_forked_children_are_watched() {
+    let parent = Proc::spawn(
+        "/bin/sh",
+        &["-c", "read x; (exit 5); /bin/sh -c 'exit 3'; exit $?"],
+    );
+    let pid = parent.pid();
+    let events = events(parent, Proc::finish, Duration::ZERO, has_ended(pid));
+    let children = children_of(&events, pid);
+    let &[subshell, exec] = children.as_slice() else {
+        panic!("{events:?}")
+    };
+    assert_eq!(exits_of(&events, subshell), [ExitStatus::Exited(5)]);
+    let execs = |e: &Event| matches!(e, Event::Exec(x) if x.pid == exec && x.ktime_ns.is_some());
+    assert!(events.iter().any(execs), "{events:?}");
+    assert_eq!(exits_of(&events, exec), [ExitStatus::Exited(3)]);
+    assert_eq!(exits_of(&events, pid), [ExitStatus::Exited(3)]);
+}
+
+#[test]
+fn a_double_fork_is_followed() {
+    // The middle process forks and ends at once, before the filter holds it.
+    let parent = Proc::spawn("/bin/sh", &["-c", "read x; ( /bin/sleep 0.2 & ); exit 0"]);
+    let pid = parent.pid();
+    let grandchild = |events: &[Event]| {
+        let middle = children_of(events, pid).first().copied()?;
+        children_of(events, middle).first().copied()
+    };
+    let done = |events: &[Event]| grandchild(events).is_some_and(|g| has_ended(g)(events));
+    let events = events(parent, Proc::finish, Duration::ZERO, done);
+    assert_eq!(
+        exits_of(&events, grandchild(&events).unwrap()),
+        [ExitStatus::Exited(0)]
+    );
+}
+
+#[test]
+fn a_grandchild_ending_before_the_filter_holds_its_parent_ends() {
+    let parent = Proc::spawn(
+        "/bin/sh",
+        &["-c", "read x; ( (exit 7); /bin/sleep 0.1 ); exit 0"],
+    );
+    let pid = parent.pid();
+    let events = events(
+        parent,
+        Proc::finish,
+        Duration::from_millis(200),
+        has_ended(pid),
+    );
+    let middle = children_of(&events, pid)[0];
+    let &[grandchild] = children_of(&events, middle).as_slice() else {
+        panic!("{events:?}")
+    };
+    // Read, or found in /proc as a zombie, or already reaped.
+    let exits = exits_of(&events, grandchild);
+    assert!(
+        matches!(exits[..], [ExitStatus::Exited(7) | ExitStatus::Unknown]),
+        "{exits:?}"
+    );
+}
+
+const PYTHON: &str = "/usr/bin/python3";
+
+/// Worker threads: two end at once, four sleep; the process ends (by
+/// `exit_group`) with 3 when its stdin closes.
+const THREADS: &str = "import os, sys, threading, time
+for _ in range(2): threading.Thread(target=time.sleep, args=(0,)).start()
+for _ in range(4): threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()
+sys.stdin.read()
+os._exit(3)";
+
+/// The leader ends first (`pthread_exit`); a worker ends the process with 3.
+const LEADER_FIRST: &str = "import ctypes, os, sys, threading, time
+def last():
+    sys.stdin.read()
+    os._exit(3)
+threading.Thread(target=last).start()
+for _ in range(3): threading.Thread(target=time.sleep, args=(1000,), daemon=True).start()
+ctypes.CDLL(None).pthread_exit(None)";
+
+fn wait_for(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs a Python `script` that reaches five threads, ends it with `end`,
+/// and returns the exits reported for it.
+fn multithreaded_exits(script: &str, end: impl FnOnce(&mut Proc)) -> Vec<ExitStatus> {
+    let python = Proc::spawn(PYTHON, &["-c", script]);
+    let pid = python.pid();
+    let tasks = move || fs::read_dir(format!("/proc/{pid}/task")).map_or(0, Iterator::count);
+    wait_for("five threads", || tasks() == 5);
+    let linger = Duration::from_millis(300); // a second exit would come now
+    exits_of(&events(python, end, linger, has_ended(pid)), pid)
+}
+
+#[test]
+fn a_multithreaded_exit_is_reported_once_with_its_code() {
+    let exits = multithreaded_exits(THREADS, Proc::finish);
+    assert_eq!(exits, [ExitStatus::Exited(3)]);
+}
+
+#[test]
+fn a_multithreaded_kill_is_reported_once_with_its_signal() {
+    let exits = multithreaded_exits(THREADS, |python| {
+        python.0.kill().unwrap();
+        python.0.wait().unwrap();
+    });
+    let killed = ExitStatus::Signaled {
+        signal: libc::SIGKILL,
+        core_dumped: false,
+    };
+    assert_eq!(exits, [killed]);
+}
+
+#[test]
+fn a_leader_ending_first_is_reported_when_its_last_thread_ends() {
+    let exits = multithreaded_exits(LEADER_FIRST, |python| {
+        let leader = format!("/proc/{}/stat", python.pid());
+        wait_for("the leader to end", || {
+            stat(&leader).is_some_and(|s| s.state == b'Z')
+        });
+        python.finish();
+    });
+    assert_eq!(exits, [ExitStatus::Exited(3)]);
+}
