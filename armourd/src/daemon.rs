@@ -22,6 +22,8 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+mod requests;
+
 use crate::{
     backend::{Event, ExecEvent},
     config::Config,
@@ -64,11 +66,21 @@ pub struct Daemon {
     watchlist: WatchList,
     /// Kernel time of the end of crashed processes, by the pid that replaced them.
     exit_ktimes: HashMap<u32, u64>,
+    bus: Option<requests::Bus>,
 }
 
-/// Runs armourd until SIGTERM or SIGINT. Must run inside a tokio runtime.
-pub async fn run(config: Config, choice: BackendChoice) -> Result<(), DaemonError> {
+/// Runs armourd until SIGTERM or SIGINT, answering on `bus` if given.
+/// Must run inside a tokio runtime.
+pub async fn run(
+    config: Config,
+    choice: BackendChoice,
+    bus: Option<crate::dbus::Bus>,
+) -> Result<(), DaemonError> {
     let engine = Engine::start(choice)?;
+    let bus = match bus {
+        Some(bus) => requests::start(bus, engine.kind()).await,
+        None => None,
+    };
     let policies = config
         .entries
         .iter()
@@ -83,6 +95,7 @@ pub async fn run(config: Config, choice: BackendChoice) -> Result<(), DaemonErro
         watchlist: WatchList::new(&config),
         config,
         exit_ktimes: HashMap::new(),
+        bus,
     };
     daemon.install_marks();
     daemon.adopt(None);
@@ -135,6 +148,7 @@ impl Daemon {
                     }
                 }
                 _ = chld.recv() => reap(),
+                Some(request) = requests::next(&mut self.bus) => self.request(request),
                 ready = dirs.readable() => {
                     if let Ok(mut guard) = ready {
                         guard.clear_ready();
@@ -388,6 +402,14 @@ impl Daemon {
                 let what = if will_restart { "crashed" } else { "ended" };
                 let then = if will_restart { "; restarting" } else { "" };
                 log::info!("pid {pid} ({}) {what}: {status}{then}", exe.display());
+                self.emit(requests::BusSignal::Exited {
+                    pid: pid as i32,
+                    exe: exe.display().to_string(),
+                    code: status.code(),
+                    signal: status.signal(),
+                    core_dumped: status.core_dumped(),
+                    will_restart,
+                });
             }
             Notice::HandedOff { from, to, exe } => log::info!(
                 "pid {from} ({}) ended cleanly; watching its child pid {to}",
@@ -406,6 +428,12 @@ impl Daemon {
                     "restarted {}: pid {old_pid} -> pid {new_pid} (restart {restarts})",
                     exe.display()
                 );
+                self.emit(requests::BusSignal::Restarted {
+                    old_pid: old_pid as i32,
+                    new_pid: new_pid as i32,
+                    exe: exe.display().to_string(),
+                    restarts,
+                });
             }
             Notice::RestartFailed {
                 exe,

@@ -80,10 +80,12 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
         Backend::Ebpf => daemon::BackendChoice::Ebpf,
         Backend::ProcConnector => daemon::BackendChoice::ProcConnector,
     };
-    if args.dbus != Bus::None {
-        log::warn!("D-Bus is not available in this version; running without it");
-    }
-    runtime.block_on(daemon::run(config, choice))?;
+    let bus = match args.dbus {
+        Bus::System => Some(armourd::dbus::Bus::System),
+        Bus::Session => Some(armourd::dbus::Bus::Session),
+        Bus::None => None,
+    };
+    runtime.block_on(daemon::run(config, choice, bus))?;
     Ok(())
 }
 
@@ -93,17 +95,17 @@ fn init_logging(verbose: u8) {
         1 => log::LevelFilter::Debug,
         _ => log::LevelFilter::Trace,
     };
+    // aya's loader and zbus are chatty; their details matter only when tracing.
+    let quiet = if verbose > 1 {
+        level
+    } else {
+        log::LevelFilter::Warn
+    };
     env_logger::Builder::new()
         .filter_level(level)
-        // aya's loader is chatty at debug level; its details matter only when tracing.
-        .filter_module(
-            "aya",
-            if verbose > 1 {
-                level
-            } else {
-                log::LevelFilter::Warn
-            },
-        )
+        .filter_module("aya", quiet)
+        .filter_module("zbus", quiet)
+        .filter_module("tracing::span", quiet)
         .parse_env("ARMOURD_LOG")
         .format(|out, record| {
             writeln!(

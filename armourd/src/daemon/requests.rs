@@ -1,0 +1,230 @@
+//! The daemon's side of D-Bus: answering requests from the event loop, and
+//! handing crash and restart notices to the task that emits the signals.
+
+use std::{
+    os::unix::ffi::OsStrExt,
+    time::{Instant, SystemTime, UNIX_EPOCH},
+};
+
+use tokio::sync::mpsc;
+
+use super::{capture, Daemon};
+use crate::{
+    backend::Kind,
+    dbus::{self, ProcessInfo, Request, Service, WatchResult},
+    procfs,
+    supervisor::{Exec, InstanceView, ProcId, State},
+};
+
+/// A signal to emit on the bus.
+#[derive(Debug)]
+pub enum BusSignal {
+    Exited {
+        pid: i32,
+        exe: String,
+        code: i32,
+        signal: i32,
+        core_dumped: bool,
+        will_restart: bool,
+    },
+    Restarted {
+        old_pid: i32,
+        new_pid: i32,
+        exe: String,
+        restarts: u32,
+    },
+}
+
+/// The D-Bus connection as the event loop sees it: requests come in,
+/// signals go out to a task of their own so that no bus write delays a restart.
+pub struct Bus {
+    pub requests: mpsc::Receiver<Request>,
+    pub signals: mpsc::UnboundedSender<BusSignal>,
+}
+
+/// Serves armourd on `bus`; without a reachable bus, one warning and `None`.
+pub async fn start(bus: dbus::Bus, backend: Kind) -> Option<Bus> {
+    let (requests_tx, requests) = mpsc::channel(16);
+    let service = match Service::start(bus, backend.name(), requests_tx).await {
+        Ok(service) => service,
+        Err(err) => {
+            log::warn!(
+                "D-Bus unavailable ({}); running without it",
+                super::error_chain(&err)
+            );
+            return None;
+        }
+    };
+    let (signals, mut outgoing) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(signal) = outgoing.recv().await {
+            match signal {
+                BusSignal::Exited {
+                    pid,
+                    exe,
+                    code,
+                    signal,
+                    core_dumped,
+                    will_restart,
+                } => {
+                    service
+                        .process_exited(pid, &exe, code, signal, core_dumped, will_restart)
+                        .await
+                }
+                BusSignal::Restarted {
+                    old_pid,
+                    new_pid,
+                    exe,
+                    restarts,
+                } => {
+                    service
+                        .process_restarted(old_pid, new_pid, &exe, restarts)
+                        .await
+                }
+            }
+        }
+    });
+    Some(Bus { requests, signals })
+}
+
+/// Waits for the next request; forever without a bus.
+pub async fn next(bus: &mut Option<Bus>) -> Option<Request> {
+    match bus {
+        Some(bus) => bus.requests.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Daemon {
+    /// Answers one D-Bus request.
+    pub(super) fn request(&mut self, request: Request) {
+        // A caller that went away does not care for the answer.
+        match request {
+            Request::Watch {
+                pid,
+                caller_uid,
+                reply,
+            } => drop(reply.send(self.watch_request(pid, caller_uid))),
+            Request::Unwatch {
+                pid,
+                caller_uid,
+                reply,
+            } => drop(reply.send(self.unwatch_request(pid, caller_uid))),
+            Request::Processes { reply } => drop(reply.send(self.processes())),
+        }
+    }
+
+    fn watch_request(&mut self, pid: i32, caller_uid: u32) -> WatchResult {
+        let Some((pid, stat)) = existing(pid) else {
+            return WatchResult::NoSuchProcess;
+        };
+        if self.supervisor.is_watched(pid) {
+            return WatchResult::AlreadyWatched;
+        }
+        let Ok(status) = procfs::status(pid) else {
+            return WatchResult::NoSuchProcess;
+        };
+        if !dbus::authorize(caller_uid, status.uid) {
+            return WatchResult::PermissionDenied;
+        }
+        // Kernel threads have no executable to restart.
+        let Ok(exe) = procfs::exe_path(pid) else {
+            return WatchResult::Failed;
+        };
+        let argv = procfs::cmdline(pid).unwrap_or_default();
+        let known = procfs::Known {
+            argv: Some(argv.clone()),
+            ..procfs::Known::default()
+        };
+        let (spec, leads_group) = capture(pid, exe, known, argv);
+        let exec = Exec {
+            proc: ProcId {
+                pid,
+                start: Some(stat.start_ticks),
+            },
+            entry: None,
+            spec,
+            leads_group,
+            adopted: true,
+        };
+        let actions = self.supervisor.exec(exec, Instant::now());
+        self.apply(actions);
+        log::info!("pid {pid} watched on request of uid {caller_uid}");
+        WatchResult::Ok
+    }
+
+    fn unwatch_request(&mut self, pid: i32, caller_uid: u32) -> WatchResult {
+        let Ok(pid) = u32::try_from(pid) else {
+            return WatchResult::NoSuchProcess;
+        };
+        let Some(view) = self.supervisor.instances().find(|i| i.pid == pid) else {
+            return match existing(pid as i32) {
+                Some(_) => WatchResult::Failed,
+                None => WatchResult::NoSuchProcess,
+            };
+        };
+        if !dbus::authorize(caller_uid, view.spec.uid) {
+            return WatchResult::PermissionDenied;
+        }
+        match self.supervisor.unwatch(pid) {
+            Some(actions) => {
+                self.apply(actions);
+                WatchResult::Ok
+            }
+            None => WatchResult::Failed,
+        }
+    }
+
+    fn processes(&self) -> Vec<ProcessInfo> {
+        let now = (Instant::now(), SystemTime::now());
+        self.supervisor
+            .instances()
+            .map(|view| process_info(&view, now))
+            .collect()
+    }
+
+    /// Hands a notice to the bus, if there is one.
+    pub(super) fn emit(&self, signal: BusSignal) {
+        if let Some(bus) = &self.bus {
+            let _ = bus.signals.send(signal);
+        }
+    }
+}
+
+/// The pid of a running (not zombie) process, with its stat.
+fn existing(pid: i32) -> Option<(u32, procfs::Stat)> {
+    let pid = u32::try_from(pid).ok().filter(|&p| p > 0)?;
+    procfs::stat(pid)
+        .ok()
+        .filter(|s| !s.zombie)
+        .map(|s| (pid, s))
+}
+
+fn process_info(view: &InstanceView, (now, wall): (Instant, SystemTime)) -> ProcessInfo {
+    let state = match view.state {
+        State::Running => "running",
+        State::Stopping { .. } | State::Restarting => "restarting",
+        State::Retrying { .. } => "backoff",
+    };
+    let since = wall
+        .checked_sub(now.saturating_duration_since(view.since))
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_micros() as u64);
+    let status = view.last_exit;
+    ProcessInfo {
+        pid: view.pid as i32,
+        exe: view.spec.exe.display().to_string(),
+        argv: view
+            .spec
+            .argv
+            .iter()
+            .map(|a| String::from_utf8_lossy(a.as_bytes()).into_owned())
+            .collect(),
+        state,
+        restarts: view.restarts,
+        last_exit_code: status.map_or(-1, |s| s.code()),
+        last_signal: status.map_or(0, |s| s.signal()),
+        last_core_dumped: status.is_some_and(|s| s.core_dumped()),
+        since_us: since,
+    }
+}
