@@ -54,7 +54,10 @@ struct Usage {
 }
 
 pub fn bench(options: &BenchOptions) -> Result<()> {
-    ensure!(cmd::is_root(), "the benchmark runs armourd, which needs root");
+    ensure!(
+        cmd::is_root(),
+        "the benchmark runs armourd, which needs root"
+    );
     let built = build_cmd::build(&build_cmd::BuildOptions { debug: false })?;
     let binary_size = fs::metadata(&built.daemon)?.len();
     let mut reports = Vec::new();
@@ -154,7 +157,11 @@ fn log_lines(child: &mut Child) -> Receiver<String> {
     rx
 }
 
-fn wait_for(lines: &Receiver<String>, timeout: Duration, wanted: impl Fn(&str) -> bool) -> Result<String> {
+fn wait_for(
+    lines: &Receiver<String>,
+    timeout: Duration,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<String> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -176,8 +183,10 @@ fn latencies(service: &Path, lines: &Receiver<String>, count: usize) -> Result<V
             bail!("expected one running service, found {pids:?}");
         };
         signal(pid, libc::SIGKILL);
-        let line = wait_for(lines, Duration::from_secs(10), |l| l.contains("restart latency"))
-            .context("no restart seen")?;
+        let line = wait_for(lines, Duration::from_secs(10), |l| {
+            l.contains("restart latency")
+        })
+        .context("no restart seen")?;
         let micros = line
             .split("restart latency ")
             .nth(1)
@@ -194,7 +203,12 @@ fn latencies(service: &Path, lines: &Receiver<String>, count: usize) -> Result<V
 /// CPU time (utime + stime, ticks) and context switches of `pid`.
 fn counters(pid: u32) -> Result<(u64, u64)> {
     let stat = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat.rsplit_once(')').context("stat")?.1.split_whitespace().collect();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .context("stat")?
+        .1
+        .split_whitespace()
+        .collect();
     let ticks = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let switches = status
@@ -273,8 +287,10 @@ fn pids_of(exe: &Path) -> Vec<u32> {
     dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|p| p == exe)
-                && fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .is_ok_and(|s| !s.rsplit_once(')').is_some_and(|(_, r)| r.trim_start().starts_with('Z')))
+                && fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                    !s.rsplit_once(')')
+                        .is_some_and(|(_, r)| r.trim_start().starts_with('Z'))
+                })
         })
         .collect()
 }
@@ -315,7 +331,11 @@ fn render(reports: &[Report], binary_size: u64, options: &BenchOptions) -> Strin
     let mut out = String::from("# armourd benchmarks\n\n");
     let _ = writeln!(out, "Written by `cargo xtask bench`.\n");
     let _ = writeln!(out, "- machine: {}", machine());
-    let _ = writeln!(out, "- release binary: {:.2} MiB ({binary_size} bytes)", binary_size as f64 / 1048576.0);
+    let _ = writeln!(
+        out,
+        "- release binary: {:.2} MiB ({binary_size} bytes)",
+        binary_size as f64 / 1048576.0
+    );
     let _ = writeln!(
         out,
         "- restarts per backend: {}; CPU windows: {} s; storm: {} unrelated `/bin/true` exec+exit per second requested\n",
