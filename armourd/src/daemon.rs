@@ -227,6 +227,10 @@ impl Daemon {
                 }
             },
         };
+        if self.watchlist.file(&key).is_none() && !self.watchlist.is_interpreter(&key) {
+            // The common case with the proc connector: someone else's exec.
+            return self.supervisor.exec_other(pid);
+        }
         let argv = match &exec.argv {
             Some(argv) => argv.clone(),
             None => procfs::cmdline(pid).unwrap_or_default(),
