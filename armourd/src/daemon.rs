@@ -199,7 +199,7 @@ impl Daemon {
             }
             Event::Lost { count } => {
                 log::warn!("{count} kernel events were lost (buffer full); reconciling with /proc");
-                self.reconcile(now);
+                self.adopt(None);
                 Vec::new()
             }
         };
@@ -301,7 +301,8 @@ impl Daemon {
             adopted.push((pid, stat, file.entry));
         }
         self.apply(actions);
-        // A process that ended between the scan and its watch was not seen ending.
+        // A process that ended between the scan and its watch, or while
+        // events were lost, was not seen ending: its status is unknown.
         for proc in self.supervisor.watched() {
             if !alive(proc) {
                 let actions = self
@@ -325,20 +326,6 @@ impl Daemon {
             log::debug!("pid {pid} ended before it could be inspected; looking for what it forked");
             self.adopt(Some(&keys));
         }
-    }
-
-    /// After lost events: ends that went unseen count as crashes, and
-    /// processes whose exec went unseen are adopted.
-    fn reconcile(&mut self, now: Instant) {
-        for proc in self.supervisor.watched() {
-            if !alive(proc) {
-                let actions = self
-                    .supervisor
-                    .exit(proc.pid, proc.start, ExitStatus::Unknown, now);
-                self.apply(actions);
-            }
-        }
-        self.adopt(None);
     }
 
     /// Re-reads which files the entries name, after a directory changed.

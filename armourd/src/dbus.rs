@@ -205,6 +205,17 @@ impl Interface {
     }
 }
 
+/// Rejects arguments to a method that takes none (zbus does not check).
+fn no_arguments(header: &Header<'_>) -> Result<(), CallError> {
+    let signature = header.signature().to_string();
+    if signature.is_empty() {
+        return Ok(());
+    }
+    Err(CallError::ZBus(zbus::Error::FDO(Box::new(
+        zbus::fdo::Error::InvalidArgs(format!("this method takes no arguments, got `{signature}`")),
+    ))))
+}
+
 /// The uid of the connection that sent `header`'s message.
 async fn caller_uid(conn: &Connection, header: &Header<'_>) -> Result<u32, CallError> {
     let sender = header
@@ -219,7 +230,11 @@ async fn caller_uid(conn: &Connection, header: &Header<'_>) -> Result<u32, CallE
 #[interface(name = "com.github.Armourd")]
 impl Interface {
     /// Executable path → pid (`i`), or pids (`ai`) when several instances run.
-    async fn list_processes(&self) -> Result<HashMap<String, Variant<'static>>, CallError> {
+    async fn list_processes(
+        &self,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<HashMap<String, Variant<'static>>, CallError> {
+        no_arguments(&header)?;
         let processes = self.ask(|reply| Request::Processes { reply }).await?;
         Ok(group_by_exe(&processes)
             .into_iter()
@@ -262,7 +277,9 @@ impl Interface {
     /// One `a{sv}` per watched process (see [`ProcessInfo::to_dict`]).
     async fn get_processes(
         &self,
+        #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<HashMap<&'static str, Variant<'static>>>, CallError> {
+        no_arguments(&header)?;
         let processes = self.ask(|reply| Request::Processes { reply }).await?;
         Ok(processes.iter().map(ProcessInfo::to_dict).collect())
     }

@@ -33,6 +33,17 @@ pub fn armourd_bin() -> PathBuf {
     bin
 }
 
+/// The client `armourctl`, built next to the daemon. Panics if it is missing.
+pub fn armourctl_bin() -> PathBuf {
+    let bin = armourd_bin().with_file_name("armourctl");
+    assert!(
+        bin.is_file(),
+        "armourctl binary {} not found: `cargo xtask build` builds it next to armourd",
+        bin.display()
+    );
+    bin
+}
+
 /// A running armourd. Dropping it kills it (SIGKILL) if it still runs and,
 /// when the test is failing, prints its log.
 pub struct Daemon {
@@ -47,12 +58,26 @@ impl Daemon {
     /// Starts `armourd -c CONFIG --backend B --dbus none -v` as a child,
     /// without waiting for it to be ready.
     pub fn start(sandbox: &Sandbox, backend: Backend) -> Daemon {
+        Self::start_with(sandbox, backend, &["--dbus", "none"], &[])
+    }
+
+    /// Starts `armourd -c CONFIG --backend B ARGS… -v` with `env` added to
+    /// its environment, without waiting for it to be ready.
+    pub fn start_with(
+        sandbox: &Sandbox,
+        backend: Backend,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Daemon {
         let mut cmd = Command::new(armourd_bin());
         cmd.arg("-c")
             .arg(sandbox.config_path())
-            .args(["--backend", backend.name(), "--dbus", "none", "-v"])
+            .args(["--backend", backend.name()])
+            .args(args)
+            .arg("-v")
             .current_dir("/")
             .env("RUST_BACKTRACE", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -81,7 +106,17 @@ impl Daemon {
     /// Starts armourd and waits until it is ready; returns it and the
     /// number of processes its ready line says it watches.
     pub fn ready(sandbox: &Sandbox, backend: Backend) -> (Daemon, usize) {
-        let mut daemon = Self::start(sandbox, backend);
+        Self::ready_with(sandbox, backend, &["--dbus", "none"], &[])
+    }
+
+    /// [`Daemon::start_with`], then waits until it is ready.
+    pub fn ready_with(
+        sandbox: &Sandbox,
+        backend: Backend,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> (Daemon, usize) {
+        let mut daemon = Self::start_with(sandbox, backend, args, env);
         let watched = daemon.wait_ready();
         (daemon, watched)
     }
@@ -212,7 +247,7 @@ fn watched_count(line: &str) -> Option<usize> {
 }
 
 /// Copies lines of `from` into `log` in the background, so the pipe never fills.
-fn collect(
+pub(crate) fn collect(
     from: impl Read + Send + 'static,
     prefix: &'static str,
     log: Arc<Mutex<String>>,

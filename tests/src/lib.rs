@@ -9,12 +9,15 @@
 //! - [`Daemon`]: the armourd process, its log collected in the background
 //!   and printed when the test fails.
 //! - [`Report`]: the records the testees append (`start`, `workers`, …).
+//! - [`Bus`]: a private `dbus-daemon` per test and the D-Bus clients that
+//!   talk to armourd on it (`dbus-send`, `dbus-monitor`, `armourctl`, dbus-python).
 //! - [`backend_tests!`]: instantiates each test once per event backend.
 //!
 //! Waits poll with short sleeps and generous timeouts: a timeout only means
 //! "it never happened", never "it was too slow" (timings belong in
 //! `cargo xtask bench`).
 
+pub mod bus;
 mod daemon;
 mod launch;
 pub mod process;
@@ -27,7 +30,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use daemon::Daemon;
+pub use bus::{Bus, Value};
+pub use daemon::{armourctl_bin, armourd_bin, Daemon};
 pub use launch::LaunchExt;
 pub use report::{Record, Report, Start};
 pub use sandbox::Sandbox;

@@ -35,6 +35,25 @@ fn all_pids() -> Vec<i32> {
         .collect()
 }
 
+/// A kernel thread (`PF_KTHREAD` in the flags of `/proc/PID/stat`): a
+/// process with no executable.
+pub fn kernel_thread() -> Option<i32> {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    all_pids().into_iter().find(|pid| {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            return false;
+        };
+        let flags = text.rfind(')').and_then(|end| {
+            text[end + 1..]
+                .split_whitespace()
+                .nth(6)?
+                .parse::<u64>()
+                .ok()
+        });
+        flags.is_some_and(|f| f & PF_KTHREAD != 0)
+    })
+}
+
 /// Zombie children of `parent`: processes it has not reaped.
 pub fn zombie_children(parent: i32) -> Vec<i32> {
     all_pids()
