@@ -81,7 +81,11 @@ fn auto_falls_back_without_bpf_capabilities_and_still_restarts() {
         let seen = read_until(&rx, "ready");
         let warnings: Vec<_> = seen.iter().filter(|l| l.contains("falling back")).collect();
         assert_eq!(warnings.len(), 1, "one warning: {seen:#?}");
-        assert!(warnings[0].contains("CAP_BPF"), "names the reason: {}", warnings[0]);
+        assert!(
+            warnings[0].contains("CAP_BPF"),
+            "names the reason: {}",
+            warnings[0]
+        );
         assert!(seen.last().unwrap().contains("backend=proc-connector"));
 
         assert!(process::kill(pid, libc::SIGSEGV));

@@ -24,7 +24,8 @@ fn lost_events_are_reconciled_without_losing_a_restart(backend: Backend) {
     let pid = sb.spawn(&mut sb.command(&svc, &svc_report));
     svc_report.wait_starts(1);
     assert!(
-        daemon.wait_log(EVENT_TIMEOUT, |log| log.contains(&format!("watching pid {pid}"))),
+        daemon.wait_log(EVENT_TIMEOUT, |log| log
+            .contains(&format!("watching pid {pid}"))),
         "svc {pid} was never watched"
     );
 
@@ -53,13 +54,10 @@ fn lost_events_are_reconciled_without_losing_a_restart(backend: Backend) {
     // Every process of the burst is watched after the reconciliation.
     assert!(
         daemon.wait_log(EVENT_TIMEOUT, |log| {
-            burst_report
-                .starts()
-                .iter()
-                .all(|s| {
-                    log.contains(&format!("watching pid {} (", s.pid))
-                        || log.contains(&format!("adopted pid {} (", s.pid))
-                })
+            burst_report.starts().iter().all(|s| {
+                log.contains(&format!("watching pid {} (", s.pid))
+                    || log.contains(&format!("adopted pid {} (", s.pid))
+            })
         }),
         "not every process of the burst was adopted"
     );
