@@ -331,7 +331,12 @@ fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
     unsafe { libc::umask(p.umask) };
     check("chdir", unsafe { libc::chdir(p.cwd.as_ptr()) }.into())?;
     for (target, ((stdio, open), dup)) in (0..).zip(p.stdio.iter().zip(OPEN_STEPS).zip(DUP_STEPS)) {
-        let fd = unsafe { libc::open(stdio.path.as_ptr(), stdio.flags, 0o644) };
+        let mut fd = unsafe { libc::open(stdio.path.as_ptr(), stdio.flags, 0o644) };
+        if fd == -1 {
+            // A log file that cannot be opened any more (its folder removed,
+            // its permissions changed) must not keep the service down.
+            fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
+        }
         check(open, fd.into())?;
         let ret = if fd == target {
             unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }

@@ -141,6 +141,10 @@ fn report(verb: &str, pid: i32, code: u32) -> ExitCode {
             println!("{verb} {pid}: ok");
             ExitCode::SUCCESS
         }
+        Some(WatchResult::Failed) if verb == "unwatch" => {
+            eprintln!("armourctl: unwatch {pid}: failed (it is not watched)");
+            ExitCode::FAILURE
+        }
         Some(result) => {
             eprintln!("armourctl: {verb} {pid}: {}", result.description());
             ExitCode::FAILURE

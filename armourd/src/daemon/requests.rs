@@ -48,9 +48,11 @@ pub async fn start(bus: dbus::Bus, backend: Kind) -> Option<Bus> {
     let service = match Service::start(bus, backend.name(), requests_tx).await {
         Ok(service) => service,
         Err(err) => {
+            // zbus repeats its cause in its own text: one level is enough.
+            let cause = std::error::Error::source(&err).map(|c| format!(": {c}"));
             log::warn!(
-                "D-Bus unavailable ({}); running without it",
-                super::error_chain(&err)
+                "D-Bus unavailable ({err}{}); running without it",
+                cause.unwrap_or_default()
             );
             return None;
         }

@@ -124,6 +124,18 @@ fn stdout_and_stderr_are_appended_and_stdin_is_reopened() {
 }
 
 #[test]
+fn a_stdio_file_that_cannot_be_opened_becomes_dev_null() {
+    let dir = temp_dir("gone-log");
+    let mut spec = sh("fd=$(readlink /proc/$$/fd/1); echo \"$fd\" > \"$0\"");
+    spec.argv.push(dir.join("fd1").into());
+    spec.stdio[1] = StdioTarget::File(dir.join("removed-folder/log"));
+    let pid = spawn(&spec).expect("the service still starts");
+    assert_eq!(wait(pid), 0);
+    assert_eq!(fs::read_to_string(dir.join("fd1")).unwrap(), "/dev/null\n");
+    fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
 fn signal_mask_and_ignored_signals_are_reset() {
     let dir = temp_dir("signals");
     // SAFETY: blocks SIGUSR2 in this test's thread only. The test
