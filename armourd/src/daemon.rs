@@ -466,7 +466,14 @@ fn capture(
             log::warn!("pid {pid}: cannot read its launch context ({}); a restart uses what the kernel reported and /dev/null for stdio", error_chain(&err));
             let mut spec = LaunchSpec::minimal(exe, argv);
             spec.env = env.unwrap_or_default();
-            if let (Some(uid), Some(gid)) = (uid, gid) {
+            // A zombie still shows its ids, groups and umask; else what the
+            // kernel reported at exec.
+            if let Ok(status) = procfs::status(pid) {
+                spec.uid = status.uid;
+                spec.gid = status.gid;
+                spec.groups = status.groups;
+                spec.umask = status.umask;
+            } else if let (Some(uid), Some(gid)) = (uid, gid) {
                 spec.uid = uid;
                 spec.gid = gid;
                 spec.groups = vec![gid];
