@@ -30,6 +30,11 @@ pub fn test(options: TestOptions) -> Result<()> {
         .env("ARMOURD_BIN", &built.daemon)
         // The same as for the build, so cargo reuses it instead of rebuilding.
         .env("ARMOURD_EBPF_OBJECT", &built.ebpf_object);
+    // Every integration test starts a daemon and a crowd of processes; one
+    // at a time they do not starve each other on a small machine.
+    if std::env::var_os("RUST_TEST_THREADS").is_none() {
+        cargo.env("RUST_TEST_THREADS", "1");
+    }
     println!(
         "test: {} (ARMOURD_BIN={})",
         cmd::show(&cargo),
