@@ -261,7 +261,17 @@ fn fork_or_die() -> libc::pid_t {
     pid
 }
 
+/// Real daemons read their configuration before they detach. A program
+/// that detaches within microseconds of its exec can outrun the proc
+/// connector backend, which must look at /proc to learn what was executed
+/// (a limitation the README states); this pause keeps the tests about
+/// following daemons, not about that race.
+fn start_up() {
+    std::thread::sleep(std::time::Duration::from_millis(100));
+}
+
 fn daemon1() -> ! {
+    start_up();
     if fork_or_die() != 0 {
         unsafe { libc::_exit(0) }
     }
@@ -270,6 +280,7 @@ fn daemon1() -> ! {
 }
 
 fn daemon2() -> ! {
+    start_up();
     if fork_or_die() != 0 {
         unsafe { libc::_exit(0) }
     }
