@@ -332,8 +332,13 @@ impl Daemon {
     fn rescan_files(&mut self) {
         let newer = WatchList::new(&self.config);
         let added = newer.added_since(&self.watchlist);
-        for (key, _) in self.watchlist.marks() {
-            self.engine.remove_file(key);
+        // Marks that stay are never removed, not even for a moment: an exec
+        // in that moment would go unseen.
+        let kept: Vec<_> = newer.marks().collect();
+        for (key, mark) in self.watchlist.marks() {
+            if !kept.contains(&(key, mark)) {
+                self.engine.remove_file(key);
+            }
         }
         self.watchlist = newer;
         self.install_marks();
