@@ -88,7 +88,8 @@ pub const EXEC_ENV_TRUNCATED: u32 = 1 << 1;
 pub const EXEC_INTERPRETER: u32 = 1 << 2;
 /// `ExecRecord::flags`: the executed file is watched.
 pub const EXEC_WATCHED_FILE: u32 = 1 << 3;
-/// `ExecRecord::flags`: the process was watched before this exec.
+/// `ExecRecord::flags`: the process was watched before this exec (it stays
+/// watched until user space unwatches it, whatever it executed).
 pub const EXEC_WAS_WATCHED: u32 = 1 << 4;
 
 /// A process executed a program (see the `EXEC_*` flags for why it was reported).

@@ -176,9 +176,9 @@ fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<(), i32> {
             let _ = WATCHED_PIDS.insert(&tgid, &0, BPF_ANY as u64);
         }
         FILE_INTERPRETER => flags |= EXEC_INTERPRETER,
-        _ if was_watched => {
-            let _ = WATCHED_PIDS.remove(&tgid);
-        }
+        // Still watched: user space, which knows which files are watched
+        // (the map may be being refilled), decides and unwatches it.
+        _ if was_watched => {}
         _ => return Ok(()),
     }
     let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {

@@ -11,11 +11,16 @@ use std::{
     fs, io,
     os::unix::{ffi::OsStrExt, fs::MetadataExt},
     path::{Path, PathBuf},
+    time::{Duration, Instant},
 };
 
 use armourd_common::FileKey;
 
 use crate::launch::{split_nul, LaunchSpec, StdioTarget};
+
+mod ending;
+
+pub use ending::{ending, live_threads, parse_task_state, Ending, TaskState};
 
 /// Why something about a process could not be read.
 #[derive(thiserror::Error, Debug)]
@@ -153,28 +158,49 @@ pub fn exe_key(pid: u32) -> Result<FileKey, ProcfsError> {
     Ok(FileKey::new(meta.ino(), libc::major(dev), libc::minor(dev)))
 }
 
-/// Fails with `Gone` when the process is a zombie or gone: it is why a
-/// NUL-separated area (cmdline, environ) read empty.
+/// Fails with `Gone` when the process has ended or begun to: it is why a
+/// NUL-separated area (cmdline, environ) read empty, its memory being gone
+/// (or going while it was read). A process in the middle of an exec reads
+/// empty too, until the new program's areas are laid out.
 fn check_alive(pid: u32) -> Result<(), ProcfsError> {
-    if stat(pid)?.zombie {
-        return Err(ProcfsError::Gone { pid });
+    match ending(pid, None) {
+        Ending::Running => Ok(()),
+        Ending::Exiting | Ending::Ended(_) | Ending::Gone => Err(ProcfsError::Gone { pid }),
     }
-    Ok(())
 }
 
-/// Reads a NUL-separated area; empty because the process ended is `Gone`.
+/// Reads a NUL-separated area; read empty or cut short because the process
+/// ended is `Gone`.
 fn nul_area(pid: u32, name: &'static str) -> Result<Vec<OsString>, ProcfsError> {
     let area = read_bytes(pid, name)?;
-    if area.is_empty() {
-        check_alive(pid)?;
-    }
+    // Checked after the read: an area cut short by the end is not taken.
+    check_alive(pid)?;
     Ok(split_nul(&area))
 }
 
+/// How long a process caught in the middle of an exec may take to lay out
+/// its new command line.
+const EXEC_LAYOUT: Duration = Duration::from_millis(20);
+
 /// The command line (`/proc/PID/cmdline`). A program may have rewritten it
-/// (process title); the exec record has the original.
+/// (process title); the exec record has the original. A process in the
+/// middle of an exec (its new executable is in place, not yet its argv and
+/// environment) gets [`EXEC_LAYOUT`] to finish: a program has at least
+/// `argv[0]`, even an empty one (Linux 5.18+).
 pub fn cmdline(pid: u32) -> Result<Vec<OsString>, ProcfsError> {
-    nul_area(pid, "cmdline")
+    let deadline = Instant::now() + EXEC_LAYOUT;
+    loop {
+        let argv = nul_area(pid, "cmdline")?;
+        if !argv.is_empty() || Instant::now() >= deadline {
+            return Ok(argv);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// The environment (`/proc/PID/environ`) as the process got it at exec.
+pub fn environ(pid: u32) -> Result<Vec<OsString>, ProcfsError> {
+    nul_area(pid, "environ")
 }
 
 /// The fields of `/proc/PID/status` a restart needs.
@@ -245,7 +271,7 @@ pub fn capture(pid: u32, exe: PathBuf, known: Known) -> Result<LaunchSpec, Procf
     };
     let env = match known.env {
         Some(env) => env,
-        None => nul_area(pid, "environ")?,
+        None => environ(pid)?,
     };
     let cwd = read_link(pid, "cwd")?;
     let status = status(pid)?;

@@ -167,6 +167,8 @@ struct Instance {
     /// The pid whose process group is terminated after a crash.
     group: Option<u32>,
     members: BTreeMap<u32, Member>,
+    /// `spec` was read from /proc after the leader started, not at its exec.
+    adopted: bool,
     state: State,
     restarts: u32,
     last_exit: Option<ExitStatus>,
@@ -281,6 +283,13 @@ impl Supervisor {
                     // Our own restart reaching its exec, or the program
                     // executing itself again: the same instance.
                     instance.leader = Some(exec.proc);
+                    if instance.adopted && !exec.adopted {
+                        // Adopted as it executed (read from /proc before
+                        // the exec had laid out its command line): what
+                        // its exec is reported with is what it started with.
+                        instance.spec = Arc::new(exec.spec);
+                        instance.adopted = false;
+                    }
                     return actions;
                 }
                 Some(leader) if leader.pid == pid => {
@@ -311,6 +320,7 @@ impl Supervisor {
                 leader: Some(exec.proc),
                 group: exec.leads_group.then_some(pid),
                 members: BTreeMap::new(),
+                adopted: exec.adopted,
                 state: State::Running,
                 restarts: 0,
                 last_exit: None,

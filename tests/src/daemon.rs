@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{process, wait_for, Backend, Sandbox};
+use crate::{process, wait_for, Backend, Sandbox, EVENT_TIMEOUT};
 
 /// How long armourd may take to load its programs and adopt processes.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -163,6 +163,31 @@ impl Daemon {
     /// Polls the log until `condition` holds for it; false after `timeout`.
     pub fn wait_log(&self, timeout: Duration, condition: impl Fn(&str) -> bool) -> bool {
         crate::wait_until(timeout, || condition(&self.log()))
+    }
+
+    /// Waits until armourd has logged that it watches `pid` (an exec seen,
+    /// an adoption, or a daemon's child taking the watch over); panics with
+    /// the log after [`EVENT_TIMEOUT`]. A test that ends a process it
+    /// started after armourd must wait for this first: a process that ends
+    /// before armourd looked at it cannot be restarted the way it was
+    /// started (the proc connector learns what was executed, and with what,
+    /// only from `/proc`), and how soon armourd looks is a matter of speed.
+    pub fn wait_watching(&self, pid: i32) {
+        let watching = [
+            format!("watching pid {pid} ("),
+            format!("adopted pid {pid} ("),
+        ];
+        let child = format!("watching its child pid {pid}");
+        let found = self.wait_log(EVENT_TIMEOUT, |log| {
+            log.lines().any(|line| {
+                watching.iter().any(|w| line.contains(w.as_str())) || line.ends_with(&child)
+            })
+        });
+        assert!(
+            found,
+            "armourd never said it watches pid {pid}:\n{}",
+            self.log()
+        );
     }
 
     /// Its exit status if it has ended (reaping it).

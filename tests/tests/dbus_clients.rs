@@ -214,6 +214,7 @@ fn armourctl_monitor_prints_crashes_and_restarts(backend: Backend) {
     monitor.wait_stderr("monitoring line", |t| t.contains("monitoring armourd"));
     let pid = sb.spawn(&mut sb.command(&svc, &report));
     report.wait_starts(1);
+    daemon.wait_watching(pid);
 
     assert!(process::kill(pid, libc::SIGSEGV));
     let core = if sb.wait_child(pid, EVENT_TIMEOUT).core_dumped() {
@@ -261,6 +262,7 @@ fn without_a_bus_armourd_warns_once_and_runs_on(backend: Backend) {
     );
     let pid = sb.spawn(&mut sb.command(&svc, &report));
     report.wait_starts(1);
+    daemon.wait_watching(pid);
     assert!(process::kill(pid, libc::SIGSEGV));
     let restart = report.wait_starts(2).remove(1);
     assert!(process::kill(restart.pid, libc::SIGKILL));

@@ -11,15 +11,9 @@ use armourd_tests::{
 backend_tests!(
     forking_server_leftovers_are_terminated_before_restart,
     worker_crash_does_not_restart_the_server,
+    single_fork_daemon_is_followed,
+    double_fork_daemon_is_followed,
 );
-
-// Following daemons is tested on the eBPF backend only for now: on the proc
-// connector a double fork is still missed now and then (an open issue), and
-// a test that fails at random would hide every other result.
-mod daemons {
-    use super::*;
-    armourd_tests::backend_tests!(@instances ebpf, Ebpf, single_fork_daemon_is_followed, double_fork_daemon_is_followed);
-}
 
 fn workers_of(report: &Report, master: i32) -> Vec<i32> {
     report.wait_record("workers", |r| match r {
@@ -41,6 +35,7 @@ fn forking_server(backend: Backend, sb: &Sandbox, report: &Report) -> (Daemon, i
     );
     let workers = workers_of(report, master);
     assert_eq!(workers.len(), 2);
+    daemon.wait_watching(master);
     (daemon, master, workers)
 }
 
@@ -119,6 +114,7 @@ fn assert_daemon_followed(backend: Backend, mode: &str) {
     };
     let child = report.wait_record("daemon", daemon_pid);
     assert!(process::is_alive(child));
+    daemon.wait_watching(child);
 
     assert!(process::kill(child, libc::SIGKILL));
     let restart = report.wait_starts(2).remove(1);
@@ -129,6 +125,7 @@ fn assert_daemon_followed(backend: Backend, mode: &str) {
     assert_eq!(restart.env, original.env);
     let new_child = report.wait_record("new daemon", |r| daemon_pid(r).filter(|&p| p != child));
     assert!(process::is_alive(new_child));
+    daemon.wait_watching(new_child);
 
     // The restart daemonized too: the watch followed it again.
     assert!(process::kill(new_child, libc::SIGKILL));

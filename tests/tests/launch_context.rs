@@ -51,6 +51,7 @@ fn restarts(
     assert_eq!(watched, 1, "the first original is adopted");
     let second = sb.spawn(&mut make("execed", &execed));
     execed.wait_starts(1);
+    daemon.wait_watching(second);
 
     let mut pairs = Vec::new();
     for (which, pid, report) in [("adopted", first, &adopted), ("execed", second, &execed)] {

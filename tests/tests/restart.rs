@@ -40,6 +40,7 @@ fn assert_restarted_after(
             .envs(env.iter().copied()),
     );
     let original = report.wait_starts(1).remove(0);
+    daemon.wait_watching(pid);
     assert!(process::kill(pid, signal));
 
     let restart = report.wait_starts(2).remove(1);
@@ -151,6 +152,7 @@ fn restarts_again_and_reaps_what_it_started(backend: Backend) {
     let (mut daemon, _) = Daemon::ready(&sb, backend);
     let pid = sb.spawn(sb.command(&svc, &report).arg("again"));
     let original = report.wait_starts(1).remove(0);
+    daemon.wait_watching(pid);
 
     assert!(process::kill(pid, libc::SIGKILL));
     let first = report.wait_starts(2).remove(1);

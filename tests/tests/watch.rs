@@ -55,6 +55,7 @@ fn watches_processes_started_after_it(backend: Backend) {
 
     let pid = sb.spawn(sb.command(&svc, &report).arg("late"));
     report.wait_starts(1);
+    daemon.wait_watching(pid);
     assert!(process::kill(pid, libc::SIGSEGV));
     let restart = report.wait_starts(2).remove(1);
     assert_eq!(restart.argv.last().map(|a| a.to_str()), Some(Some("late")));
@@ -73,6 +74,7 @@ fn watches_binary_appearing_in_globbed_directory(backend: Backend) {
     let late = sb.testee("bin/late");
     let pid = sb.spawn(&mut sb.command(&late, &report));
     report.wait_starts(1);
+    daemon.wait_watching(pid);
     assert!(process::kill(pid, libc::SIGKILL));
     let restart = report.wait_starts(2).remove(1);
     assert_eq!(restart.exe, late);
@@ -162,6 +164,7 @@ fn watches_script_entry(backend: Backend) {
         report.wait_record("script", script_pid),
         (pid, "a b c".to_owned())
     );
+    daemon.wait_watching(pid);
     assert!(process::kill(pid, libc::SIGKILL));
     let restarted = report.wait_record("second script", |r| {
         script_pid(r).filter(|(p, _)| *p != pid)

@@ -3,8 +3,22 @@
 //! and reads its ring buffer through tokio's `AsyncFd`.
 //!
 //! Needs Linux 5.8+ (ring buffer) with BTF, and CAP_BPF + CAP_PERFMON (or root).
+//!
+//! The kernel reports a process's end only if the map of watched pids held
+//! it when its last thread passed `sched_process_exit`. A watch that user
+//! space begins (an adoption, an exec of a script, a request) may come
+//! later than that: the process may have been killed as it was found. So
+//! each watch looks at the process once the map holds it; one whose every
+//! thread has entered `do_exit` is reported ended, with its zombie's wait
+//! status, unless its own record comes (it passed the tracepoint after the
+//! map held it).
 
-use std::{ffi::OsStr, io, os::unix::ffi::OsStrExt};
+use std::{
+    ffi::OsStr,
+    io,
+    os::unix::ffi::OsStrExt,
+    time::{Duration, Instant},
+};
 
 use armourd_common::{
     EventKind, ExecRecord, ExitRecord, FileKey, ForkRecord, Header, EXEC_INTERPRETER,
@@ -18,7 +32,12 @@ use aya::{
 use tokio::io::unix::AsyncFd;
 
 use super::{Event, ExecEvent, FileMark};
-use crate::{btf, launch::split_nul, status::ExitStatus};
+use crate::{
+    btf,
+    launch::split_nul,
+    procfs::{self, Ending},
+    status::ExitStatus,
+};
 
 #[cfg(ebpf_object)]
 static OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
@@ -27,6 +46,12 @@ static OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
 )));
 #[cfg(not(ebpf_object))]
 static OBJECT: Option<&[u8]> = None;
+
+/// How often a process found ending is looked at again until it has ended.
+const ENDING_POLL: Duration = Duration::from_millis(1);
+/// How long a process may take to end (a thread stuck in `do_exit`) before
+/// it counts as ended anyway.
+const ENDING_MAX: Duration = Duration::from_secs(1);
 
 const PROGRAMS: [&str; 3] = [
     "sched_process_exit",
@@ -68,6 +93,14 @@ pub enum EbpfError {
     Poll(#[source] io::Error),
 }
 
+/// A process whose watch began as it was ending.
+#[derive(Clone, Copy, Debug)]
+struct Late {
+    pid: u32,
+    start: Option<u64>,
+    since: Instant,
+}
+
 /// The loaded programs and the maps armourd talks to.
 pub struct EbpfBackend {
     /// Owns the programs and their links: dropping it detaches them.
@@ -78,6 +111,8 @@ pub struct EbpfBackend {
     lost: PerCpuArray<MapData, u64>,
     lost_seen: u64,
     ns_per_tick: u64,
+    /// Watched as they were ending: reported ended unless the kernel does.
+    late: Vec<Late>,
 }
 
 impl EbpfBackend {
@@ -137,34 +172,54 @@ impl EbpfBackend {
             files,
             lost,
             lost_seen: 0,
-            ns_per_tick: 1_000_000_000 / crate::procfs::clock_ticks_per_second(),
+            ns_per_tick: 1_000_000_000 / procfs::clock_ticks_per_second(),
+            late: Vec::new(),
         })
     }
 
     /// Waits for records and appends their events to `out`.
     pub async fn read(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
-        let mut guard = self.ring.readable_mut().await?;
-        let ns_per_tick = self.ns_per_tick;
-        let ring = guard.get_inner_mut();
-        while let Some(item) = ring.next() {
-            match decode(&item, ns_per_tick) {
-                Some(event) => out.push(event),
-                None => log::warn!(
-                    "ignored a malformed eBPF record of {} bytes (kernel half and daemon out of step?)",
-                    item.len()
-                ),
+        let before = out.len();
+        loop {
+            // Looked at before the records are read: the kernel writes the
+            // record of an end before the process turns into a zombie.
+            let endings: Vec<Ending> = (self.late.iter())
+                .map(|late| procfs::ending(late.pid, late.start))
+                .collect();
+            let ns_per_tick = self.ns_per_tick;
+            let ring = self.ring.get_mut();
+            while let Some(item) = ring.next() {
+                match decode(&item, ns_per_tick) {
+                    Some(event) => out.push(event),
+                    None => log::warn!(
+                        "ignored a malformed eBPF record of {} bytes (kernel half and daemon out of step?)",
+                        item.len()
+                    ),
+                }
+            }
+            let late = std::mem::take(&mut self.late);
+            let (late, ended) = settle(late, endings, &out[before..], Instant::now());
+            self.late = late;
+            out.extend(ended);
+            let lost = self.lost_total();
+            if lost > self.lost_seen {
+                out.push(Event::Lost {
+                    count: lost - self.lost_seen,
+                });
+                self.lost_seen = lost;
+            }
+            if out.len() > before {
+                return Ok(());
+            }
+            // Every record was read: the next one wakes the ring up.
+            if self.late.is_empty() {
+                self.ring.readable_mut().await?.clear_ready();
+            } else if let Ok(guard) =
+                tokio::time::timeout(ENDING_POLL, self.ring.readable_mut()).await
+            {
+                guard?.clear_ready();
             }
         }
-        guard.clear_ready();
-        drop(guard);
-        let lost = self.lost_total();
-        if lost > self.lost_seen {
-            out.push(Event::Lost {
-                count: lost - self.lost_seen,
-            });
-            self.lost_seen = lost;
-        }
-        Ok(())
     }
 
     fn lost_total(&self) -> u64 {
@@ -176,13 +231,23 @@ impl EbpfBackend {
 
     /// Reports events about `pid` from now on.
     pub fn watch(&mut self, pid: u32) -> Result<(), MapError> {
-        self.pids.insert(pid, 0, 0)
+        self.pids.insert(pid, 0, 0)?;
+        // Looked at once the map holds it: a thread not yet in `do_exit`
+        // will pass the tracepoint with the map holding the process.
+        let start = procfs::stat(pid).ok().map(|stat| stat.start_ticks);
+        if procfs::ending(pid, start) != Ending::Running {
+            let since = Instant::now();
+            self.late.retain(|late| late.pid != pid);
+            self.late.push(Late { pid, start, since });
+        }
+        Ok(())
     }
 
     /// Stops reporting events about `pid`.
     pub fn unwatch(&mut self, pid: u32) {
         // Absent already when the kernel removed it at its exit.
         let _ = self.pids.remove(&pid);
+        self.late.retain(|late| late.pid != pid);
     }
 
     /// Marks executions of `file` for reporting.
@@ -198,6 +263,46 @@ impl EbpfBackend {
     pub fn remove_file(&mut self, file: FileKey) {
         let _ = self.files.remove(&file);
     }
+}
+
+/// What became of the processes found ending, given how far each is in
+/// ending now (`endings`, read before the records in `recorded`): those
+/// whose end the kernel recorded after all are dropped, those ended are
+/// reported (one stuck in `do_exit` for [`ENDING_MAX`] too), and those
+/// still ending are kept.
+fn settle(
+    late: Vec<Late>,
+    endings: Vec<Ending>,
+    recorded: &[Event],
+    now: Instant,
+) -> (Vec<Late>, Vec<Event>) {
+    let (mut kept, mut ended) = (Vec::new(), Vec::new());
+    for (late, ending) in late.into_iter().zip(endings) {
+        let recorded = (recorded.iter())
+            .any(|event| matches!(event, Event::Exit { pid, .. } if *pid == late.pid));
+        let status = match ending {
+            // A thread runs (it was in an exec): the kernel will report it.
+            _ if recorded => continue,
+            Ending::Running => continue,
+            Ending::Ended(status) => {
+                status.map_or(ExitStatus::Unknown, ExitStatus::from_wait_status)
+            }
+            Ending::Gone => ExitStatus::Unknown,
+            Ending::Exiting if now.duration_since(late.since) < ENDING_MAX => {
+                kept.push(late);
+                continue;
+            }
+            Ending::Exiting => ExitStatus::Unknown,
+        };
+        log::debug!("pid {} ended as its watch began: {status}", late.pid);
+        ended.push(Event::Exit {
+            pid: late.pid,
+            start: late.start,
+            status,
+            ktime_ns: None,
+        });
+    }
+    (kept, ended)
 }
 
 /// CAP_BPF and CAP_PERFMON (Linux 5.8+), or CAP_SYS_ADMIN for both.
@@ -287,4 +392,73 @@ fn decode_exec(bytes: &[u8], start: Option<u64>) -> Option<ExecEvent> {
             .map(|name| OsStr::from_bytes(name).to_owned()),
         ktime_ns: Some(record.header.ktime_ns),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn late(pid: u32, since: Instant) -> Late {
+        Late {
+            pid,
+            start: Some(5),
+            since,
+        }
+    }
+
+    #[test]
+    fn processes_found_ending_are_reported_once_ended_unless_recorded() {
+        let now = Instant::now();
+        let killed = 9; // wait status of SIGKILL
+        let lates = vec![
+            late(1, now),
+            late(2, now),
+            late(3, now),
+            late(4, now),
+            late(5, now),
+        ];
+        let endings = vec![
+            Ending::Ended(Some(killed)),
+            Ending::Gone,
+            Ending::Exiting,
+            Ending::Ended(Some(killed)),
+            Ending::Running,
+        ];
+        let recorded = [Event::Exit {
+            pid: 4,
+            start: Some(5),
+            status: ExitStatus::from_wait_status(killed),
+            ktime_ns: Some(1),
+        }];
+        let (kept, ended) = settle(lates, endings, &recorded, now);
+        assert_eq!(kept.iter().map(|l| l.pid).collect::<Vec<_>>(), [3]);
+        let sigkill = ExitStatus::from_wait_status(killed);
+        let exit = |pid, status| Event::Exit {
+            pid,
+            start: Some(5),
+            status,
+            ktime_ns: None,
+        };
+        assert_eq!(ended, [exit(1, sigkill), exit(2, ExitStatus::Unknown)]);
+    }
+
+    #[test]
+    fn a_process_stuck_ending_counts_as_ended_after_a_while() {
+        let then = Instant::now();
+        let (kept, ended) = settle(
+            vec![late(7, then)],
+            vec![Ending::Exiting],
+            &[],
+            then + ENDING_MAX,
+        );
+        assert!(kept.is_empty());
+        assert!(matches!(
+            ended[..],
+            [Event::Exit {
+                pid: 7,
+                status: ExitStatus::Unknown,
+                ..
+            }]
+        ));
+    }
 }

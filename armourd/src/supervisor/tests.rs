@@ -151,6 +151,28 @@ fn spawned_restart_is_watched_and_its_exec_is_not_a_new_instance() {
 }
 
 #[test]
+fn exec_seen_after_adoption_replaces_the_spec_read_from_proc() {
+    let mut s = supervisor();
+    let t = Instant::now();
+    // Adopted in the middle of its exec: no command line in /proc yet.
+    let mut adopted = exec(100, 7, false);
+    adopted.adopted = true;
+    adopted.spec.argv.clear();
+    s.exec(adopted, t);
+    assert_eq!(s.exec(exec(100, 7, false), t), []);
+    // Executing itself again later keeps the spec it has.
+    let mut again = exec(100, 7, false);
+    again.spec.argv.push("--again".into());
+    assert_eq!(s.exec(again, t), []);
+    let actions = s.exit(100, Some(7), SEGV, t);
+    let restart = actions.iter().find_map(|a| match a {
+        Action::Spawn { spec, .. } => Some(spec.argv.clone()),
+        _ => None,
+    });
+    assert_eq!(restart, Some(spec().argv));
+}
+
+#[test]
 fn failed_restart_is_retried_later() {
     let mut s = supervisor();
     let t = Instant::now();

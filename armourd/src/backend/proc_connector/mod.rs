@@ -21,33 +21,55 @@
 //! threads that end one by one (`pthread_exit`) normally share the leader's.
 //! The core-dump flag is taken from whichever thread dumped.
 //!
-//! Children are added in user space as their fork is read. Until the
-//! regenerated filter holds a child, its datagrams still pass as those of a
-//! watched process's child, and its own forks pass because every fork of a
-//! new process does (with forks of watched parents only, a double fork that
-//! daemonizes would go unseen). Only a grandchild that ends in that window
-//! is not seen ending: it is then found ended in `/proc`.
+//! The filter acts when the kernel sends a datagram, so whatever a process
+//! did before the regenerated filter held it was filtered by the old one.
+//! Hence:
+//!
+//! - An exec of a watched executable (as `set_file` marks it) is watched at
+//!   once, as the eBPF backend's kernel half does, and the filter is
+//!   regenerated before the next datagram is handled. Datagrams that follow
+//!   an exec of an unwatched process and concern it wait until the daemon
+//!   has had the exec: it may watch that process (a script, say).
+//! - Children are added in user space as their fork is read. Until the
+//!   regenerated filter holds a child, its datagrams pass only while its
+//!   parent is watched and alive (an orphan's name the reaper as parent);
+//!   its own forks pass because every fork of a new process does (with
+//!   forks of watched parents only, a double fork that daemonizes would go
+//!   unseen).
+//! - So every process the filter did not hold when it was added (a child,
+//!   an exec, a process watched on request) is looked up in `/proc` once the
+//!   filter holds it: one that still runs will be reported by its last
+//!   datagram; one that ended is reported with its zombie's wait status
+//!   (unknown once reaped), after the datagrams already queued, which may
+//!   still report it exactly, and after the events those bring (a daemon's
+//!   child before its parent's end).
 //!
 //! [`cn_proc.h`]: https://github.com/torvalds/linux/blob/master/include/uapi/linux/cn_proc.h
 //! [`cn_proc.c`]: https://github.com/torvalds/linux/blob/master/drivers/connector/cn_proc.c
 //! [`exit.c`]: https://github.com/torvalds/linux/blob/master/kernel/exit.c
 
+mod exec;
 mod filter;
+mod socket;
 
 use std::{
-    collections::{HashMap, HashSet},
-    fs, io,
-    os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    collections::{HashMap, HashSet, VecDeque},
+    io,
+    os::fd::{AsFd, FromRawFd, OwnedFd},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use armourd_common::FileKey;
-use filter::{Message, CN_IDX_PROC, CN_VAL_PROC};
+use filter::{Message, CN_IDX_PROC};
 use libc::{c_int, sockaddr_nl, socklen_t};
+use socket::{attach, await_ack, netlink_address, receive_batch, send_op, set_rcvbuf};
 use tokio::io::{unix::AsyncFd, Interest};
 
-use super::{Event, ExecEvent, FileMark};
-use crate::status::ExitStatus;
+use super::{Event, FileMark};
+use crate::{
+    procfs::{self, live_threads, Ending},
+    status::ExitStatus,
+};
 
 /// `enum proc_cn_mcast_op`.
 const PROC_CN_MCAST_LISTEN: u32 = 1;
@@ -95,18 +117,32 @@ struct Watched {
     filtered: bool,
 }
 
+/// A watched process found ended in `/proc` whose last datagram may have
+/// been dropped.
+#[derive(Clone, Copy, Debug)]
+struct Ended {
+    pid: u32,
+    start: Option<u64>,
+    status: ExitStatus,
+}
+
 /// The subscribed socket, the watched set and its filter.
 pub struct ProcConnectorBackend {
     socket: AsyncFd<OwnedFd>,
     watched: HashMap<u32, Watched>,
+    /// Executables whose execs are watched at once.
+    files: HashSet<FileKey>,
     /// Whether the attached filter reflects `watched`.
     synced: bool,
     /// Whether the attached filter holds every watched pid.
     exact: bool,
-    /// Decoded and not yet handled (from `open`, or the batch in progress).
-    pending: Vec<Message>,
-    /// Watched processes that may have ended before the filter held them.
-    recheck: Vec<u32>,
+    /// Decoded and not yet handled, oldest first.
+    pending: VecDeque<Message>,
+    /// Found ended once the filter held them; reported once the datagrams
+    /// queued before are handled.
+    ended: Vec<Ended>,
+    /// The socket buffer overflowed since the last report.
+    lost: bool,
     buf: Vec<u8>,
 }
 
@@ -160,8 +196,10 @@ impl ProcConnectorBackend {
             watched: HashMap::new(),
             synced: true,
             exact: true,
-            pending,
-            recheck: Vec::new(),
+            files: HashSet::new(),
+            pending: pending.into(),
+            ended: Vec::new(),
+            lost: false,
             buf,
         })
     }
@@ -169,102 +207,95 @@ impl ProcConnectorBackend {
     /// Waits for datagrams and appends their events to `out`. A full socket
     /// buffer (`ENOBUFS`) becomes [`Event::Lost`], never an error.
     pub async fn read(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
-        let mut lost = false;
-        if self.pending.is_empty() && self.recheck.is_empty() {
-            let mut guard = self.socket.readable().await?;
-            let fd = guard.get_inner().as_fd();
-            for _ in 0..BATCH {
-                match receive(fd, &mut self.buf) {
-                    Ok(Some(len)) => filter::decode(&self.buf[..len], &mut self.pending),
-                    Ok(None) => {}
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+        let before = out.len();
+        loop {
+            let mut drained = false;
+            if self.pending.is_empty() {
+                let (buf, pending) = (&mut self.buf, &mut self.pending);
+                let received = if self.ended.is_empty() {
+                    let mut guard = self.socket.readable().await?;
+                    let received = receive_batch(guard.get_inner().as_fd(), buf, BATCH, pending)?;
+                    if received.drained {
                         guard.clear_ready();
-                        break;
                     }
-                    Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => lost = true,
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
+                    received
+                } else {
+                    receive_batch(self.socket.get_ref().as_fd(), buf, BATCH, pending)?
+                };
+                drained = received.drained;
+                self.lost |= received.lost;
+            }
+            self.handle(out);
+            if drained && self.pending.is_empty() {
+                self.report_ended(out);
+            }
+            if std::mem::take(&mut self.lost) {
+                log::warn!("proc connector: the socket buffer overflowed, events were lost");
+                out.push(Event::Lost { count: 1 });
+                // Thread datagrams were lost too: every set is read afresh.
+                let pids: Vec<u32> = self.watched.keys().copied().collect();
+                self.look_up(&pids);
+            }
+            self.sync_filter();
+            if out.len() > before {
+                return Ok(());
             }
         }
-        let batch = std::mem::take(&mut self.pending);
-        let unsure = self.handle(&batch, out);
-        self.pending = batch;
-        self.pending.clear();
-        self.sync_filter();
-        let recheck = std::mem::take(&mut self.recheck);
-        for pid in unsure.into_iter().chain(recheck) {
-            self.end_if_ended(pid, out);
-        }
-        if lost {
-            log::warn!("proc connector: the socket buffer overflowed, events were lost");
-            out.push(Event::Lost { count: 1 });
-            // Thread datagrams were lost too: start the sets afresh.
-            for (&pid, watched) in &mut self.watched {
-                let live = live_threads(pid, watched.start);
-                if !live.is_empty() {
-                    watched.threads = live;
-                }
-            }
-        }
-        self.sync_filter();
-        Ok(())
     }
 
-    /// Handles datagrams in order. Returns the children added whose parent
-    /// the filter did not hold: their exits may have been dropped.
-    fn handle(&mut self, batch: &[Message], out: &mut Vec<Event>) -> Vec<u32> {
-        let mut unsure = Vec::new();
-        for message in batch {
-            match *message {
+    /// Handles pending datagrams in order, up to one that concerns a
+    /// process whose exec this call handed over unwatched (the daemon may
+    /// watch it first), or up to the exec of a watched executable.
+    fn handle(&mut self, out: &mut Vec<Event>) {
+        let mut execs = HashSet::new();
+        while let Some(&message) = self.pending.front() {
+            if concerns(message).is_some_and(|pid| execs.contains(&pid)) {
+                break;
+            }
+            self.pending.pop_front();
+            match message {
                 Message::Exec {
                     pid,
                     tgid,
                     ktime_ns,
                 } if pid == tgid => {
-                    // Only the thread that executed is left, now under `pid`.
-                    if let Some(watched) = self.watched.get_mut(&pid) {
-                        watched.threads = HashSet::from([pid]);
+                    let (exec, newly_watched) = self.on_exec(pid, ktime_ns);
+                    out.push(Event::Exec(exec));
+                    if newly_watched {
+                        // At once: the daemon reads its launch context
+                        // from /proc, perhaps just before it ends.
+                        break;
                     }
-                    let ktime_ns = Some(ktime_ns);
-                    out.push(Event::Exec(ExecEvent {
-                        pid,
-                        ktime_ns,
-                        ..ExecEvent::default()
-                    }));
+                    if !self.watched.contains_key(&pid) {
+                        execs.insert(pid);
+                    }
                 }
                 Message::Fork {
                     parent,
                     child_pid,
                     child_tgid,
-                } => {
-                    let child = self.on_fork(parent, child_pid, child_tgid, out);
-                    unsure.extend(child);
-                }
+                } => self.on_fork(parent, child_pid, child_tgid, out),
                 Message::Exit {
                     tid,
                     tgid,
                     code,
                     ktime_ns,
-                } => {
-                    self.on_exit(tid, tgid, code, ktime_ns, out);
-                }
+                } => self.on_exit(tid, tgid, code, ktime_ns, out),
                 Message::Exec { .. } | Message::Ack { .. } => {}
             }
         }
-        unsure
     }
 
-    /// Follows a new thread, or adds a watched process's new child; returns
-    /// the child if the filter did not hold its parent.
-    fn on_fork(&mut self, parent: u32, tid: u32, tgid: u32, out: &mut Vec<Event>) -> Option<u32> {
+    /// Follows a new thread, or adds a watched process's new child.
+    fn on_fork(&mut self, parent: u32, tid: u32, tgid: u32, out: &mut Vec<Event>) {
         if tid != tgid {
-            self.watched.get_mut(&tgid).map(|w| w.threads.insert(tid));
-            return None;
+            if let Some(watched) = self.watched.get_mut(&tgid) {
+                watched.threads.insert(tid);
+            }
+            return;
         }
-        let filtered = self.watched.get(&parent)?.filtered;
-        if self.watched.contains_key(&tgid) {
-            return None;
+        if !self.watched.contains_key(&parent) || self.watched.contains_key(&tgid) {
+            return;
         }
         let start = start_ticks(tgid);
         self.insert(tgid, start, HashSet::from([tgid]));
@@ -273,7 +304,6 @@ impl ProcConnectorBackend {
             child: tgid,
             start,
         });
-        (!filtered).then_some(tgid)
     }
 
     /// Reports the process ended if `tid` was its last thread.
@@ -302,16 +332,32 @@ impl ProcConnectorBackend {
         }
     }
 
-    /// Reports `pid` ended if it has, though its exit was not read.
-    fn end_if_ended(&mut self, pid: u32, out: &mut Vec<Event>) {
-        let Some(start) = self.watched.get(&pid).map(|w| w.start) else {
-            return;
-        };
-        if live_threads(pid, start).is_empty() {
-            let status =
-                zombie_status(pid, start).map_or(ExitStatus::Unknown, ExitStatus::from_wait_status);
-            log::debug!("proc connector: {pid} ended before the filter held its parent: {status}");
-            out.push(self.end(pid, status, None));
+    /// Reads the threads of `pids`, which the filter holds: those left run
+    /// on and will be reported by datagrams; a process without any ended
+    /// before, and perhaps its last datagram was dropped.
+    fn look_up(&mut self, pids: &[u32]) {
+        for &pid in pids {
+            let Some(watched) = self.watched.get_mut(&pid) else {
+                continue;
+            };
+            let live = live_threads(pid, watched.start);
+            if live.is_empty() {
+                let start = watched.start;
+                let status = end_status(pid, start);
+                self.ended.push(Ended { pid, start, status });
+            } else {
+                watched.threads = live;
+            }
+        }
+    }
+
+    /// Reports the processes found ended that no datagram reported since.
+    fn report_ended(&mut self, out: &mut Vec<Event>) {
+        for Ended { pid, start, status } in std::mem::take(&mut self.ended) {
+            if self.watched.get(&pid).is_some_and(|w| w.start == start) {
+                log::debug!("proc connector: {pid} ended before the filter held it: {status}");
+                out.push(self.end(pid, status, None));
+            }
         }
     }
 
@@ -343,18 +389,9 @@ impl ProcConnectorBackend {
         if self.watched.contains_key(&pid) {
             return Ok(());
         }
-        let start = start_ticks(pid);
-        self.insert(pid, start, HashSet::from([pid]));
-        self.try_sync_filter()?;
-        // Read once the filter holds it: later threads come as datagrams.
-        let live = live_threads(pid, start);
-        if live.is_empty() {
-            // Its exit may have come before the filter held it.
-            self.recheck.push(pid);
-        } else if let Some(watched) = self.watched.get_mut(&pid) {
-            watched.threads = live;
-        }
-        Ok(())
+        // Its threads are read once the filter holds it.
+        self.insert(pid, start_ticks(pid), HashSet::from([pid]));
+        self.try_sync_filter()
     }
 
     /// Stops reporting events about `pid`.
@@ -365,13 +402,20 @@ impl ProcConnectorBackend {
         }
     }
 
-    /// No kernel-side file filter exists here: every exec is reported.
-    pub fn set_file(&mut self, _file: FileKey, _mark: FileMark) -> Result<(), ProcConnectorError> {
+    /// Watches every exec of `file` from the moment it is read, when it is
+    /// a watched executable (an interpreter's execs are left to the daemon).
+    pub fn set_file(&mut self, file: FileKey, mark: FileMark) -> Result<(), ProcConnectorError> {
+        match mark {
+            FileMark::Watched => self.files.insert(file),
+            FileMark::Interpreter => self.files.remove(&file),
+        };
         Ok(())
     }
 
-    /// See [`Self::set_file`].
-    pub fn remove_file(&mut self, _file: FileKey) {}
+    /// Stops watching execs of `file` at once.
+    pub fn remove_file(&mut self, file: FileKey) {
+        self.files.remove(&file);
+    }
 
     fn sync_filter(&mut self) {
         if let Err(e) = self.try_sync_filter() {
@@ -406,10 +450,47 @@ impl ProcConnectorBackend {
             }
             _ => {}
         }
-        self.watched.values_mut().for_each(|w| w.filtered = true);
+        let mut held = Vec::new();
+        for (&pid, watched) in &mut self.watched {
+            if !watched.filtered {
+                watched.filtered = true;
+                held.push(pid);
+            }
+        }
         self.exact = filter.exact;
         self.synced = true;
+        self.look_up(&held);
         Ok(())
+    }
+}
+
+fn start_ticks(pid: u32) -> Option<u64> {
+    procfs::stat(pid).ok().map(|stat| stat.start_ticks)
+}
+
+/// How `pid`, found ended, ended: its zombie's wait status, or unknown
+/// once it was reaped.
+fn end_status(pid: u32, start: Option<u64>) -> ExitStatus {
+    match procfs::ending(pid, start) {
+        Ending::Ended(Some(status)) => ExitStatus::from_wait_status(status),
+        _ => ExitStatus::Unknown,
+    }
+}
+
+/// The process a message is about: the forking one for a new process.
+fn concerns(message: Message) -> Option<u32> {
+    match message {
+        Message::Fork {
+            parent,
+            child_pid,
+            child_tgid,
+        } => Some(if child_pid == child_tgid {
+            parent
+        } else {
+            child_tgid
+        }),
+        Message::Exit { tgid, .. } => Some(tgid),
+        Message::Exec { .. } | Message::Ack { .. } => None,
     }
 }
 
@@ -418,181 +499,6 @@ impl Drop for ProcConnectorBackend {
         // Before 6.6, closing the socket did not count the listener out.
         let _ = send_op(self.socket.get_ref().as_fd(), 0, &[PROC_CN_MCAST_IGNORE]);
     }
-}
-
-fn netlink_address(groups: u32) -> sockaddr_nl {
-    // SAFETY: sockaddr_nl is plain integers; all zero is valid.
-    let mut address: sockaddr_nl = unsafe { std::mem::zeroed() };
-    address.nl_family = libc::AF_NETLINK as u16;
-    address.nl_groups = groups;
-    address
-}
-
-fn set_rcvbuf(fd: BorrowedFd) {
-    if setsockopt(fd, libc::SO_RCVBUFFORCE, &RCVBUF).is_err() {
-        if let Err(e) = setsockopt(fd, libc::SO_RCVBUF, &RCVBUF) {
-            log::warn!(
-                "proc connector: cannot enlarge the socket buffer ({e}): bursts may lose events"
-            );
-        }
-    }
-}
-
-fn attach(fd: BorrowedFd, insns: &[libc::sock_filter]) -> io::Result<()> {
-    let program = libc::sock_fprog {
-        len: insns.len() as u16,
-        filter: insns.as_ptr().cast_mut(),
-    };
-    setsockopt(fd, libc::SO_ATTACH_FILTER, &program)
-}
-
-fn setsockopt<T>(fd: BorrowedFd, option: c_int, value: &T) -> io::Result<()> {
-    let (value, len): (*const T, _) = (value, size_of::<T>() as socklen_t);
-    // SAFETY: `value` points to a live T of `len` bytes; the kernel copies it.
-    if unsafe { libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, option, value.cast(), len) } < 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Sends `PROC_CN_MCAST_*` (`words`) to the kernel.
-fn send_op(fd: BorrowedFd, ack: u32, words: &[u32]) -> io::Result<()> {
-    let payload = 4 * words.len();
-    let mut message = Vec::with_capacity(36 + payload);
-    message.extend(((36 + payload) as u32).to_ne_bytes()); // nlmsg_len
-    message.extend((libc::NLMSG_DONE as u16).to_ne_bytes());
-    message.extend([0; 10]); // nlmsg_flags, nlmsg_seq, nlmsg_pid
-    for word in [CN_IDX_PROC, CN_VAL_PROC, 0, ack] {
-        message.extend(word.to_ne_bytes()); // cb_id, seq, ack
-    }
-    message.extend((payload as u16).to_ne_bytes());
-    message.extend(0u16.to_ne_bytes()); // flags
-    words
-        .iter()
-        .for_each(|word| message.extend(word.to_ne_bytes()));
-    let kernel = netlink_address(0);
-    let kernel_len = size_of::<sockaddr_nl>() as socklen_t;
-    let (data, to) = (message.as_ptr().cast(), (&raw const kernel).cast());
-    // SAFETY: buffer and address are valid for the lengths given.
-    let sent = unsafe { libc::sendto(fd.as_raw_fd(), data, message.len(), 0, to, kernel_len) };
-    if sent < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Waits for the kernel's acknowledgement `ack` of the subscription,
-/// keeping the events that arrive meanwhile.
-fn await_ack(fd: BorrowedFd, ack: u32, buf: &mut [u8]) -> Result<Vec<Message>, ProcConnectorError> {
-    let deadline = Instant::now() + ACK_TIMEOUT;
-    let mut messages = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(ProcConnectorError::NoAck);
-        }
-        let mut poll = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd. EINTR just polls again, to the same deadline.
-        unsafe { libc::poll(&mut poll, 1, left.as_millis().max(1) as c_int) };
-        loop {
-            match receive(fd, buf) {
-                Ok(Some(len)) => filter::decode(&buf[..len], &mut messages),
-                Ok(None) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(ProcConnectorError::Subscribe(e)),
-            }
-        }
-        let answer = messages.iter().find_map(|m| match *m {
-            Message::Ack { ack: a, err } if a == ack => Some(err),
-            _ => None,
-        });
-        match answer {
-            Some(0) => {
-                messages.retain(|m| !matches!(m, Message::Ack { .. }));
-                return Ok(messages);
-            }
-            Some(err) => {
-                let error = io::Error::from_raw_os_error(err as i32);
-                return Err(ProcConnectorError::Subscribe(error));
-            }
-            None => {}
-        }
-    }
-}
-
-/// Receives one datagram; `None` when it did not come from the kernel.
-fn receive(fd: BorrowedFd, buf: &mut [u8]) -> io::Result<Option<usize>> {
-    let mut from = netlink_address(0);
-    let mut from_len = size_of::<sockaddr_nl>() as socklen_t;
-    let (data, from_ptr) = (buf.as_mut_ptr().cast(), (&raw mut from).cast());
-    // SAFETY: buffer and address are valid for the lengths given.
-    let len =
-        unsafe { libc::recvfrom(fd.as_raw_fd(), data, buf.len(), 0, from_ptr, &mut from_len) };
-    if len < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((from.nl_pid == 0).then_some(len as usize))
-}
-
-/// Fields of a `/proc/…/stat` file (proc(5)).
-struct Stat {
-    state: u8,
-    /// Field 22, in clock ticks since boot.
-    start: u64,
-    /// Field 52 (Linux 3.5+), in wait status form.
-    exit_code: Option<u32>,
-}
-
-fn stat(path: &str) -> Option<Stat> {
-    let text = fs::read_to_string(path).ok()?;
-    // Fields after the parenthesised command name, from field 3 (state).
-    let fields: Vec<&str> = text
-        .get(text.rfind(')')? + 2..)?
-        .split_whitespace()
-        .collect();
-    Some(Stat {
-        state: *fields.first()?.as_bytes().first()?,
-        start: fields.get(19)?.parse().ok()?,
-        exit_code: fields.get(49).and_then(|code| code.parse().ok()),
-    })
-}
-
-fn start_ticks(pid: u32) -> Option<u64> {
-    stat(&format!("/proc/{pid}/stat")).map(|stat| stat.start)
-}
-
-fn dead(state: u8) -> bool {
-    matches!(state, b'Z' | b'X')
-}
-
-/// The threads of process `pid` (started at `start`) that have not ended.
-fn live_threads(pid: u32, start: Option<u64>) -> HashSet<u32> {
-    let alive = |path: String| stat(&path).is_some_and(|s| !dead(s.state));
-    let Some(leader) = stat(&format!("/proc/{pid}/stat")) else {
-        return HashSet::new();
-    };
-    if start.is_some_and(|start| start != leader.start) {
-        return HashSet::new(); // reaped, and the pid recycled
-    }
-    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
-        return HashSet::new();
-    };
-    (tasks.flatten())
-        .filter_map(|task| task.file_name().to_str()?.parse().ok())
-        .filter(|tid| alive(format!("/proc/{pid}/task/{tid}/stat")))
-        .collect()
-}
-
-/// The wait status of `pid` if it is a zombie (not yet reaped).
-fn zombie_status(pid: u32, start: Option<u64>) -> Option<u32> {
-    let stat = stat(&format!("/proc/{pid}/stat"))?;
-    let same = start.is_none_or(|start| start == stat.start);
-    stat.exit_code.filter(|_| same && stat.state == b'Z')
 }
 
 #[cfg(test)]

@@ -1,6 +1,12 @@
-use std::process::{Child, Command, Stdio};
+use std::{
+    fs,
+    io::{BufRead, BufReader},
+    process::{Child, Command, Stdio},
+    time::Instant,
+};
 
 use super::*;
+use crate::backend::ExecEvent;
 
 /// Above any pid_max (2^22): never in /proc.
 const NEVER: u32 = 1 << 23;
@@ -28,11 +34,15 @@ fn a_process_ends_with_the_datagram_of_its_last_thread() {
     };
     let mut out = Vec::new();
     // The leader ends first, a thread is born, a thread dumps core (SIGABRT).
+    let mut handle = |batch: &[Message], out: &mut Vec<Event>| {
+        backend.pending.extend(batch);
+        backend.handle(out);
+    };
     let batch = [exit(pid, pid, 0), thread(pid + 6), exit(pid + 6, pid, 0x86)];
-    backend.handle(&batch, &mut out);
-    backend.handle(&[exit(other, other, 0x200)], &mut out);
+    handle(&batch, &mut out);
+    handle(&[exit(other, other, 0x200)], &mut out);
     assert_eq!(exits_of(&out, pid), []);
-    backend.handle(&[exit(pid + 5, pid, 0x06)], &mut out);
+    handle(&[exit(pid + 5, pid, 0x06)], &mut out);
     let aborted = ExitStatus::Signaled {
         signal: libc::SIGABRT,
         core_dumped: true,
@@ -48,6 +58,118 @@ fn a_process_ends_with_the_datagram_of_its_last_thread() {
         }
     ));
     assert!(backend.watched.is_empty());
+}
+
+/// Runs `test` with a backend opened inside a tokio runtime.
+fn with_backend(test: impl FnOnce(&mut ProcConnectorBackend)) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _guard = runtime.enter();
+    let mut backend = ProcConnectorBackend::open().expect("the proc connector needs root");
+    test(&mut backend);
+}
+
+fn exec_message(pid: u32) -> Message {
+    Message::Exec {
+        pid,
+        tgid: pid,
+        ktime_ns: 1,
+    }
+}
+
+fn fork_message(parent: u32, child: u32) -> Message {
+    Message::Fork {
+        parent,
+        child_pid: child,
+        child_tgid: child,
+    }
+}
+
+#[test]
+fn datagrams_after_an_unwatched_exec_wait_until_the_daemon_had_it() {
+    with_backend(|backend| {
+        let (pid, child) = (NEVER, NEVER + 1);
+        backend
+            .pending
+            .extend([exec_message(pid), fork_message(pid, child)]);
+        let mut out = Vec::new();
+        backend.handle(&mut out);
+        assert!(matches!(out[..], [Event::Exec(ExecEvent { pid: p, .. })] if p == pid));
+        assert_eq!(backend.pending.len(), 1, "the fork waits");
+        // The daemon watched it meanwhile: its child is followed.
+        backend.insert(pid, None, HashSet::from([pid]));
+        backend.handle(&mut out);
+        assert_eq!(children_of(&out, pid), [child]);
+    });
+}
+
+#[test]
+fn an_exec_of_a_watched_executable_is_watched_and_handed_over_at_once() {
+    let sleeper = Proc::spawn("/bin/sleep", &["30"]);
+    let pid = sleeper.pid();
+    // A vfork parent goes on before its child's exec has laid out argv.
+    let cmdline = format!("/proc/{pid}/cmdline");
+    wait_for("its exec", || {
+        fs::read(&cmdline).is_ok_and(|a| !a.is_empty())
+    });
+    let key = procfs::exe_key(pid).unwrap();
+    with_backend(|backend| {
+        backend.set_file(key, FileMark::Watched).unwrap();
+        backend
+            .pending
+            .extend([exec_message(pid), fork_message(pid, NEVER)]);
+        let mut out = Vec::new();
+        backend.handle(&mut out);
+        let [Event::Exec(exec)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!((exec.pid, exec.file), (pid, Some(key)));
+        assert_eq!(exec.argv, Some(vec!["/bin/sleep".into(), "30".into()]));
+        assert!(exec.env.is_some() && exec.uid.is_some() && exec.start.is_some());
+        assert!(backend.watched.contains_key(&pid) && backend.synced);
+        assert_eq!(backend.pending.len(), 1, "the daemon has the exec first");
+    });
+}
+
+#[test]
+fn a_watched_exec_gone_at_once_is_reported_as_the_fork_it_left_running() {
+    // The shell forks a subshell (no exec: it runs the shell too) and ends.
+    let mut shell = Command::new("/bin/sh")
+        .args(["-c", "(while :; do sleep 1; done) & echo $!"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    let stdout = shell.stdout.take().unwrap();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let subshell: u32 = line.trim().parse().unwrap();
+    let pid = shell.id();
+    shell.wait().unwrap();
+    let key = procfs::exe_key(subshell).unwrap();
+    with_backend(|backend| {
+        backend.set_file(key, FileMark::Watched).unwrap();
+        backend
+            .pending
+            .extend([exec_message(pid), fork_message(pid, subshell)]);
+        let mut out = Vec::new();
+        backend.handle(&mut out);
+        let exec = out.iter().find_map(|event| match event {
+            Event::Exec(exec) => Some(exec.clone()),
+            _ => None,
+        });
+        // SAFETY: plain syscall on a pid this test started.
+        unsafe { libc::kill(subshell as i32, libc::SIGKILL) };
+        let exec = exec.expect("an exec");
+        assert_eq!((exec.pid, exec.file), (subshell, Some(key)));
+        let argv = exec.argv.unwrap();
+        assert_eq!(
+            argv.first().map(|a| a.as_os_str()),
+            Some("/bin/sh".as_ref())
+        );
+        assert!(backend.watched.contains_key(&subshell));
+    });
 }
 
 /// A child of the test, killed (by pid) and reaped when dropped.
@@ -293,7 +415,8 @@ fn a_leader_ending_first_is_reported_when_its_last_thread_ends() {
     let exits = multithreaded_exits(LEADER_FIRST, |python| {
         let leader = format!("/proc/{}/stat", python.pid());
         wait_for("the leader to end", || {
-            stat(&leader).is_some_and(|s| s.state == b'Z')
+            procfs::parse_task_state(&fs::read_to_string(&leader).unwrap_or_default())
+                .is_some_and(|s| s.state == b'Z')
         });
         python.finish();
     });
