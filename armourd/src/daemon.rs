@@ -5,6 +5,7 @@
 use std::{
     collections::{HashMap, VecDeque},
     ffi::OsString,
+    fmt::Write as _,
     io,
     time::Instant,
 };
@@ -64,8 +65,11 @@ pub struct Daemon {
     supervisor: Supervisor,
     config: Config,
     watchlist: WatchList,
-    /// Kernel time of the end of crashed processes, by the pid that replaced them.
-    exit_ktimes: HashMap<u32, u64>,
+    /// When crashed processes ended, by their pid until a restart replaces
+    /// them, then by the restart's pid.
+    crash_times: HashMap<u32, CrashTimes>,
+    /// When the restarts of the last actions began to be spawned, by pid.
+    spawn_times: HashMap<u32, u64>,
     bus: Option<requests::Bus>,
 }
 
@@ -94,7 +98,8 @@ pub async fn run(
         supervisor: Supervisor::new(policies),
         watchlist: WatchList::new(&config),
         config,
-        exit_ktimes: HashMap::new(),
+        crash_times: HashMap::new(),
+        spawn_times: HashMap::new(),
         bus,
     };
     daemon.install_marks();
@@ -178,6 +183,11 @@ impl Daemon {
 
     fn handle(&mut self, event: Event) {
         let now = Instant::now();
+        // Logged once the restart is under way.
+        let ended = match event {
+            Event::Exit { pid, status, .. } => Some((pid, status)),
+            _ => None,
+        };
         let actions = match event {
             Event::Exec(exec) => self.exec(exec, now),
             Event::Fork {
@@ -191,9 +201,14 @@ impl Daemon {
                 status,
                 ktime_ns,
             } => {
-                log::debug!("pid {pid} ended: {status}");
-                if let Some(ktime) = ktime_ns {
-                    self.exit_ktimes.insert(pid, ktime);
+                if let Some(ended) = ktime_ns {
+                    let seen = monotonic_ns();
+                    let times = CrashTimes {
+                        ended,
+                        seen,
+                        spawning: None,
+                    };
+                    self.crash_times.insert(pid, times);
                 }
                 self.supervisor.exit(pid, start, status, now)
             }
@@ -204,15 +219,15 @@ impl Daemon {
             }
         };
         self.apply(actions);
+        if let Some((pid, status)) = ended {
+            log::debug!("pid {pid} ended: {status}");
+        }
     }
 
     fn exec(&mut self, exec: ExecEvent, now: Instant) -> Vec<Action> {
         let pid = exec.pid;
-        if let (Some(ktime), Some(exit)) = (exec.ktime_ns, self.exit_ktimes.remove(&pid)) {
-            log::debug!(
-                "pid {pid} restart latency {} µs (crash to exec, kernel clock)",
-                ktime.saturating_sub(exit) / 1000
-            );
+        if let (Some(ktime), Some(crash)) = (exec.ktime_ns, self.crash_times.remove(&pid)) {
+            log::debug!("pid {pid} restart latency {}", crash.breakdown(ktime));
         }
         if self.supervisor.awaits_exec(pid) {
             return self.supervisor.exec_confirmed(pid, exec.start);
@@ -364,7 +379,11 @@ impl Daemon {
         while let Some(action) = queue.pop_front() {
             match action {
                 Action::Spawn { instance, spec } => {
+                    let began = monotonic_ns();
                     let result = spawn::spawn(&spec).map_err(|e| error_chain(&e));
+                    if let Ok(pid) = result {
+                        self.spawn_times.insert(pid, began);
+                    }
                     queue.extend(self.supervisor.spawned(instance, result, Instant::now()));
                 }
                 Action::Signal { target, signal } => send(target, signal),
@@ -417,8 +436,10 @@ impl Daemon {
                 exe,
                 restarts,
             } => {
-                if let Some(ktime) = self.exit_ktimes.remove(&old_pid) {
-                    self.exit_ktimes.insert(new_pid, ktime);
+                let spawning = self.spawn_times.remove(&new_pid);
+                if let Some(crash) = self.crash_times.remove(&old_pid) {
+                    let times = CrashTimes { spawning, ..crash };
+                    self.crash_times.insert(new_pid, times);
                 }
                 log::info!(
                     "restarted {}: pid {old_pid} -> pid {new_pid} (restart {restarts})",
@@ -486,6 +507,43 @@ fn capture(
             (spec, leads_group)
         }
     }
+}
+
+/// When a crashed process ended, when armourd handled its end and when it
+/// began to spawn the restart: nanoseconds on the kernel's monotonic clock,
+/// which stamps the kernel's events too.
+#[derive(Clone, Copy, Debug)]
+struct CrashTimes {
+    ended: u64,
+    seen: u64,
+    spawning: Option<u64>,
+}
+
+impl CrashTimes {
+    /// Where the time from the crash to the restart's exec at `exec` went.
+    fn breakdown(&self, exec: u64) -> String {
+        let micros = |from: u64, to: u64| to.saturating_sub(from) / 1000;
+        let mut text = format!(
+            "{} µs (crash to exec, kernel clock; seen after {} µs",
+            micros(self.ended, exec),
+            micros(self.ended, self.seen)
+        );
+        if let Some(spawning) = self.spawning {
+            let (handled, spawned) = (micros(self.seen, spawning), micros(spawning, exec));
+            let _ = write!(
+                text,
+                ", spawn began {handled} µs later, exec {spawned} µs after that"
+            );
+        }
+        text.push(')');
+        text
+    }
+}
+
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
 }
 
 /// Whether the process still runs (a zombie counts as ended).

@@ -19,6 +19,7 @@ use std::{
     os::unix::ffi::OsStrExt,
     path::PathBuf,
     ptr,
+    sync::OnceLock,
 };
 
 use crate::launch::{LaunchSpec, StdioTarget};
@@ -47,18 +48,26 @@ pub enum SpawnError {
 /// reaped here.
 pub fn spawn(spec: &LaunchSpec) -> Result<u32, SpawnError> {
     let prepared = Prepared::new(spec)?;
-    let stack = Stack::new().map_err(SpawnError::Fork)?;
-    let mut shared = Shared {
-        prepared: &prepared,
-        failure: None,
-    };
-    let (pid, clone_error) = {
+    let (pid, clone_error, failure) = STACK.with_borrow_mut(|stack| {
+        let stack = match stack {
+            Some(stack) => stack,
+            None => stack.insert(Stack::new().map_err(SpawnError::Fork)?),
+        };
         let _blocked = SignalsBlocked::new();
-        // SAFETY: `child_main` only reads `shared.prepared` and writes
-        // `shared.failure`, which outlive the call: CLONE_VFORK suspends this
-        // thread until the child has executed the program or exited. The
-        // stack top is the page-aligned end of a live mapping. All signals
-        // are blocked so no handler of ours runs on the child's stack.
+        let pinned = PinnedToThisCpu::new();
+        let mut shared = Shared {
+            prepared: &prepared,
+            // SAFETY: gettid has no preconditions.
+            parent: unsafe { libc::gettid() },
+            affinity: pinned.saved,
+            failure: None,
+        };
+        // SAFETY: `child_main` only reads `shared` but for writing
+        // `shared.failure`, and `shared` outlives the call: CLONE_VFORK
+        // suspends this thread until the child has executed the program or
+        // exited. The stack top is the page-aligned end of a live mapping
+        // that no other child uses meanwhile (it is this thread's). All
+        // signals are blocked so no handler of ours runs on the child's stack.
         let pid = unsafe {
             libc::clone(
                 child_main,
@@ -67,14 +76,14 @@ pub fn spawn(spec: &LaunchSpec) -> Result<u32, SpawnError> {
                 ptr::addr_of_mut!(shared).cast(),
             )
         };
-        (pid, io::Error::last_os_error())
-    };
-    drop(stack);
+        let clone_error = io::Error::last_os_error();
+        // SAFETY: the child wrote this slot, if at all, before the clone returned.
+        let failure = unsafe { ptr::read_volatile(ptr::addr_of!(shared.failure)) };
+        Ok::<_, SpawnError>((pid, clone_error, failure))
+    })?;
     if pid < 0 {
         return Err(SpawnError::Fork(clone_error));
     }
-    // SAFETY: the child wrote this slot, if at all, before the clone returned.
-    let failure = unsafe { ptr::read_volatile(ptr::addr_of!(shared.failure)) };
     let Some((step, errno)) = failure else {
         return Ok(pid as u32);
     };
@@ -120,6 +129,8 @@ struct Prepared {
     umask: libc::mode_t,
     session_leader: bool,
     stdio: [StdioOpen; 3],
+    /// The signals to reset to their default disposition.
+    changed_signals: &'static [c_int],
 }
 
 fn c_string(bytes: &OsStr, what: &'static str) -> Result<CString, SpawnError> {
@@ -190,15 +201,64 @@ impl Prepared {
                 stdio(1, append)?,
                 stdio(2, append)?,
             ],
+            changed_signals: changed_signals(),
         })
     }
 }
 
-/// What parent and child share: the child reads `prepared` and reports a
-/// failure in `failure`.
+/// What parent and child share: the child reads `prepared`, `parent` and
+/// `affinity`, and reports a failure in `failure`.
 struct Shared<'a> {
     prepared: &'a Prepared,
+    /// The thread that clones the child.
+    parent: libc::pid_t,
+    /// The CPUs the cloning thread may run on, when it was pinned to one.
+    affinity: Option<libc::cpu_set_t>,
     failure: Option<(&'static str, c_int)>,
+}
+
+thread_local! {
+    /// The stack of the children this thread clones, one at a time, made at
+    /// the first and kept: mapping it anew would cost every restart.
+    static STACK: std::cell::RefCell<Option<Stack>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Pins the calling thread to the CPU it runs on while it lives, so that a
+/// child cloned meanwhile starts there: that CPU is free, since the thread
+/// is suspended until the child executes, whereas an idle CPU would first
+/// have to be woken (slow on virtual machines, where it shows as restart
+/// latency of up to milliseconds). The child lets both itself and this
+/// thread run on the `saved` CPUs again as soon as it starts.
+struct PinnedToThisCpu {
+    saved: Option<libc::cpu_set_t>,
+}
+
+impl PinnedToThisCpu {
+    fn new() -> Self {
+        let size = size_of::<libc::cpu_set_t>();
+        // SAFETY: pointers to live cpu_set_t values of `size` bytes.
+        let saved = unsafe {
+            let mut saved: libc::cpu_set_t = std::mem::zeroed();
+            let mut here: libc::cpu_set_t = std::mem::zeroed();
+            let cpu = libc::sched_getcpu();
+            let pinned = cpu >= 0 && libc::sched_getaffinity(0, size, &mut saved) == 0 && {
+                libc::CPU_SET(cpu as usize, &mut here);
+                libc::sched_setaffinity(0, size, &here) == 0
+            };
+            pinned.then_some(saved)
+        };
+        Self { saved }
+    }
+}
+
+impl Drop for PinnedToThisCpu {
+    fn drop(&mut self) {
+        if let Some(saved) = &self.saved {
+            // SAFETY: restores the mask saved by `new` (the child did already,
+            // unless it failed before).
+            unsafe { libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), saved) };
+        }
+    }
 }
 
 /// The child's stack: an anonymous mapping with a guard page below it.
@@ -289,7 +349,25 @@ type Failure = (&'static str, c_int);
 extern "C" fn child_main(arg: *mut c_void) -> c_int {
     let shared = arg.cast::<Shared>();
     // SAFETY: `arg` is the `Shared` of `spawn`, alive while the parent waits.
-    let prepared = unsafe { (*shared).prepared };
+    let (prepared, parent, affinity) = unsafe {
+        (
+            (*shared).prepared,
+            (*shared).parent,
+            (*shared).affinity.as_ref(),
+        )
+    };
+    if let Some(affinity) = affinity {
+        // Started on the parent's CPU: from now on both may move, the parent
+        // (woken as this child executes) to another CPU than this one.
+        let size = size_of::<libc::cpu_set_t>();
+        // SAFETY: a pointer to a cpu_set_t of `size` bytes that outlives the
+        // calls. This cannot fail (a mask it had already); if it did, the
+        // program would run on one CPU, which beats not running at all.
+        unsafe {
+            libc::sched_setaffinity(parent, size, affinity);
+            libc::sched_setaffinity(0, size, affinity);
+        }
+    }
     let Err(failure) = run_child(prepared);
     // SAFETY: as above; the parent reads the slot only after we exit.
     unsafe {
@@ -326,7 +404,7 @@ fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
     } else {
         check("setpgid", unsafe { libc::setpgid(0, 0) }.into())?;
     }
-    reset_signals()?;
+    reset_signals(p.changed_signals)?;
     set_ids(p)?;
     unsafe { libc::umask(p.umask) };
     check("chdir", unsafe { libc::chdir(p.cwd.as_ptr()) }.into())?;
@@ -359,20 +437,20 @@ const KERNEL_SIGSET_BYTES: libc::c_long = if cfg!(any(target_arch = "mips", targ
     8
 };
 
-/// Sets every signal's disposition to the default — also ignored ones,
-/// which exec would keep, and glibc's internal ones, which its `sigaction`
-/// refuses to touch — then unblocks them all. Raw system calls: an all-zero
-/// kernel `struct sigaction` is `SIG_DFL` with no flags and an empty mask.
-fn reset_signals() -> Result<(), Failure> {
+/// Sets the disposition of every signal that has not the default one in
+/// armourd to the default — also ignored ones, which exec would keep, and
+/// glibc's internal ones, which its `sigaction` refuses to touch — then
+/// unblocks them all. Raw system calls: an all-zero kernel `struct
+/// sigaction` is `SIG_DFL` with no flags and an empty mask.
+fn reset_signals(changed: &[c_int]) -> Result<(), Failure> {
     let default_action = [0u64; 8];
     let empty_set = [0u64; 2];
-    // Signals are 1..=64 on Linux (_NSIG is 65); KILL and STOP give EINVAL.
-    for signal in 1..65 as libc::c_long {
+    for &signal in changed {
         // SAFETY: pointers to zeroed locals larger than the kernel's structs.
         unsafe {
             libc::syscall(
                 libc::SYS_rt_sigaction,
-                signal,
+                libc::c_long::from(signal),
                 default_action.as_ptr(),
                 ptr::null_mut::<c_void>(),
                 KERNEL_SIGSET_BYTES,
@@ -390,6 +468,30 @@ fn reset_signals() -> Result<(), Failure> {
         )
     };
     check("sigprocmask", ret)
+}
+
+/// The signals whose disposition in this process is not the default (a
+/// handler, or ignored), read at the first spawn: armourd sets its
+/// dispositions (the Rust runtime ignores SIGPIPE; tokio's handlers) before
+/// it restarts anything and never changes them afterwards. Resetting these
+/// only spares the child five dozen system calls.
+fn changed_signals() -> &'static [c_int] {
+    static CHANGED: OnceLock<Vec<c_int>> = OnceLock::new();
+    CHANGED.get_or_init(|| {
+        // Signals are 1..=64 on Linux (_NSIG is 65).
+        (1..65)
+            .filter(|&signal| {
+                // SAFETY: a null new action only reads the current one into
+                // a zeroed local.
+                unsafe {
+                    let mut action: libc::sigaction = std::mem::zeroed();
+                    // glibc refuses its internal signals: reset them anyway.
+                    libc::sigaction(signal, ptr::null(), &mut action) != 0
+                        || action.sa_sigaction != libc::SIG_DFL
+                }
+            })
+            .collect()
+    })
 }
 
 /// Groups, then gid, then uid — real, effective and saved — with raw system

@@ -40,6 +40,9 @@ const BACKENDS: [&str; 2] = ["ebpf", "proc-connector"];
 struct Report {
     backend: &'static str,
     latencies_us: Vec<u64>,
+    /// Per restart, µs: crash to armourd handling it, handling to the
+    /// spawn, spawn to the restart's exec (when the daemon logged them).
+    steps_us: Vec<[u64; 3]>,
     idle: Usage,
     storm: Usage,
     storm_achieved: f64,
@@ -130,12 +133,13 @@ fn measure(daemon: &Path, backend: &'static str, options: &BenchOptions) -> Resu
 
     let idle = usage(pid, Duration::from_secs(options.seconds))?;
     let (storm, storm_achieved) = storm(pid, options)?;
-    let latencies_us = latencies(&scene.service, &lines, options.restarts)?;
+    let (latencies_us, steps_us) = latencies(&scene.service, &lines, options.restarts)?;
     let _ = first.wait();
     let (vm_rss_kib, vm_hwm_kib) = memory(pid)?;
     Ok(Report {
         backend,
         latencies_us,
+        steps_us,
         idle,
         storm,
         storm_achieved,
@@ -174,9 +178,15 @@ fn wait_for(
     }
 }
 
-/// Kills the service `count` times and collects the daemon's latency lines.
-fn latencies(service: &Path, lines: &Receiver<String>, count: usize) -> Result<Vec<u64>> {
+/// Kills the service `count` times and collects the daemon's latency lines:
+/// the latencies and, where the line has them, their steps.
+fn latencies(
+    service: &Path,
+    lines: &Receiver<String>,
+    count: usize,
+) -> Result<(Vec<u64>, Vec<[u64; 3]>)> {
     let mut found = Vec::with_capacity(count);
+    let mut steps = Vec::with_capacity(count);
     while found.len() < count {
         let pids = pids_of(service);
         let [pid] = pids[..] else {
@@ -194,10 +204,18 @@ fn latencies(service: &Path, lines: &Receiver<String>, count: usize) -> Result<V
             .and_then(|n| n.parse().ok())
             .with_context(|| format!("unreadable latency line: {line}"))?;
         found.push(micros);
+        let step = |label: &str| -> Option<u64> {
+            line.split(label).nth(1)?.split(' ').next()?.parse().ok()
+        };
+        if let (Some(seen), Some(handled), Some(spawned)) =
+            (step("seen after "), step("spawn began "), step("exec "))
+        {
+            steps.push([seen, handled, spawned]);
+        }
         // Let the new instance settle, as a real crash would not come at once.
         thread::sleep(Duration::from_millis(20));
     }
-    Ok(found)
+    Ok((found, steps))
 }
 
 /// CPU time (utime + stime, ticks) and context switches of `pid`.
@@ -362,6 +380,24 @@ fn render(reports: &[Report], binary_size: u64, options: &BenchOptions) -> Strin
             r.vm_rss_kib,
             r.vm_hwm_kib,
         );
+    }
+    out.push_str("\nWhere a restart's time goes (p50 / p99 of each step, from the daemon's clock readings):\n\n");
+    out.push_str(
+        "| backend | crash → armourd has the event | → spawn begins | → restart's exec |\n",
+    );
+    out.push_str("|---|---|---|---|\n");
+    for r in reports.iter().filter(|r| !r.steps_us.is_empty()) {
+        let mut cells = Vec::new();
+        for i in 0..3 {
+            let mut column: Vec<u64> = r.steps_us.iter().map(|s| s[i]).collect();
+            column.sort_unstable();
+            cells.push(format!(
+                "{:.3} / {:.3} ms",
+                percentile(&column, 0.5),
+                percentile(&column, 0.99)
+            ));
+        }
+        let _ = writeln!(out, "| {} | {} |", r.backend, cells.join(" | "));
     }
     out.push_str(
         "\nTargets (SPEC §11): p50 ≤ 0.6 ms, p99 ≤ 2 ms on both backends; no wake-ups when idle; storm CPU ≤ 0.5 % (eBPF) and ≤ 3 % (proc connector); VmRSS ≤ 4 MiB.\n",

@@ -113,7 +113,8 @@ struct Watched {
     threads: HashSet<u32>,
     /// The signal a thread dumped core for (0: none).
     cored: u32,
-    /// Whether the attached filter holds it.
+    /// Whether the attached filter holds it; its threads were read from
+    /// `/proc` once it did.
     filtered: bool,
 }
 
@@ -209,6 +210,9 @@ impl ProcConnectorBackend {
     pub async fn read(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
         let before = out.len();
         loop {
+            // Before the next datagram is handled; not before the events
+            // of the last ones were handed over, which may start a restart.
+            self.sync_filter();
             let mut drained = false;
             if self.pending.is_empty() {
                 let (buf, pending) = (&mut self.buf, &mut self.pending);
@@ -236,7 +240,6 @@ impl ProcConnectorBackend {
                 let pids: Vec<u32> = self.watched.keys().copied().collect();
                 self.look_up(&pids);
             }
-            self.sync_filter();
             if out.len() > before {
                 return Ok(());
             }
@@ -316,9 +319,11 @@ impl ProcConnectorBackend {
             watched.cored = signal;
         }
         watched.threads.remove(&tid);
-        if watched.threads.is_empty() {
+        if watched.threads.is_empty() && !watched.filtered {
             // Threads whose creation was not seen (made by a child before the
-            // filter held it) are still in /proc.
+            // filter held it) are still in /proc. Once the filter holds a
+            // process, its set is exact: read from /proc then, and kept by
+            // the datagrams of every thread created since.
             watched.threads = live_threads(tgid, watched.start);
         }
         if watched.threads.is_empty() {
@@ -394,11 +399,11 @@ impl ProcConnectorBackend {
         self.try_sync_filter()
     }
 
-    /// Stops reporting events about `pid`.
+    /// Stops reporting events about `pid`. The filter follows before the
+    /// next datagram is handled (until then it passes a few more).
     pub fn unwatch(&mut self, pid: u32) {
         if self.watched.remove(&pid).is_some() {
             self.synced = false;
-            self.sync_filter();
         }
     }
 
