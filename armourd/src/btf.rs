@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use armourd_common::Offsets;
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 
 /// Where the running kernel describes its types.
 pub const VMLINUX: &str = "/sys/kernel/btf/vmlinux";
@@ -39,12 +39,17 @@ pub enum BtfError {
     Malformed(#[source] btf_rs::Error),
 }
 
-/// Reads the offsets the eBPF programs need from `path`.
+/// Reads the offsets the eBPF programs need from `path`: from a mapping of
+/// the file, read where needed (a few pages), or where the file cannot be
+/// mapped (sysfs before Linux 6.16) from a full parse, which takes tens of
+/// megabytes for a moment.
 pub fn offsets_from(path: &Path) -> Result<Offsets, BtfError> {
-    let btf = Btf::from_file(path).map_err(|source| BtfError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let btf = Btf::from_file_with_backend(path, Backend::Mmap)
+        .or_else(|_| Btf::from_file(path))
+        .map_err(|source| BtfError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
     offsets(&btf)
 }
 
