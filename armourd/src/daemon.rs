@@ -376,6 +376,7 @@ impl Daemon {
     fn apply(&mut self, actions: Vec<Action>) {
         let mut queue = VecDeque::from(actions);
         let mut notices = Vec::new();
+        let mut sent = Vec::new();
         while let Some(action) = queue.pop_front() {
             match action {
                 Action::Spawn { instance, spec } => {
@@ -386,7 +387,7 @@ impl Daemon {
                     }
                     queue.extend(self.supervisor.spawned(instance, result, Instant::now()));
                 }
-                Action::Signal { target, signal } => send(target, signal),
+                Action::Signal { target, signal } => sent.extend(send(target, signal)),
                 Action::Watch(pid) => {
                     if let Err(err) = self.engine.watch(pid) {
                         log::warn!("cannot watch pid {pid} in the kernel filter: {err}");
@@ -395,6 +396,9 @@ impl Daemon {
                 Action::Unwatch(pid) => self.engine.unwatch(pid),
                 Action::Notify(notice) => notices.push(notice),
             }
+        }
+        for (signal, target) in sent {
+            log::debug!("sent {signal} to {target}");
         }
         for notice in notices {
             self.notify(notice);
@@ -552,19 +556,22 @@ fn alive(proc: ProcId) -> bool {
         .is_ok_and(|s| proc.start.is_none_or(|start| start == s.start_ticks) && !s.zombie)
 }
 
-fn send(target: Target, signal: i32) {
-    let Ok(sig) = Signal::try_from(signal) else {
-        return;
-    };
+/// Sends `signal`; what was sent, for the log.
+fn send(target: Target, signal: i32) -> Option<(Signal, String)> {
+    let sig = Signal::try_from(signal).ok()?;
     let (result, what) = match target {
-        Target::Process(pid) => (kill(Pid::from_raw(pid as i32), sig), "pid"),
-        Target::Group(pgid) => (killpg(Pid::from_raw(pgid as i32), sig), "process group"),
+        Target::Process(pid) => (kill(Pid::from_raw(pid as i32), sig), format!("pid {pid}")),
+        Target::Group(pgid) => (
+            killpg(Pid::from_raw(pgid as i32), sig),
+            format!("process group {pgid}"),
+        ),
     };
     match result {
-        Ok(()) => log::debug!("sent {sig} to {what} {target:?}"),
+        Ok(()) => return Some((sig, what)),
         Err(Errno::ESRCH) => {}
-        Err(err) => log::warn!("cannot send {sig} to {what} {target:?}: {err}"),
+        Err(err) => log::warn!("cannot send {sig} to {what}: {err}"),
     }
+    None
 }
 
 /// Reaps every ended child (restarted processes are armourd's children).

@@ -357,14 +357,29 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         )
     };
     if let Some(affinity) = affinity {
-        // Started on the parent's CPU: from now on both may move, the parent
-        // (woken as this child executes) to another CPU than this one.
+        // Started on the parent's CPU. The parent, woken as this child
+        // executes, goes on elsewhere (if it may run elsewhere at all), not
+        // in this child's way; it puts its own CPUs back itself. The child
+        // stays here but may move from now on.
         let size = size_of::<libc::cpu_set_t>();
-        // SAFETY: a pointer to a cpu_set_t of `size` bytes that outlives the
-        // calls. This cannot fail (a mask it had already); if it did, the
-        // program would run on one CPU, which beats not running at all.
+        // SAFETY: pointers to cpu_set_t values of `size` bytes that outlive
+        // the calls. Setting a mask it had already cannot fail; if it did,
+        // the program would run on one CPU, which beats not running at all.
         unsafe {
-            libc::sched_setaffinity(parent, size, affinity);
+            let mut elsewhere = *affinity;
+            // The system call: glibc's `sched_getcpu` reads the parent's
+            // thread data, which this child shares.
+            let mut here: libc::c_uint = 0;
+            let null = ptr::null_mut::<c_void>();
+            if libc::syscall(libc::SYS_getcpu, &mut here, null, null) == 0 {
+                libc::CPU_CLR(here as usize, &mut elsewhere);
+            }
+            let parent_mask = if libc::CPU_COUNT(&elsewhere) > 0 {
+                &elsewhere
+            } else {
+                affinity
+            };
+            libc::sched_setaffinity(parent, size, parent_mask);
             libc::sched_setaffinity(0, size, affinity);
         }
     }

@@ -281,3 +281,30 @@ fn a_captured_spec_is_reproduced_by_spawn() {
     };
     assert_eq!(captured.unwrap(), expected);
 }
+
+/// `Cpus_allowed_list` of a `/proc/.../status` text.
+fn cpus_allowed(status: &str) -> String {
+    let line = status.lines().find(|l| l.starts_with("Cpus_allowed_list:"));
+    line.expect("Cpus_allowed_list")
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn the_program_and_the_caller_keep_the_callers_cpus() {
+    let dir = temp_dir("cpus");
+    let own = || cpus_allowed(&fs::read_to_string("/proc/thread-self/status").unwrap());
+    let before = own();
+    let out = run(
+        &dir,
+        as_root(
+            "/bin/grep",
+            &["grep", "Cpus_allowed_list", "/proc/self/status"],
+        ),
+    );
+    assert_eq!(cpus_allowed(&String::from_utf8(out).unwrap()), before);
+    assert_eq!(own(), before);
+    fs::remove_dir_all(dir).unwrap();
+}
