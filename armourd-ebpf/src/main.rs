@@ -1,11 +1,12 @@
-//! armourd's kernel half: BTF tracepoints on `sched_process_exec`,
+//! armourd's kernel half: raw tracepoints on `sched_process_exec`,
 //! `sched_process_fork` and `sched_process_exit` that report, through one
 //! ring buffer, only what concerns watched processes and watched executables.
 //!
-//! Needs Linux 5.8+ with BTF (BTF tracepoints: 5.5, ring buffer: 5.8). BTF
+//! Needs Linux 5.8+ (raw tracepoints: 4.17, ring buffer: 5.8). Raw
 //! tracepoints attach through `bpf_raw_tracepoint_open`, so tracefs need not
-//! be mounted. Structure offsets come from user space in [`OFFSETS`]; the
-//! tracepoint signatures are in
+//! be mounted, and by name, so the loader needs no kernel BTF: structure
+//! offsets come from user space in [`OFFSETS`] and every kernel structure is
+//! read with `bpf_probe_read_kernel`. The tracepoint signatures are in
 //! <https://github.com/torvalds/linux/blob/master/include/trace/events/sched.h>.
 #![no_std]
 #![no_main]
@@ -16,9 +17,9 @@ use aya_ebpf::{
         bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
         bpf_probe_read_user_buf,
     },
-    macros::{btf_tracepoint, map},
+    macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
-    programs::BtfTracePointContext,
+    programs::RawTracePointContext,
 };
 use armourd_common::{
     EventKind, ExecRecord, ExitRecord, FileKey, ForkRecord, Header, Offsets, ARGS_MAX, ENV_MAX,
@@ -78,15 +79,15 @@ fn header(kind: EventKind, tgid: u32, start_boottime_ns: u64) -> Header {
     }
 }
 
-#[btf_tracepoint(function = "sched_process_exit")]
-pub fn sched_process_exit(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
     let _ = try_sched_process_exit(&ctx);
     0
 }
 
 /// `sched_process_exit(struct task_struct *p, ...)` runs for every ending
 /// thread; the one that finds `signal->live` at zero reports the process.
-fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
+fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<(), i32> {
     let task: *const u8 = ctx.arg(0);
     let tgid: u32 = read(task, off!(task_tgid))?;
     if WATCHED_PIDS.get_ptr(&tgid).is_none() {
@@ -120,15 +121,15 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-#[btf_tracepoint(function = "sched_process_fork")]
-pub fn sched_process_fork(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_process_fork")]
+pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
     let _ = try_sched_process_fork(&ctx);
     0
 }
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`
 /// runs before the child first runs, so the child is watched from its start.
-fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
+fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<(), i32> {
     let parent: *const u8 = ctx.arg(0);
     let child: *const u8 = ctx.arg(1);
     let parent_tgid: u32 = read(parent, off!(task_tgid))?;
@@ -152,8 +153,8 @@ fn try_sched_process_fork(ctx: &BtfTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
-#[btf_tracepoint(function = "sched_process_exec")]
-pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
+#[raw_tracepoint(tracepoint = "sched_process_exec")]
+pub fn sched_process_exec(ctx: RawTracePointContext) -> i32 {
     let _ = try_sched_process_exec(&ctx);
     0
 }
@@ -161,7 +162,7 @@ pub fn sched_process_exec(ctx: BtfTracePointContext) -> i32 {
 /// `sched_process_exec(struct task_struct *p, pid_t old_pid, struct linux_binprm *bprm)`
 /// runs once the new program is mapped, before it runs: its argument and
 /// environment areas are intact.
-fn try_sched_process_exec(ctx: &BtfTracePointContext) -> Result<(), i32> {
+fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i32> {
     let task: *const u8 = ctx.arg(0);
     let bprm: *const u8 = ctx.arg(2);
     let tgid: u32 = read(task, off!(task_tgid))?;

@@ -41,6 +41,7 @@ enum Bus {
 }
 
 fn main() -> ExitCode {
+    keep_heap_small();
     let args = Args::parse();
     init_logging(args.verbose);
     let loaded = match &args.config {
@@ -87,6 +88,21 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
     };
     runtime.block_on(daemon::run(config, choice, bus))?;
     Ok(())
+}
+
+/// Fixed allocator thresholds: blocks of 128 KiB and more get mappings of
+/// their own, and free memory at the top of a heap past 128 KiB goes back
+/// to the system. glibc would raise both after the first large block is
+/// freed (the start-up parse of the kernel's BTF frees many), and keep
+/// megabytes that armourd never uses again.
+fn keep_heap_small() {
+    const THRESHOLD: libc::c_int = 128 * 1024;
+    // SAFETY: mallopt only sets allocator parameters; called before any
+    // thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, THRESHOLD);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD);
+    }
 }
 
 fn init_logging(verbose: u8) {

@@ -227,8 +227,10 @@ thread_local! {
 /// child cloned meanwhile starts there: that CPU is free, since the thread
 /// is suspended until the child executes, whereas an idle CPU would first
 /// have to be woken (slow on virtual machines, where it shows as restart
-/// latency of up to milliseconds). The child lets both itself and this
-/// thread run on the `saved` CPUs again as soon as it starts.
+/// latency of up to milliseconds). As soon as it starts, the child lets
+/// itself run on the `saved` CPUs again and moves this thread to the other
+/// ones, so that, woken as the child executes, it does not take the CPU the
+/// child is executing on.
 struct PinnedToThisCpu {
     saved: Option<libc::cpu_set_t>,
 }

@@ -47,6 +47,9 @@ struct Report {
     storm: Usage,
     storm_achieved: f64,
     vm_rss_kib: u64,
+    /// The part of VmRSS that is armourd's own memory (heap, stacks, ring
+    /// buffer); the rest is file pages (code) shared with the page cache.
+    rss_anon_kib: u64,
     vm_hwm_kib: u64,
 }
 
@@ -135,7 +138,7 @@ fn measure(daemon: &Path, backend: &'static str, options: &BenchOptions) -> Resu
     let (storm, storm_achieved) = storm(pid, options)?;
     let (latencies_us, steps_us) = latencies(&scene.service, &lines, options.restarts)?;
     let _ = first.wait();
-    let (vm_rss_kib, vm_hwm_kib) = memory(pid)?;
+    let [vm_rss_kib, rss_anon_kib, vm_hwm_kib] = memory(pid)?;
     Ok(Report {
         backend,
         latencies_us,
@@ -144,6 +147,7 @@ fn measure(daemon: &Path, backend: &'static str, options: &BenchOptions) -> Resu
         storm,
         storm_achieved,
         vm_rss_kib,
+        rss_anon_kib,
         vm_hwm_kib,
     })
 }
@@ -286,7 +290,8 @@ fn storm(pid: u32, options: &BenchOptions) -> Result<(Usage, f64)> {
     Ok((used, done as f64 / start.elapsed().as_secs_f64()))
 }
 
-fn memory(pid: u32) -> Result<(u64, u64)> {
+/// VmRSS, RssAnon and VmHWM of `pid`, KiB.
+fn memory(pid: u32) -> Result<[u64; 3]> {
     let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
     let field = |name: &str| {
         status
@@ -295,7 +300,7 @@ fn memory(pid: u32) -> Result<(u64, u64)> {
             .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             .unwrap_or(0)
     };
-    Ok((field("VmRSS:"), field("VmHWM:")))
+    Ok([field("VmRSS:"), field("RssAnon:"), field("VmHWM:")])
 }
 
 fn pids_of(exe: &Path) -> Vec<u32> {
@@ -359,14 +364,14 @@ fn render(reports: &[Report], binary_size: u64, options: &BenchOptions) -> Strin
         "- restarts per backend: {}; CPU windows: {} s; storm: {} unrelated `/bin/true` exec+exit per second requested\n",
         options.restarts, options.seconds, options.storm_rate
     );
-    out.push_str("| backend | latency p50 | p90 | p99 | max | idle CPU | idle wake-ups/s | storm rate | storm CPU | storm wake-ups/s | VmRSS | VmHWM |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| backend | latency p50 | p90 | p99 | max | idle CPU | idle wake-ups/s | storm rate | storm CPU | storm wake-ups/s | VmRSS | of it anon | VmHWM |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in reports {
         let mut sorted = r.latencies_us.clone();
         sorted.sort_unstable();
         let _ = writeln!(
             out,
-            "| {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.2} % | {:.1} | {:.0}/s | {:.2} % | {:.1} | {} KiB | {} KiB |",
+            "| {} | {:.3} ms | {:.3} ms | {:.3} ms | {:.3} ms | {:.2} % | {:.1} | {:.0}/s | {:.2} % | {:.1} | {} KiB | {} KiB | {} KiB |",
             r.backend,
             percentile(&sorted, 0.5),
             percentile(&sorted, 0.9),
@@ -378,6 +383,7 @@ fn render(reports: &[Report], binary_size: u64, options: &BenchOptions) -> Strin
             r.storm.cpu_percent,
             r.storm.wakeups_per_s,
             r.vm_rss_kib,
+            r.rss_anon_kib,
             r.vm_hwm_kib,
         );
     }

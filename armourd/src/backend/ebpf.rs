@@ -1,4 +1,4 @@
-//! The eBPF backend: loads `armourd-ebpf` (BTF tracepoints on
+//! The eBPF backend: loads `armourd-ebpf` (raw tracepoints on
 //! `sched_process_{exec,fork,exit}`), hands it the running kernel's offsets,
 //! and reads its ring buffer through tokio's `AsyncFd`.
 //!
@@ -26,8 +26,8 @@ use armourd_common::{
 };
 use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{BtfTracePoint, ProgramError},
-    Btf, Ebpf, EbpfLoader,
+    programs::{raw_trace_point::RawTracePointLink, ProgramError, RawTracePoint},
+    EbpfLoader,
 };
 use tokio::io::unix::AsyncFd;
 
@@ -75,6 +75,8 @@ pub enum EbpfError {
     Offsets(#[from] btf::BtfError),
     #[error("cannot load the eBPF object (needs Linux 5.8+ with ring buffers, and CAP_BPF + CAP_PERFMON or root)")]
     Load(#[source] aya::EbpfError),
+    #[error("loading the eBPF object failed unexpectedly")]
+    Loader,
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
     #[error("the kernel rejected program {program}")]
@@ -104,7 +106,8 @@ struct Late {
 /// The loaded programs and the maps armourd talks to.
 pub struct EbpfBackend {
     /// Owns the programs and their links: dropping it detaches them.
-    _ebpf: Ebpf,
+    /// Keep the programs attached; dropping them detaches them.
+    _links: Vec<RawTracePointLink>,
     ring: AsyncFd<RingBuf<MapData>>,
     pids: HashMap<MapData, u32, u32>,
     files: HashMap<MapData, FileKey, u32>,
@@ -124,48 +127,35 @@ impl EbpfBackend {
         }
         check_capabilities()?;
         let offsets = btf::kernel_offsets()?;
-        let kernel_btf = Btf::from_sys_fs().map_err(|_| EbpfError::NoBtf)?;
-        let mut ebpf = EbpfLoader::new()
-            .btf(Some(&kernel_btf))
-            .override_global("OFFSETS", &offsets, true)
-            .load(object)
-            .map_err(EbpfError::Load)?;
-        for program in PROGRAMS {
-            let tracepoint: &mut BtfTracePoint = ebpf
-                .program_mut(program)
-                .ok_or(EbpfError::Missing(program))?
-                .try_into()
-                .map_err(|source| EbpfError::Program { program, source })?;
-            tracepoint
-                .load(program, &kernel_btf)
-                .and_then(|()| tracepoint.attach().map(drop))
-                .map_err(|source| EbpfError::Program { program, source })?;
-        }
-        let ring =
-            RingBuf::try_from(take_map(&mut ebpf, "EVENTS")?).map_err(|source| EbpfError::Map {
-                map: "EVENTS",
-                source,
-            })?;
-        let pids = HashMap::try_from(take_map(&mut ebpf, "WATCHED_PIDS")?).map_err(|source| {
-            EbpfError::Map {
+        // aya's loader parses the kernel's BTF (some 20 MiB) even though
+        // these programs need none of it. Loading on a thread of its own
+        // leaves that in the allocator's arena of that thread, to be given
+        // back whole, not strewn among what the daemon keeps.
+        let Loaded { links, mut maps } = std::thread::scope(|scope| {
+            let loading = scope.spawn(|| load_object(object, &offsets));
+            loading.join().unwrap_or(Err(EbpfError::Loader))
+        })?;
+        let mut take_map = |name| take_map(&mut maps, name);
+        let ring = RingBuf::try_from(take_map("EVENTS")?).map_err(|source| EbpfError::Map {
+            map: "EVENTS",
+            source,
+        })?;
+        let pids =
+            HashMap::try_from(take_map("WATCHED_PIDS")?).map_err(|source| EbpfError::Map {
                 map: "WATCHED_PIDS",
                 source,
-            }
-        })?;
-        let files = HashMap::try_from(take_map(&mut ebpf, "WATCHED_FILES")?).map_err(|source| {
-            EbpfError::Map {
+            })?;
+        let files =
+            HashMap::try_from(take_map("WATCHED_FILES")?).map_err(|source| EbpfError::Map {
                 map: "WATCHED_FILES",
                 source,
-            }
-        })?;
-        let lost = PerCpuArray::try_from(take_map(&mut ebpf, "LOST")?).map_err(|source| {
-            EbpfError::Map {
-                map: "LOST",
-                source,
-            }
+            })?;
+        let lost = PerCpuArray::try_from(take_map("LOST")?).map_err(|source| EbpfError::Map {
+            map: "LOST",
+            source,
         })?;
         Ok(Self {
-            _ebpf: ebpf,
+            _links: links,
             // SAFETY: the AsyncFd owns the ring buffer, which owns the map descriptor.
             ring: unsafe { AsyncFd::register(ring) }.map_err(|e| EbpfError::Poll(e.into()))?,
             pids,
@@ -328,8 +318,51 @@ fn check_capabilities() -> Result<(), EbpfError> {
     Ok(())
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map, EbpfError> {
-    ebpf.take_map(name).ok_or(EbpfError::Missing(name))
+/// What armourd keeps of the loaded object.
+struct Loaded {
+    links: Vec<RawTracePointLink>,
+    maps: Vec<(String, aya::maps::Map)>,
+}
+
+/// Loads `object` with `offsets` and attaches its programs.
+fn load_object(object: &[u8], offsets: &armourd_common::Offsets) -> Result<Loaded, EbpfError> {
+    let mut ebpf = EbpfLoader::new()
+        .btf(None)
+        .override_global("OFFSETS", offsets, true)
+        .load(object)
+        .map_err(EbpfError::Load)?;
+    let mut links = Vec::new();
+    for program in PROGRAMS {
+        let tracepoint: &mut RawTracePoint = ebpf
+            .program_mut(program)
+            .ok_or(EbpfError::Missing(program))?
+            .try_into()
+            .map_err(|source| EbpfError::Program { program, source })?;
+        let link = tracepoint
+            .load()
+            .and_then(|()| tracepoint.attach(program))
+            .and_then(|id| tracepoint.take_link(id))
+            .map_err(|source| EbpfError::Program { program, source })?;
+        links.push(link);
+    }
+    // The links hold the programs; the rest of the object goes.
+    let maps = ebpf
+        .maps_mut()
+        .map(|(name, _)| name.to_owned())
+        .collect::<Vec<_>>();
+    let maps = maps
+        .into_iter()
+        .filter_map(|name| Some((name.clone(), ebpf.take_map(&name)?)))
+        .collect();
+    Ok(Loaded { links, maps })
+}
+
+fn take_map(
+    maps: &mut Vec<(String, aya::maps::Map)>,
+    name: &'static str,
+) -> Result<aya::maps::Map, EbpfError> {
+    let index = (maps.iter().position(|(n, _)| n == name)).ok_or(EbpfError::Missing(name))?;
+    Ok(maps.swap_remove(index).1)
 }
 
 /// Reads a `T` from the start of `bytes`, if it is long enough.
