@@ -114,7 +114,10 @@ pub async fn run(
     // Parsing the kernel's BTF at start-up takes megabytes that are free
     // now; hand them back so the resident set stays small.
     // SAFETY: malloc_trim only releases free heap memory.
-    unsafe { libc::malloc_trim(0) };
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0)
+    };
     log::info!(
         "ready: backend={}, {} watched, {} entries, {} executables",
         daemon.engine.kind().name(),
@@ -183,7 +186,7 @@ impl Daemon {
 
     fn handle(&mut self, event: Event) {
         let now = Instant::now();
-        // Logged once the restart is under way.
+        // Logged once a restart is under way.
         let ended = match event {
             Event::Exit { pid, status, .. } => Some((pid, status)),
             _ => None,
@@ -218,8 +221,13 @@ impl Daemon {
                 Vec::new()
             }
         };
+        // An instance's end has its own line (a notice); a worker's has this.
+        let noticed = actions.iter().any(|action| {
+            matches!(action, Action::Notify(Notice::Exited { pid, .. })
+                if ended.is_some_and(|(ended, _)| ended == *pid))
+        });
         self.apply(actions);
-        if let Some((pid, status)) = ended {
+        if let Some((pid, status)) = ended.filter(|_| !noticed) {
             log::debug!("pid {pid} ended: {status}");
         }
     }

@@ -95,6 +95,7 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
 /// to the system. glibc would raise both after the first large block is
 /// freed (the start-up parse of the kernel's BTF frees many), and keep
 /// megabytes that armourd never uses again.
+#[cfg(target_env = "gnu")]
 fn keep_heap_small() {
     const THRESHOLD: libc::c_int = 128 * 1024;
     // SAFETY: mallopt only sets allocator parameters; called before any
@@ -104,6 +105,9 @@ fn keep_heap_small() {
         libc::mallopt(libc::M_TRIM_THRESHOLD, THRESHOLD);
     }
 }
+
+#[cfg(not(target_env = "gnu"))]
+fn keep_heap_small() {}
 
 fn init_logging(verbose: u8) {
     let level = match verbose {

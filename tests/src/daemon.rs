@@ -17,12 +17,16 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long to wait for armourd to end after SIGTERM or a config error.
 pub const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The daemon binary: `$ARMOURD_BIN`, else `target/release/armourd` of the
-/// workspace. Panics if it does not exist: the suite never skips silently.
+/// The daemon binary: `$ARMOURD_BIN`, else where `cargo xtask build` leaves
+/// it (`target/<arch>-unknown-linux-musl/release/armourd` of the
+/// workspace). Panics if it does not exist: the suite never skips silently.
 pub fn armourd_bin() -> PathBuf {
     let bin = match std::env::var_os("ARMOURD_BIN") {
         Some(bin) => PathBuf::from(bin),
-        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/armourd"),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../target")
+            .join(format!("{}-unknown-linux-musl", std::env::consts::ARCH))
+            .join("release/armourd"),
     };
     assert!(
         bin.is_file(),

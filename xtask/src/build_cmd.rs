@@ -15,7 +15,7 @@ const BPF_TARGET: &str = "bpfel-unknown-none";
 
 #[derive(clap::Args)]
 pub struct BuildOptions {
-    /// Build the daemon with the dev profile (target/debug/armourd);
+    /// Build the daemon with the dev profile (target/<arch>-unknown-linux-musl/debug/armourd);
     /// the eBPF object is always optimised
     #[arg(long)]
     pub debug: bool,
@@ -98,10 +98,11 @@ fn build_ebpf(linker: &Path) -> Result<PathBuf> {
 }
 
 fn build_daemon(options: &BuildOptions, object: &Path) -> Result<PathBuf> {
+    let target = setup::daemon_target();
     let mut cargo = cmd::cargo();
     cargo
         .current_dir(cmd::workspace_root())
-        .args(["build", "-p", "armourd", "--bins"]);
+        .args(["build", "-p", "armourd", "--bins", "--target", &target]);
     if !options.debug {
         cargo.arg("--release");
     }
@@ -109,5 +110,8 @@ fn build_daemon(options: &BuildOptions, object: &Path) -> Result<PathBuf> {
     println!("build: daemon ({})", cmd::show(&cargo));
     cmd::run(&mut cargo).context("building the daemon failed")?;
     let profile = if options.debug { "debug" } else { "release" };
-    Ok(cmd::target_dir()?.join(profile).join("armourd"))
+    Ok(cmd::target_dir()?
+        .join(target)
+        .join(profile)
+        .join("armourd"))
 }

@@ -22,9 +22,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what the eBPF half needs when missing (nightly rust-src, bpf-linker)
+    /// Install what the build needs when missing (nightly rust-src, bpf-linker, the musl target)
     Setup(setup::SetupOptions),
-    /// Build the eBPF object and the daemon (target/release/armourd)
+    /// Build the eBPF object and the static daemon (target/<arch>-unknown-linux-musl/release/armourd)
     Build(build_cmd::BuildOptions),
     /// Build, then run the daemon in the foreground with the given arguments
     Run(run::RunOptions),
