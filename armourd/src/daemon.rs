@@ -2,13 +2,7 @@
 //! go into the [`Supervisor`]; the [`Action`]s it returns are carried out
 //! here, and only here.
 
-use std::{
-    collections::{HashMap, VecDeque},
-    ffi::OsString,
-    fmt::Write as _,
-    io,
-    time::Instant,
-};
+use std::{collections::VecDeque, ffi::OsString, io, time::Instant};
 
 use nix::{
     errno::Errno,
@@ -23,7 +17,10 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+mod latency;
 mod requests;
+
+use latency::{monotonic_ns, Latencies};
 
 use crate::{
     backend::{Event, ExecEvent},
@@ -65,11 +62,8 @@ pub struct Daemon {
     supervisor: Supervisor,
     config: Config,
     watchlist: WatchList,
-    /// When crashed processes ended, by their pid until a restart replaces
-    /// them, then by the restart's pid.
-    crash_times: HashMap<u32, CrashTimes>,
-    /// When the restarts of the last actions began to be spawned, by pid.
-    spawn_times: HashMap<u32, u64>,
+    /// Where the time of each restart goes.
+    latencies: Latencies,
     bus: Option<requests::Bus>,
 }
 
@@ -98,8 +92,7 @@ pub async fn run(
         supervisor: Supervisor::new(policies),
         watchlist: WatchList::new(&config),
         config,
-        crash_times: HashMap::new(),
-        spawn_times: HashMap::new(),
+        latencies: Latencies::default(),
         bus,
     };
     daemon.install_marks();
@@ -205,13 +198,7 @@ impl Daemon {
                 ktime_ns,
             } => {
                 if let Some(ended) = ktime_ns {
-                    let seen = monotonic_ns();
-                    let times = CrashTimes {
-                        ended,
-                        seen,
-                        spawning: None,
-                    };
-                    self.crash_times.insert(pid, times);
+                    self.latencies.ended(pid, ended, monotonic_ns());
                 }
                 self.supervisor.exit(pid, start, status, now)
             }
@@ -222,20 +209,25 @@ impl Daemon {
             }
         };
         // An instance's end has its own line (a notice); a worker's has this.
-        let noticed = actions.iter().any(|action| {
-            matches!(action, Action::Notify(Notice::Exited { pid, .. })
-                if ended.is_some_and(|(ended, _)| ended == *pid))
+        let notice = actions.iter().find_map(|action| match action {
+            Action::Notify(Notice::Exited {
+                pid, will_restart, ..
+            }) if ended.is_some_and(|(ended, _)| ended == *pid) => Some(*will_restart),
+            _ => None,
         });
+        if let (Some((pid, _)), None | Some(false)) = (ended, notice) {
+            self.latencies.forget(pid);
+        }
         self.apply(actions);
-        if let Some((pid, status)) = ended.filter(|_| !noticed) {
+        if let (Some((pid, status)), None) = (ended, notice) {
             log::debug!("pid {pid} ended: {status}");
         }
     }
 
     fn exec(&mut self, exec: ExecEvent, now: Instant) -> Vec<Action> {
         let pid = exec.pid;
-        if let (Some(ktime), Some(crash)) = (exec.ktime_ns, self.crash_times.remove(&pid)) {
-            log::debug!("pid {pid} restart latency {}", crash.breakdown(ktime));
+        if let Some(text) = exec.ktime_ns.and_then(|k| self.latencies.executed(pid, k)) {
+            log::debug!("pid {pid} restart latency {text}");
         }
         if self.supervisor.awaits_exec(pid) {
             return self.supervisor.exec_confirmed(pid, exec.start);
@@ -391,7 +383,7 @@ impl Daemon {
                     let began = monotonic_ns();
                     let result = spawn::spawn(&spec).map_err(|e| error_chain(&e));
                     if let Ok(pid) = result {
-                        self.spawn_times.insert(pid, began);
+                        self.latencies.spawned(pid, began);
                     }
                     queue.extend(self.supervisor.spawned(instance, result, Instant::now()));
                 }
@@ -448,11 +440,7 @@ impl Daemon {
                 exe,
                 restarts,
             } => {
-                let spawning = self.spawn_times.remove(&new_pid);
-                if let Some(crash) = self.crash_times.remove(&old_pid) {
-                    let times = CrashTimes { spawning, ..crash };
-                    self.crash_times.insert(new_pid, times);
-                }
+                self.latencies.restarted(old_pid, new_pid);
                 log::info!(
                     "restarted {}: pid {old_pid} -> pid {new_pid} (restart {restarts})",
                     exe.display()
@@ -519,43 +507,6 @@ fn capture(
             (spec, leads_group)
         }
     }
-}
-
-/// When a crashed process ended, when armourd handled its end and when it
-/// began to spawn the restart: nanoseconds on the kernel's monotonic clock,
-/// which stamps the kernel's events too.
-#[derive(Clone, Copy, Debug)]
-struct CrashTimes {
-    ended: u64,
-    seen: u64,
-    spawning: Option<u64>,
-}
-
-impl CrashTimes {
-    /// Where the time from the crash to the restart's exec at `exec` went.
-    fn breakdown(&self, exec: u64) -> String {
-        let micros = |from: u64, to: u64| to.saturating_sub(from) / 1000;
-        let mut text = format!(
-            "{} µs (crash to exec, kernel clock; seen after {} µs",
-            micros(self.ended, exec),
-            micros(self.ended, self.seen)
-        );
-        if let Some(spawning) = self.spawning {
-            let (handled, spawned) = (micros(self.seen, spawning), micros(spawning, exec));
-            let _ = write!(
-                text,
-                ", spawn began {handled} µs later, exec {spawned} µs after that"
-            );
-        }
-        text.push(')');
-        text
-    }
-}
-
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-    })
 }
 
 /// Whether the process still runs (a zombie counts as ended).

@@ -19,10 +19,10 @@ use std::{
     os::unix::ffi::OsStrExt,
     path::PathBuf,
     ptr,
-    sync::OnceLock,
 };
 
 use crate::launch::{LaunchSpec, StdioTarget};
+use signals::{changed_signals, reset_signals, SignalsBlocked};
 
 /// Why a process could not be started.
 #[derive(thiserror::Error, Debug)]
@@ -315,35 +315,6 @@ impl Drop for Stack {
     }
 }
 
-/// Blocks every signal in the calling thread while it lives, so no signal
-/// handler runs in the child, which shares this memory. glibc keeps its two
-/// internal signals unblocked; it only ever sends them to threads it knows,
-/// never to the child.
-struct SignalsBlocked {
-    old: libc::sigset_t,
-}
-
-impl SignalsBlocked {
-    fn new() -> Self {
-        // SAFETY: valid pointers to sigset_t values, initialised by sigfillset
-        // and pthread_sigmask.
-        unsafe {
-            let mut all: libc::sigset_t = std::mem::zeroed();
-            let mut old: libc::sigset_t = std::mem::zeroed();
-            libc::sigfillset(&mut all);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut old);
-            Self { old }
-        }
-    }
-}
-
-impl Drop for SignalsBlocked {
-    fn drop(&mut self) {
-        // SAFETY: restores the mask saved by `new`.
-        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, ptr::null_mut()) };
-    }
-}
-
 /// A failed step in the child and its errno.
 type Failure = (&'static str, c_int);
 
@@ -445,72 +416,6 @@ fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
     Err(("execve", errno()))
 }
 
-/// The size of the kernel's `sigset_t` (`_NSIG / 8`), which
-/// `rt_sigaction` and `rt_sigprocmask` insist on.
-const KERNEL_SIGSET_BYTES: libc::c_long = if cfg!(any(target_arch = "mips", target_arch = "mips64"))
-{
-    16
-} else {
-    8
-};
-
-/// Sets the disposition of every signal that has not the default one in
-/// armourd to the default — also ignored ones, which exec would keep, and
-/// glibc's internal ones, which its `sigaction` refuses to touch — then
-/// unblocks them all. Raw system calls: an all-zero kernel `struct
-/// sigaction` is `SIG_DFL` with no flags and an empty mask.
-fn reset_signals(changed: &[c_int]) -> Result<(), Failure> {
-    let default_action = [0u64; 8];
-    let empty_set = [0u64; 2];
-    for &signal in changed {
-        // SAFETY: pointers to zeroed locals larger than the kernel's structs.
-        unsafe {
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                libc::c_long::from(signal),
-                default_action.as_ptr(),
-                ptr::null_mut::<c_void>(),
-                KERNEL_SIGSET_BYTES,
-            )
-        };
-    }
-    // SAFETY: as above.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_rt_sigprocmask,
-            libc::c_long::from(libc::SIG_SETMASK),
-            empty_set.as_ptr(),
-            ptr::null_mut::<c_void>(),
-            KERNEL_SIGSET_BYTES,
-        )
-    };
-    check("sigprocmask", ret)
-}
-
-/// The signals whose disposition in this process is not the default (a
-/// handler, or ignored), read at the first spawn: armourd sets its
-/// dispositions (the Rust runtime ignores SIGPIPE; tokio's handlers) before
-/// it restarts anything and never changes them afterwards. Resetting these
-/// only spares the child five dozen system calls.
-fn changed_signals() -> &'static [c_int] {
-    static CHANGED: OnceLock<Vec<c_int>> = OnceLock::new();
-    CHANGED.get_or_init(|| {
-        // Signals are 1..=64 on Linux (_NSIG is 65).
-        (1..65)
-            .filter(|&signal| {
-                // SAFETY: a null new action only reads the current one into
-                // a zeroed local.
-                unsafe {
-                    let mut action: libc::sigaction = std::mem::zeroed();
-                    // glibc refuses its internal signals: reset them anyway.
-                    libc::sigaction(signal, ptr::null(), &mut action) != 0
-                        || action.sa_sigaction != libc::SIG_DFL
-                }
-            })
-            .collect()
-    })
-}
-
 /// Groups, then gid, then uid — real, effective and saved — with raw system
 /// calls: glibc's wrappers would ask the parent's other threads to follow.
 fn set_ids(p: &Prepared) -> Result<(), Failure> {
@@ -561,5 +466,6 @@ fn close_on_exec_from_3() -> Result<(), Failure> {
     }
 }
 
+mod signals;
 #[cfg(test)]
 mod tests;

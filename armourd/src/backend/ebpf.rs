@@ -75,8 +75,8 @@ pub enum EbpfError {
     Offsets(#[from] btf::BtfError),
     #[error("cannot load the eBPF object (needs Linux 5.8+ with ring buffers, and CAP_BPF + CAP_PERFMON or root)")]
     Load(#[source] aya::EbpfError),
-    #[error("loading the eBPF object failed unexpectedly")]
-    Loader,
+    #[error("the thread loading the eBPF object panicked (a bug in armourd: please report it)")]
+    LoaderPanicked,
     #[error("the eBPF object has no {0}")]
     Missing(&'static str),
     #[error("the kernel rejected program {program}")]
@@ -133,7 +133,7 @@ impl EbpfBackend {
         // back whole, not strewn among what the daemon keeps.
         let Loaded { links, mut maps } = std::thread::scope(|scope| {
             let loading = scope.spawn(|| load_object(object, &offsets));
-            loading.join().unwrap_or(Err(EbpfError::Loader))
+            loading.join().unwrap_or(Err(EbpfError::LoaderPanicked))
         })?;
         let mut take_map = |name| take_map(&mut maps, name);
         let ring = RingBuf::try_from(take_map("EVENTS")?).map_err(|source| EbpfError::Map {
