@@ -232,15 +232,9 @@ impl Daemon {
         if self.supervisor.awaits_exec(pid) {
             return self.supervisor.exec_confirmed(pid, exec.start);
         }
-        let key = match exec.file {
-            Some(key) => key,
-            None => match procfs::exe_key(pid) {
-                Ok(key) => key,
-                Err(_) => {
-                    self.adopt_orphans_of(pid);
-                    return self.supervisor.exec_other(pid);
-                }
-            },
+        let Some(key) = exec.file else {
+            self.adopt_orphans_of(pid);
+            return self.supervisor.exec_other(pid);
         };
         if self.watchlist.file(&key).is_none() && !self.watchlist.is_interpreter(&key) {
             // The common case with the proc connector: someone else's exec.

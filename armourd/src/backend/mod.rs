@@ -40,7 +40,8 @@ pub enum Event {
 pub struct ExecEvent {
     pub pid: u32,
     pub start: Option<u64>,
-    /// The executed file, when the backend knows it (else read `/proc/PID/exe`).
+    /// The executed file; `None` when the backend could not read it (the
+    /// process was gone by then).
     pub file: Option<FileKey>,
     /// argv as it was at exec, before the program could change it.
     pub argv: Option<Vec<OsString>>,
