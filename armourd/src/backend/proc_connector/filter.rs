@@ -2,11 +2,14 @@
 //! generating the classic BPF socket filter the proc-connector backend
 //! attaches to its netlink socket.
 //!
-//! The filter passes execs of thread-group leaders; forks of every new
-//! process (so that user space sees a just-forked child's own forks before
-//! the filter holds it: a double fork); and new threads and ended threads
-//! whose process, or whose process's parent, is watched. Everything else (UID, GID, SID, COMM, PTRACE, COREDUMP,
-//! NONZERO_EXIT, foreign datagrams) is dropped in the kernel. The watched set
+//! The filter passes execs of thread-group leaders; forks by watched
+//! processes, and by processes newer than the filter (pid at or above a
+//! threshold user space keeps just below the newest pids it has seen: so
+//! that it sees a just-forked child's own forks before the filter holds it,
+//! as in a double fork); and new threads and ended threads whose process,
+//! or whose process's parent, is watched. Everything else (forks by older
+//! processes; UID, GID, SID, COMM, PTRACE, COREDUMP, NONZERO_EXIT, foreign
+//! datagrams) is dropped in the kernel. The watched set
 //! is searched as a balanced tree of comparisons, twice at most (the process,
 //! then its parent, kept in scratch memory), so a datagram costs O(log n)
 //! instructions. A program holds at most [`BPF_MAXINSNS`] instructions, about
@@ -143,6 +146,9 @@ pub const BPF_MAXINSNS: usize = 4096;
 // Opcodes (`linux/bpf_common.h`), only those emitted here.
 const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
 const LD_H_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
+const LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
+const LSH_K: u16 = 0x64; // BPF_ALU | BPF_LSH | BPF_K
+const OR_X: u16 = 0x4c; // BPF_ALU | BPF_OR | BPF_X
 const JA: u16 = 0x05; // BPF_JMP | BPF_JA
 const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
 const JEQ_X: u16 = 0x1d; // BPF_JMP | BPF_JEQ | BPF_X
@@ -167,19 +173,20 @@ pub struct Filter {
     pub exact: bool,
 }
 
-/// The program for the (sorted or unsorted) set `watched`.
-pub fn filter(watched: &[u32]) -> Filter {
+/// The program for the (sorted or unsorted) set `watched`, passing forks
+/// by processes whose pid is `newer_than` or above too.
+pub fn filter(watched: &[u32], newer_than: u32) -> Filter {
     // Loads yield big-endian words and the datagram holds host-order ones:
     // the trees compare, and are ordered by, what the loads will yield.
     let mut keys: Vec<u32> = watched.iter().map(|&pid| wire(pid)).collect();
     keys.sort_unstable();
     keys.dedup();
-    let insns = program(Some(&keys));
+    let insns = program(Some(&keys), newer_than);
     if insns.len() <= BPF_MAXINSNS {
         return Filter { insns, exact: true };
     }
     Filter {
-        insns: program(None),
+        insns: program(None, newer_than),
         exact: false,
     }
 }
@@ -239,6 +246,25 @@ fn load(offset: usize) -> Op {
     stmt(LD_W_ABS, offset as u32)
 }
 
+/// Loads the host-order field at `offset` as a number, which `JGE` can
+/// compare: a word load where the host is big-endian, else from its bytes,
+/// the most significant first, shifted in through X.
+fn load_number(offset: usize) -> Vec<Op> {
+    if cfg!(target_endian = "big") {
+        return vec![load(offset)];
+    }
+    let mut ops = vec![stmt(LD_B_ABS, (offset + 3) as u32)];
+    for byte in (0..3).rev() {
+        ops.extend([
+            stmt(LSH_K, 8),
+            stmt(TAX, 0),
+            stmt(LD_B_ABS, (offset + byte) as u32),
+            stmt(OR_X, 0),
+        ]);
+    }
+    ops
+}
+
 /// `A == k` falls through; anything else drops the datagram.
 fn require(k: u32) -> [Op; 2] {
     [jump(JEQ_K, k, 1, 0), stmt(RET_K, DROP)]
@@ -250,7 +276,7 @@ fn dispatch(k: u32, label: Label) -> [Op; 2] {
 }
 
 /// The whole program; with `keys` None, every fork and exit passes.
-fn program(keys: Option<&[u32]>) -> Vec<sock_filter> {
+fn program(keys: Option<&[u32]>, newer_than: u32) -> Vec<sock_filter> {
     use offset::*;
     let mut ops = vec![stmt(LD_H_ABS, NLMSG_TYPE as u32)];
     ops.extend(require(wire16(libc::NLMSG_DONE as u16)));
@@ -273,17 +299,18 @@ fn program(keys: Option<&[u32]>) -> Vec<sock_filter> {
     ]);
     ops.extend([jump(JEQ_X, 0, 0, 1), stmt(RET_K, PASS), stmt(RET_K, DROP)]);
 
-    // Fork: every new process (child_pid == child_tgid), so that a child's
-    // forks are seen before the filter holds it (a double fork).
+    // Fork: a new thread (child_pid != child_tgid) of a watched process, or
+    // of a watched process's child (its `parent` is the process's parent):
+    // followed to know the last one.
     ops.extend([Op::Here(Label::Fork), load(FORK_CHILD_PID), stmt(TAX, 0)]);
-    ops.extend([
-        load(FORK_CHILD_TGID),
-        jump(JEQ_X, 0, 0, 1),
-        stmt(RET_K, PASS),
-    ]);
-    // A new thread of a watched process, or of a watched process's child
-    // (its `parent` is the process's parent): followed to know the last one.
+    ops.extend([load(FORK_CHILD_TGID), jump(JEQ_X, 0, 4, 0)]);
     ops.extend([load(FORK_PARENT_TGID), stmt(ST, 0), load(FORK_CHILD_TGID)]);
+    ops.push(Op::Goto(Label::First));
+    // A new process, forked by a process newer than the filter (a child
+    // not held yet: a double fork), or by a watched one.
+    ops.extend(load_number(FORK_PARENT_TGID));
+    ops.extend([jump(JGE_K, newer_than, 0, 1), stmt(RET_K, PASS)]);
+    ops.extend([load(FORK_PARENT_TGID), stmt(ST, 0)]);
     ops.push(Op::Goto(Label::First));
 
     // Exit of a thread of a watched process, or of a watched process's child

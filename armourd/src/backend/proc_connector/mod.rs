@@ -145,6 +145,55 @@ pub struct ProcConnectorBackend {
     /// The socket buffer overflowed since the last report.
     lost: bool,
     buf: Vec<u8>,
+    /// Which forks the filter passes by age: see [`Forks`].
+    forks: Forks,
+}
+
+/// The filter passes forks by processes newer than a threshold just below
+/// the newest pid seen (pids are handed out in increasing order), so that a
+/// child's own forks reach armourd before the filter holds the child. Forks
+/// by unwatched processes that pass anyway are counted: after
+/// [`Forks::STALE`] of them the threshold is raised.
+#[derive(Clone, Copy, Debug)]
+struct Forks {
+    /// The newest process seen created (pid of the last new child).
+    newest: u32,
+    /// `kernel.pid_max`: near it, pids start again from the bottom.
+    pid_max: u32,
+    /// Forks by unwatched processes passed since the filter was made.
+    stale: u32,
+}
+
+impl Forks {
+    /// How far below the newest pid the threshold stays: forks on other
+    /// CPUs may be reported slightly out of order.
+    const SLACK: u32 = 256;
+    /// Unwanted forks passed before the filter is made anew.
+    const STALE: u32 = 64;
+    /// How close to `pid_max` pids may wrap round before every fork passes.
+    const WRAP_MARGIN: u32 = 4096;
+
+    fn read() -> Self {
+        let number = |path| {
+            std::fs::read_to_string(path)
+                .ok()
+                .and_then(|text| text.trim().parse().ok())
+        };
+        Self {
+            // Unknown: every fork passes.
+            newest: number("/proc/sys/kernel/ns_last_pid").unwrap_or(0),
+            pid_max: number("/proc/sys/kernel/pid_max").unwrap_or(u32::MAX),
+            stale: 0,
+        }
+    }
+
+    /// The lowest pid whose forks pass.
+    fn threshold(&self) -> u32 {
+        if self.newest.saturating_add(Self::WRAP_MARGIN) >= self.pid_max {
+            return 0; // new pids may be small at any moment
+        }
+        self.newest.saturating_sub(Self::SLACK)
+    }
 }
 
 impl ProcConnectorBackend {
@@ -162,7 +211,8 @@ impl ProcConnectorBackend {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         set_rcvbuf(fd.as_fd());
         // Filter first, so that nothing unfiltered is queued once bound.
-        let initial = filter::filter(&[std::process::id()]);
+        let forks = Forks::read();
+        let initial = filter::filter(&[std::process::id()], forks.threshold());
         attach(fd.as_fd(), &initial.insns)
             .map_err(|source| ProcConnectorError::Filter { watched: 0, source })?;
         let address = netlink_address(CN_IDX_PROC);
@@ -202,6 +252,7 @@ impl ProcConnectorBackend {
             ended: Vec::new(),
             lost: false,
             buf,
+            forks,
         })
     }
 
@@ -297,7 +348,17 @@ impl ProcConnectorBackend {
             }
             return;
         }
-        if !self.watched.contains_key(&parent) || self.watched.contains_key(&tgid) {
+        self.forks.newest = tgid;
+        if !self.watched.contains_key(&parent) {
+            // Passed for its age only: once too many did, the filter is
+            // made anew with a newer threshold.
+            self.forks.stale += 1;
+            if self.forks.stale >= Forks::STALE {
+                self.synced = false;
+            }
+            return;
+        }
+        if self.watched.contains_key(&tgid) {
             return;
         }
         let start = start_ticks(tgid);
@@ -436,7 +497,8 @@ impl ProcConnectorBackend {
         // armourd itself counts as a watched parent: the exit of a process it
         // just restarted passes even before the filter holds that process.
         pids.push(std::process::id());
-        let filter = filter::filter(&pids);
+        let filter = filter::filter(&pids, self.forks.threshold());
+        self.forks.stale = 0;
         attach(self.socket.get_ref().as_fd(), &filter.insns).map_err(|source| {
             ProcConnectorError::Filter {
                 watched: pids.len(),

@@ -23,6 +23,12 @@ fn run(insns: &[sock_filter], packet: &[u8]) -> (u32, usize) {
                 };
                 a = bytes.iter().fold(0, |v, &b| (v << 8) | u32::from(b));
             }
+            LD_B_ABS => match packet.get(k) {
+                Some(&byte) => a = u32::from(byte),
+                None => return (0, steps),
+            },
+            LSH_K => a <<= insn.k,
+            OR_X => a |= x,
             TAX => x = a,
             ST => mem[k] = Some(a),
             LD_MEM => a = mem[k].expect("M[k] read before written"),
@@ -117,16 +123,34 @@ fn datagrams_decode_to_messages() {
 }
 
 #[test]
-fn execs_of_leaders_and_forks_of_processes_pass() {
-    let f = filter(&[]);
+fn execs_of_leaders_pass() {
+    let f = filter(&[], 1000);
     assert!(passes(&f, &exec(100, 100)));
     assert!(!passes(&f, &exec(101, 100)));
-    assert!(passes(&f, &fork(150, 302, 302)));
+}
+
+#[test]
+fn forks_pass_by_watched_processes_and_by_processes_newer_than_the_filter() {
+    let f = filter(&[100, 70_000], 5000);
+    assert!(passes(&f, &fork(100, 6000, 6000)), "by a watched process");
+    assert!(passes(&f, &fork(70_000, 6001, 6001)), "by another");
+    assert!(passes(&f, &fork(5000, 6002, 6002)), "by the oldest new one");
+    // Numbers whose bytes order them differently than their values.
+    for newer in [5001, 5376, 65_536 + 7, 4_194_303] {
+        assert!(passes(&f, &fork(newer, 6003, 6003)), "by {newer}");
+    }
+    for older in [1, 101, 4999, 4864, 255, 256] {
+        assert!(!passes(&f, &fork(older, 6004, 6004)), "by {older}");
+    }
+    assert!(
+        passes(&filter(&[], 0), &fork(1, 2, 2)),
+        "threshold 0: every fork"
+    );
 }
 
 #[test]
 fn other_events_and_foreign_datagrams_are_dropped() {
-    let f = filter(&[100]);
+    let f = filter(&[100], 1000);
     for what in [0x4, 0x40, 0x80, 0x100, 0x200, 0x2000_0000, 0x4000_0000] {
         assert!(!passes(&f, &datagram(what, &[100, 100])), "what {what:#x}");
     }
@@ -146,7 +170,7 @@ fn other_events_and_foreign_datagrams_are_dropped() {
 
 #[test]
 fn threads_pass_of_watched_processes_and_their_children() {
-    let f = filter(&[100, 200]);
+    let f = filter(&[100, 200], 1000);
     assert!(
         passes(&f, &fork(1, 301, 100)),
         "a new thread of a watched process"
@@ -177,7 +201,7 @@ fn pids(n: u32) -> Vec<u32> {
 fn every_watched_pid_and_no_other_is_found_at_every_size() {
     for n in (0..40).chain([100, 255, 256, 500, 1000, 1150]) {
         let watched = pids(n);
-        let f = filter(&watched);
+        let f = filter(&watched, u32::MAX);
         assert!(f.exact, "{n} pids");
         for &pid in &watched {
             let found = [
@@ -185,6 +209,7 @@ fn every_watched_pid_and_no_other_is_found_at_every_size() {
                 exit(9, 9, 0, pid),
                 fork(1, 9, pid),
                 fork(pid, 9, 10),
+                fork(pid, 9, 9),
             ];
             assert!(found.iter().all(|p| passes(&f, p)), "{pid} of {n}");
             let (below, above) = (pid - 1, pid + 1);
@@ -192,6 +217,7 @@ fn every_watched_pid_and_no_other_is_found_at_every_size() {
                 exit(above, above, 0, 1),
                 exit(9, 9, 0, below),
                 fork(1, 9, below),
+                fork(above, 9, 9),
             ];
             assert!(!not.iter().any(|p| passes(&f, p)), "near {pid} of {n}");
         }
@@ -201,7 +227,7 @@ fn every_watched_pid_and_no_other_is_found_at_every_size() {
 #[test]
 fn a_datagram_costs_logarithmic_instructions() {
     let watched = pids(1150);
-    let f = filter(&watched);
+    let f = filter(&watched, u32::MAX);
     let most = (watched.iter().flat_map(|&p| [p, p + 1]))
         .map(|pid| run(&f.insns, &exit(pid, pid, 0, 1)).1)
         .max();
@@ -211,9 +237,11 @@ fn a_datagram_costs_logarithmic_instructions() {
 
 #[test]
 fn too_many_pids_pass_every_fork_and_exit() {
-    let fits = (1..3000).take_while(|&n| filter(&pids(n)).exact).last();
+    let fits = (1..3000)
+        .take_while(|&n| filter(&pids(n), 1000).exact)
+        .last();
     assert!(fits >= Some(1150), "only {fits:?} pids fit");
-    let f = filter(&pids(fits.unwrap() + 1));
+    let f = filter(&pids(fits.unwrap() + 1), 1000);
     assert!(!f.exact);
     let all = [exit(99_999, 99_999, 0, 1), fork(1, 9, 99_998), exec(7, 7)];
     assert!(all.iter().all(|p| passes(&f, p)));
