@@ -437,12 +437,13 @@ Known causes (see the step table above for latency):
   and logs only after the restart is under way.
 - Proc connector CPU under the storm: the connector cannot say which file
   an exec ran, so every unrelated exec passes the socket filter, wakes
-  armourd and costs one look at `/proc/PID/exe`. A profile shows the time
-  going to the wake-up itself (context switch) and the `/proc` lookup:
-  about 50 µs per exec on this VM, 7-9 % of a core at 1,500 execs per
-  second. Meeting 3 % would take batching wake-ups, which would delay
-  restarts under load; armourd does not. The eBPF backend filters by file
-  in the kernel and stays at zero.
+  armourd and costs one look at `/proc/PID/exe` (the storm's forks are
+  dropped in the kernel). A profile shows the time going to the wake-up
+  itself (context switch) and the `/proc` lookup: some 45 µs per exec on
+  this VM, 6-7 % of a core at 1,500 execs per second. Meeting 3 % would
+  take batching wake-ups, which would delay restarts under load; armourd
+  does not. The eBPF backend filters by file in the kernel and stays at
+  zero.
 - VmRSS counts the daemon's code pages mapped from the page cache (shared,
   clean, reclaimable; Linux maps whole large folios of a file): the
   column 'of it anon' is armourd's own memory (heap, stacks, ring buffer).

@@ -33,9 +33,9 @@
 //! - Children are added in user space as their fork is read. Until the
 //!   regenerated filter holds a child, its datagrams pass only while its
 //!   parent is watched and alive (an orphan's name the reaper as parent);
-//!   its own forks pass because every fork of a new process does (with
-//!   forks of watched parents only, a double fork that daemonizes would go
-//!   unseen).
+//!   its own forks pass because forks by processes newer than the filter
+//!   do (see [`Forks`]; with forks of watched parents only, a double fork
+//!   that daemonizes would go unseen).
 //! - So every process the filter did not hold when it was added (a child,
 //!   an exec, a process watched on request) is looked up in `/proc` once the
 //!   filter holds it: one that still runs will be reported by its last
