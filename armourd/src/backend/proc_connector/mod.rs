@@ -50,6 +50,7 @@
 
 mod exec;
 mod filter;
+mod forks;
 mod socket;
 
 use std::{
@@ -61,6 +62,7 @@ use std::{
 
 use armourd_common::FileKey;
 use filter::{Message, CN_IDX_PROC};
+use forks::Forks;
 use libc::{c_int, sockaddr_nl, socklen_t};
 use socket::{attach, await_ack, netlink_address, receive_batch, send_op, set_rcvbuf};
 use tokio::io::{unix::AsyncFd, Interest};
@@ -147,53 +149,6 @@ pub struct ProcConnectorBackend {
     buf: Vec<u8>,
     /// Which forks the filter passes by age: see [`Forks`].
     forks: Forks,
-}
-
-/// The filter passes forks by processes newer than a threshold just below
-/// the newest pid seen (pids are handed out in increasing order), so that a
-/// child's own forks reach armourd before the filter holds the child. Forks
-/// by unwatched processes that pass anyway are counted: after
-/// [`Forks::STALE`] of them the threshold is raised.
-#[derive(Clone, Copy, Debug)]
-struct Forks {
-    /// The newest process seen created (pid of the last new child).
-    newest: u32,
-    /// `kernel.pid_max`: near it, pids start again from the bottom.
-    pid_max: u32,
-    /// Forks by unwatched processes passed since the filter was made.
-    stale: u32,
-}
-
-impl Forks {
-    /// How far below the newest pid the threshold stays: forks on other
-    /// CPUs may be reported slightly out of order.
-    const SLACK: u32 = 256;
-    /// Unwanted forks passed before the filter is made anew.
-    const STALE: u32 = 64;
-    /// How close to `pid_max` pids may wrap round before every fork passes.
-    const WRAP_MARGIN: u32 = 4096;
-
-    fn read() -> Self {
-        let number = |path| {
-            std::fs::read_to_string(path)
-                .ok()
-                .and_then(|text| text.trim().parse().ok())
-        };
-        Self {
-            // Unknown: every fork passes.
-            newest: number("/proc/sys/kernel/ns_last_pid").unwrap_or(0),
-            pid_max: number("/proc/sys/kernel/pid_max").unwrap_or(u32::MAX),
-            stale: 0,
-        }
-    }
-
-    /// The lowest pid whose forks pass.
-    fn threshold(&self) -> u32 {
-        if self.newest.saturating_add(Self::WRAP_MARGIN) >= self.pid_max {
-            return 0; // new pids may be small at any moment
-        }
-        self.newest.saturating_sub(Self::SLACK)
-    }
 }
 
 impl ProcConnectorBackend {
