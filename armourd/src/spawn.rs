@@ -340,7 +340,7 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         // the program would run on one CPU, which beats not running at all.
         unsafe {
             let mut elsewhere = *affinity;
-            // The system call: glibc's `sched_getcpu` reads the parent's
+            // The system call: the C library's `sched_getcpu` may read the parent's
             // thread data, which this child shares.
             let mut here: libc::c_uint = 0;
             let null = ptr::null_mut::<c_void>();

@@ -15,8 +15,9 @@ use std::{
 use super::{check, Failure};
 
 /// Blocks every signal in the calling thread while it lives, so no signal
-/// handler runs in the child, which shares this memory. glibc keeps its two
-/// internal signals unblocked; it only ever sends them to threads it knows,
+/// handler runs in the child, which shares this memory. A C library may
+/// keep its internal signals unblocked (glibc does; musl, which the release
+/// build links, does not); it only ever sends them to threads it knows,
 /// never to the child.
 pub(super) struct SignalsBlocked {
     old: libc::sigset_t,
@@ -54,7 +55,7 @@ const KERNEL_SIGSET_BYTES: libc::c_long = if cfg!(any(target_arch = "mips", targ
 
 /// Sets the disposition of every signal that has not the default one in
 /// armourd to the default — also ignored ones, which exec would keep, and
-/// glibc's internal ones, which its `sigaction` refuses to touch — then
+/// the C library's internal ones, which its `sigaction` may refuse to touch — then
 /// unblocks them all. Raw system calls: an all-zero kernel `struct
 /// sigaction` is `SIG_DFL` with no flags and an empty mask.
 pub(super) fn reset_signals(changed: &[c_int]) -> Result<(), Failure> {
@@ -100,7 +101,8 @@ pub(super) fn changed_signals() -> &'static [c_int] {
                 // a zeroed local.
                 unsafe {
                     let mut action: libc::sigaction = std::mem::zeroed();
-                    // glibc refuses its internal signals: reset them anyway.
+                    // The C library may refuse its internal signals: reset
+                    // them anyway.
                     libc::sigaction(signal, ptr::null(), &mut action) != 0
                         || action.sa_sigaction != libc::SIG_DFL
                 }
