@@ -340,8 +340,8 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
         // the program would run on one CPU, which beats not running at all.
         unsafe {
             let mut elsewhere = *affinity;
-            // The system call: the C library's `sched_getcpu` may read the parent's
-            // thread data, which this child shares.
+            // The system call: the C library's `sched_getcpu` may read
+            // the parent's thread data, which this child shares.
             let mut here: libc::c_uint = 0;
             let null = ptr::null_mut::<c_void>();
             if libc::syscall(libc::SYS_getcpu, &mut here, null, null) == 0 {
