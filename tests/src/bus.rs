@@ -22,7 +22,7 @@ pub use client::{run, Background, Output};
 pub use monitor::Monitor;
 pub use value::Value;
 
-use crate::{daemon::armourctl_bin, Backend, Daemon, LaunchExt, Sandbox, EVENT_TIMEOUT};
+use crate::{daemon::armourctl_bin, Backend, Daemon, LaunchExt, Report, Sandbox, EVENT_TIMEOUT};
 
 /// armourd's bus name, object path and interface (SPEC §7).
 pub const ARMOURD: &str = "com.github.Armourd";
@@ -69,6 +69,54 @@ const SYSTEM_POLICY: &str = r#"  <policy context="default">
            send_interface="org.freedesktop.DBus.Properties"/>
   </policy>
   <include>INCLUDE</include>"#;
+
+/// Where most D-Bus tests start: a sandbox with a private bus, the testee
+/// `svc` with its report, and armourd answering on the bus, with `svc` in
+/// its configuration or nothing configured. Fields drop in order: armourd
+/// first, the sandbox last.
+pub struct Scene {
+    pub daemon: Daemon,
+    /// How many processes armourd watched when it got ready.
+    pub watched: usize,
+    pub report: Report,
+    pub svc: PathBuf,
+    pub bus: Bus,
+    pub sb: Sandbox,
+}
+
+impl Scene {
+    /// On a bus that lets anyone do anything.
+    pub fn start(backend: Backend, svc_configured: bool) -> Scene {
+        Self::start_on(Bus::start, backend, svc_configured)
+    }
+
+    /// On a bus with the system bus's policy (see
+    /// [`Bus::start_with_system_policy`]).
+    pub fn start_with_system_policy(backend: Backend, svc_configured: bool) -> Scene {
+        Self::start_on(Bus::start_with_system_policy, backend, svc_configured)
+    }
+
+    fn start_on(bus: fn(&Sandbox) -> Bus, backend: Backend, svc_configured: bool) -> Scene {
+        let sb = Sandbox::new();
+        let bus = bus(&sb);
+        let svc = sb.testee("svc");
+        let report = sb.report("svc");
+        sb.write_config(&if svc_configured {
+            format!("{}\n", svc.display())
+        } else {
+            "# nothing configured\n".to_owned()
+        });
+        let (daemon, watched) = bus.daemon(&sb, backend);
+        Scene {
+            daemon,
+            watched,
+            report,
+            svc,
+            bus,
+            sb,
+        }
+    }
+}
 
 /// A private `dbus-daemon`; dropping it kills it by pid.
 pub struct Bus {

@@ -30,7 +30,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use bus::{Bus, Value};
+pub use bus::{Bus, Scene, Value};
 pub use daemon::{armourctl_bin, armourd_bin, Daemon};
 pub use launch::LaunchExt;
 pub use report::{Record, Report, Start};

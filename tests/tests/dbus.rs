@@ -13,7 +13,7 @@ use std::{
 };
 
 use armourd_tests::{
-    backend_tests, process, wait_for, Backend, Bus, LaunchExt, Sandbox, Start, Value,
+    backend_tests, bus::Scene, process, wait_for, Backend, Bus, LaunchExt, Sandbox, Start, Value,
     EVENT_TIMEOUT, QUIET_WINDOW,
 };
 
@@ -125,12 +125,14 @@ fn list_processes_gives_a_pid_or_an_array_of_pids(backend: Backend) {
 /// config: 0, then 1; it is restarted after a crash as its own user, and
 /// the restart is watched too.
 fn watch_process_watches_a_process_of_any_user(backend: Backend) {
-    let sb = Sandbox::new();
-    let bus = Bus::start(&sb);
-    let svc = sb.testee("svc");
-    let report = sb.report("svc");
-    sb.write_config("# nothing configured\n");
-    let (mut daemon, watched) = bus.daemon(&sb, backend);
+    let Scene {
+        sb,
+        bus,
+        svc,
+        report,
+        mut daemon,
+        watched,
+    } = Scene::start(backend, false);
     assert_eq!(watched, 0);
     let pid = sb.spawn(sb.command(&svc, &report).args(["--port", "8080"]).as_user(
         NOBODY,
@@ -253,12 +255,14 @@ fn caller_of_another_uid_is_denied(backend: Backend) {
 /// A caller of uid 65534 watches and unwatches its own process: 0, 1,
 /// restarted as 65534, then 0 and 2 for unwatching.
 fn unprivileged_caller_watches_its_own_process(backend: Backend) {
-    let sb = Sandbox::new();
-    let bus = Bus::start(&sb);
-    let svc = sb.testee("svc");
-    let report = sb.report("svc");
-    sb.write_config("# nothing configured\n");
-    let (mut daemon, _) = bus.daemon(&sb, backend);
+    let Scene {
+        sb,
+        bus,
+        svc,
+        report,
+        mut daemon,
+        ..
+    } = Scene::start(backend, false);
     let pid = sb.spawn(
         sb.command(&svc, &report)
             .arg("mine")
@@ -286,12 +290,14 @@ fn unprivileged_caller_watches_its_own_process(backend: Backend) {
 /// Every key with its type, before a crash, after a SIGSEGV and after an
 /// exit with code 3.
 fn get_processes_describes_each_process(backend: Backend) {
-    let sb = Sandbox::new();
-    let bus = Bus::start(&sb);
-    let svc = sb.testee("svc");
-    let report = sb.report("svc");
-    sb.write_config(&format!("{}\n", svc.display()));
-    let (mut daemon, _) = bus.daemon(&sb, backend);
+    let Scene {
+        sb,
+        bus,
+        svc,
+        report,
+        mut daemon,
+        ..
+    } = Scene::start(backend, true);
     let before = now_us();
     let pid = sb.spawn(
         sb.command(&svc, &report)
@@ -361,12 +367,14 @@ fn get_processes_describes_each_process(backend: Backend) {
 /// ProcessExited and ProcessRestarted after a SIGSEGV and an exit code 3;
 /// only ProcessExited, with will_restart false, after a SIGTERM.
 fn signals_tell_of_crashes_and_restarts(backend: Backend) {
-    let sb = Sandbox::new();
-    let bus = Bus::start(&sb);
-    let svc = sb.testee("svc");
-    let report = sb.report("svc");
-    sb.write_config(&format!("{}\n", svc.display()));
-    let (mut daemon, _) = bus.daemon(&sb, backend);
+    let Scene {
+        sb,
+        bus,
+        svc,
+        report,
+        mut daemon,
+        ..
+    } = Scene::start(backend, true);
     let monitor = bus.monitor();
     let pid = sb.spawn(sb.command(&svc, &report).env("TESTEE_EXIT_CODE", "3"));
     report.wait_starts(1);

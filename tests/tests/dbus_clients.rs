@@ -5,8 +5,8 @@
 use std::{os::unix::process::ExitStatusExt, path::Path};
 
 use armourd_tests::{
-    backend_tests, bus::run, process, wait_for, Backend, Bus, Daemon, LaunchExt, Sandbox,
-    EVENT_TIMEOUT,
+    backend_tests, bus::run, bus::Scene, process, wait_for, Backend, Bus, Daemon, LaunchExt,
+    Sandbox, EVENT_TIMEOUT,
 };
 
 backend_tests!(
@@ -204,12 +204,14 @@ fn armourctl_lists_watches_and_unwatches(backend: Backend) {
 }
 
 fn armourctl_monitor_prints_crashes_and_restarts(backend: Backend) {
-    let sb = Sandbox::new();
-    let bus = Bus::start(&sb);
-    let svc = sb.testee("svc");
-    let report = sb.report("svc");
-    sb.write_config(&format!("{}\n", svc.display()));
-    let (mut daemon, _) = bus.daemon(&sb, backend);
+    let Scene {
+        sb,
+        bus,
+        svc,
+        report,
+        mut daemon,
+        ..
+    } = Scene::start(backend, true);
     let monitor = armourd_tests::bus::Background::spawn(&mut bus.armourctl(&["monitor"]));
     monitor.wait_stderr("monitoring line", |t| t.contains("monitoring armourd"));
     let pid = sb.spawn(&mut sb.command(&svc, &report));

@@ -3,7 +3,7 @@
 //! Properties, Peer), the errors for malformed calls, and the policy file
 //! shipped for the system bus.
 
-use armourd_tests::{backend_tests, Backend, Bus, LaunchExt, Sandbox, Value};
+use armourd_tests::{backend_tests, bus::Scene, Backend, Bus, LaunchExt, Sandbox, Value};
 
 backend_tests!(
     properties_introspection_and_ping,
@@ -160,12 +160,14 @@ fn arguments_to_a_method_without_any_are_errors(backend: Backend) {
 /// policy file: root owns the name; anyone may call the methods, Get and
 /// Introspect and Ping; nobody else may own the name or Set a property.
 fn shipped_policy_lets_anyone_call_and_only_root_own(backend: Backend) {
-    let sb = Sandbox::new();
-    let bus = Bus::start_with_system_policy(&sb);
-    let svc = sb.testee("svc");
-    let report = sb.report("svc");
-    sb.write_config("# nothing configured\n");
-    let (mut daemon, _) = bus.daemon(&sb, backend);
+    let Scene {
+        sb,
+        bus,
+        svc,
+        report,
+        mut daemon,
+        ..
+    } = Scene::start_with_system_policy(backend, false);
     let pid = sb.spawn(sb.command(&svc, &report).as_user(NOBODY, NOBODY, &[]));
     report.wait_starts(1);
 
