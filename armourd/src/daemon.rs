@@ -5,9 +5,8 @@
 use std::{collections::VecDeque, ffi::OsString, io, time::Instant};
 
 use nix::{
-    errno::Errno,
     sys::{
-        signal::{kill, killpg, Signal},
+        signal::Signal,
         wait::{waitpid, WaitPidFlag, WaitStatus},
     },
     unistd::Pid,
@@ -19,15 +18,17 @@ use tokio::{
 
 mod latency;
 mod requests;
+mod spawner;
 
 use latency::{monotonic_ns, Latencies};
+use spawner::{Done, Job, Spawner};
 
 use crate::{
     backend::{Event, ExecEvent},
     config::Config,
     engine::Engine,
     launch::LaunchSpec,
-    procfs, spawn,
+    pidfd, procfs,
     status::ExitStatus,
     supervisor::{Action, Exec, Notice, Policy, ProcId, Supervisor, Target},
     watchlist::{DirWatch, Match, WatchList},
@@ -64,6 +65,8 @@ pub struct Daemon {
     watchlist: WatchList,
     /// Where the time of each restart goes.
     latencies: Latencies,
+    /// Restarts under way, off the event loop.
+    spawner: Spawner,
     bus: Option<requests::Bus>,
 }
 
@@ -93,6 +96,7 @@ pub async fn run(
         watchlist: WatchList::new(&config),
         config,
         latencies: Latencies::default(),
+        spawner: Spawner::new(),
         bus,
     };
     daemon.install_marks();
@@ -131,9 +135,17 @@ impl Daemon {
         let mut int = signal(SignalKind::interrupt()).map_err(|e| setup("SIGINT", e))?;
         let mut hup = signal(SignalKind::hangup()).map_err(|e| setup("SIGHUP", e))?;
         let mut chld = signal(SignalKind::child()).map_err(|e| setup("SIGCHLD", e))?;
+        let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| setup("SIGUSR1", e))?;
+        let mut usr2 = signal(SignalKind::user_defined2()).map_err(|e| setup("SIGUSR2", e))?;
         let mut events = Vec::new();
         loop {
-            let deadline = self.supervisor.next_deadline();
+            let deadline = [
+                self.supervisor.next_deadline(),
+                self.spawner.next_deadline(),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
@@ -148,6 +160,7 @@ impl Daemon {
                         self.handle(event);
                     }
                 }
+                done = self.spawner.done() => self.spawn_done(done),
                 _ = chld.recv() => reap(),
                 Some(request) = requests::next(&mut self.bus) => self.request(request),
                 ready = dirs.readable() => {
@@ -160,9 +173,13 @@ impl Daemon {
                     }
                 }
                 () = sleep => {
-                    let actions = self.supervisor.tick(Instant::now());
+                    let now = Instant::now();
+                    self.spawner.expire(now);
+                    let actions = self.supervisor.tick(now);
                     self.apply(actions);
                 }
+                _ = usr1.recv() => self.log_status(),
+                _ = usr2.recv() => log::info!("SIGUSR2 ignored (SIGUSR1 logs a status summary)"),
                 _ = hup.recv() => log::info!(
                     "SIGHUP: reloading the configuration is not supported yet; restart armourd to apply changes"
                 ),
@@ -226,6 +243,14 @@ impl Daemon {
 
     fn exec(&mut self, exec: ExecEvent, now: Instant) -> Vec<Action> {
         let pid = exec.pid;
+        if !self.supervisor.is_watched(pid) {
+            // A restart reaching its program before its worker said so.
+            if let Some((instance, began)) = self.spawner.child_of(pid) {
+                self.latencies.spawned(pid, began);
+                let actions = self.supervisor.spawned(instance, Ok(pid), now);
+                self.apply(actions);
+            }
+        }
         if let Some(text) = exec.ktime_ns.and_then(|k| self.latencies.executed(pid, k)) {
             log::debug!("pid {pid} restart latency {text}");
         }
@@ -373,14 +398,15 @@ impl Daemon {
         let mut sent = Vec::new();
         while let Some(action) = queue.pop_front() {
             match action {
-                Action::Spawn { instance, spec } => {
-                    let began = monotonic_ns();
-                    let result = spawn::spawn(&spec).map_err(|e| error_chain(&e));
-                    if let Ok(pid) = result {
-                        self.latencies.spawned(pid, began);
-                    }
-                    queue.extend(self.supervisor.spawned(instance, result, Instant::now()));
-                }
+                Action::Spawn {
+                    instance,
+                    spec,
+                    configured,
+                } => self.spawner.submit(Job {
+                    instance,
+                    spec,
+                    configured,
+                }),
                 Action::Signal { target, signal } => sent.extend(send(target, signal)),
                 Action::Watch(pid) => {
                     if let Err(err) = self.engine.watch(pid) {
@@ -397,6 +423,41 @@ impl Daemon {
         for notice in notices {
             self.notify(notice);
         }
+    }
+
+    /// A restart's spawn is over.
+    fn spawn_done(&mut self, done: Done) {
+        let result = match done.result {
+            // Taken over at its exec already.
+            Ok(pid) if self.supervisor.is_watched(pid) => return,
+            Ok(pid) => {
+                self.latencies.spawned(pid, done.began_ns);
+                Ok(pid)
+            }
+            Err(err) => Err(error_chain(&err)),
+        };
+        let actions = self
+            .supervisor
+            .spawned(done.instance, result, Instant::now());
+        self.apply(actions);
+    }
+
+    /// Logs what armourd watches and what it is doing (on SIGUSR1).
+    fn log_status(&self) {
+        let mut states = std::collections::BTreeMap::<&str, usize>::new();
+        for view in self.supervisor.instances() {
+            *states.entry(requests::state_name(view.state)).or_default() += 1;
+        }
+        let states: Vec<String> = states.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        log::info!(
+            "status: backend={}, {} instances ({}), {} processes watched, {} executables, restarts {}",
+            self.engine.kind().name(),
+            self.supervisor.instances().count(),
+            if states.is_empty() { "none".to_owned() } else { states.join(", ") },
+            self.supervisor.watched().len(),
+            self.watchlist.len(),
+            if self.spawner.is_busy() { "under way" } else { "idle" },
+        );
     }
 
     fn notify(&mut self, notice: Notice) {
@@ -509,19 +570,23 @@ fn alive(proc: ProcId) -> bool {
         .is_ok_and(|s| proc.start.is_none_or(|start| start == s.start_ticks) && !s.zombie)
 }
 
-/// Sends `signal`; what was sent, for the log.
+/// Sends `signal` to exactly the process (or group) meant; what was
+/// sent, for the log.
 fn send(target: Target, signal: i32) -> Option<(Signal, String)> {
     let sig = Signal::try_from(signal).ok()?;
     let (result, what) = match target {
-        Target::Process(pid) => (kill(Pid::from_raw(pid as i32), sig), format!("pid {pid}")),
-        Target::Group(pgid) => (
-            killpg(Pid::from_raw(pgid as i32), sig),
-            format!("process group {pgid}"),
+        Target::Process(proc) => (
+            pidfd::signal_process(proc, signal),
+            format!("pid {}", proc.pid),
+        ),
+        Target::Group(leader) => (
+            pidfd::signal_group(leader, signal),
+            format!("process group {}", leader.pid),
         ),
     };
     match result {
-        Ok(()) => return Some((sig, what)),
-        Err(Errno::ESRCH) => {}
+        Ok(pidfd::Sent::Yes) => return Some((sig, what)),
+        Ok(pidfd::Sent::Gone) => {}
         Err(err) => log::warn!("cannot send {sig} to {what}: {err}"),
     }
     None

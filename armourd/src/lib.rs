@@ -10,6 +10,7 @@ pub mod dbus;
 pub mod engine;
 pub mod files;
 pub mod launch;
+pub mod pidfd;
 pub mod procfs;
 pub mod spawn;
 pub mod status;

@@ -9,7 +9,7 @@
 use std::{
     ffi::OsString,
     fs, io,
-    os::unix::{ffi::OsStrExt, fs::MetadataExt},
+    os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -153,9 +153,54 @@ pub fn exe_path(pid: u32) -> Result<PathBuf, ProcfsError> {
 /// The identity (inode and device) of the file the process executes, also
 /// when that file was deleted since.
 pub fn exe_key(pid: u32) -> Result<FileKey, ProcfsError> {
-    let meta = fs::metadata(proc_path(pid, "exe")).map_err(|e| read_error(pid, "exe", e))?;
-    let dev = meta.dev();
-    Ok(FileKey::new(meta.ino(), libc::major(dev), libc::minor(dev)))
+    let meta = cached_stat(&proc_path(pid, "exe")).map_err(|e| read_error(pid, "exe", e))?;
+    Ok(FileKey::new(meta.ino, meta.dev_major, meta.dev_minor))
+}
+
+/// What [`cached_stat`] tells of a file.
+#[derive(Clone, Copy, Debug)]
+struct Meta {
+    ino: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    mode: u32,
+    nlink: u32,
+    rdev_major: u32,
+}
+
+/// `stat` of `path` from what the kernel has cached (`AT_STATX_DONT_SYNC`),
+/// without asking a network or FUSE file system's server: `/proc/PID/exe`
+/// and `/proc/PID/fd/N` lead into whatever file system the process uses,
+/// whose server may hang, and the event loop must never wait for it. The
+/// magic links lead straight to the file, with no lookup on the way.
+fn cached_stat(path: &Path) -> io::Result<Meta> {
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: statx writes into a local buffer of its own type; the path
+    // outlives the call.
+    let stx = unsafe {
+        let mut stx: libc::statx = std::mem::zeroed();
+        let ret = libc::syscall(
+            libc::SYS_statx,
+            libc::AT_FDCWD as libc::c_long,
+            path.as_ptr(),
+            libc::AT_STATX_DONT_SYNC as libc::c_long,
+            libc::STATX_BASIC_STATS as libc::c_long,
+            &mut stx as *mut libc::statx,
+        );
+        if ret == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        stx
+    };
+    Ok(Meta {
+        ino: stx.stx_ino,
+        dev_major: stx.stx_dev_major,
+        dev_minor: stx.stx_dev_minor,
+        mode: u32::from(stx.stx_mode),
+        nlink: stx.stx_nlink,
+        rdev_major: stx.stx_rdev_major,
+    })
 }
 
 /// Fails with `Gone` when the process has ended or begun to: it is why a
@@ -343,14 +388,14 @@ fn stdio_of(pid: u32, fd: u32) -> Result<StdioTarget, ProcfsError> {
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(StdioTarget::Null),
         Err(e) => return Err(read_error(pid, "fd", e)),
     };
-    let kind = match fs::metadata(&path) {
+    let kind = match cached_stat(&path) {
         Ok(meta) => {
-            let file_type = meta.mode() & libc::S_IFMT;
-            if file_type == libc::S_IFREG && meta.nlink() > 0 {
+            let file_type = meta.mode & libc::S_IFMT;
+            if file_type == libc::S_IFREG && meta.nlink > 0 {
                 FdKind::Regular
             } else if file_type == libc::S_IFCHR {
                 FdKind::CharDevice {
-                    major: libc::major(meta.rdev()),
+                    major: meta.rdev_major,
                 }
             } else {
                 FdKind::Other

@@ -19,6 +19,7 @@ use std::{
     os::unix::ffi::OsStrExt,
     path::PathBuf,
     ptr,
+    sync::atomic::{AtomicI32, Ordering},
 };
 
 use crate::launch::{LaunchSpec, StdioTarget};
@@ -41,12 +42,43 @@ pub enum SpawnError {
         #[source]
         source: io::Error,
     },
+    /// The new process did not reach its exec in time (a hung mount, a
+    /// file that blocks) and was killed.
+    #[error("cannot start {}: it hung before executing the program and was killed", exe.display())]
+    Hung { exe: PathBuf },
+}
+
+/// The child of a spawn under way, as other threads see it: its pid, which
+/// the kernel stores before the child first runs, until the spawning
+/// thread or a killer takes it.
+#[derive(Debug, Default)]
+pub struct ChildSlot {
+    tid: AtomicI32,
+}
+
+impl ChildSlot {
+    /// The child's pid while its spawn is under way.
+    pub fn pid(&self) -> Option<u32> {
+        positive(self.tid.load(Ordering::Acquire))
+    }
+
+    /// Takes the child away from its spawn, to kill it: its spawn then fails
+    /// as [`SpawnError::Hung`]. `None` when the spawn is over (or not begun):
+    /// the pid is no longer the taker's to kill.
+    pub fn take(&self) -> Option<u32> {
+        positive(self.tid.swap(0, Ordering::AcqRel))
+    }
+}
+
+fn positive(pid: i32) -> Option<u32> {
+    u32::try_from(pid).ok().filter(|&pid| pid > 0)
 }
 
 /// Starts a process as `spec` says and returns its pid once it executes
 /// `spec.exe`. The caller reaps it; a child that failed before its exec is
-/// reaped here.
-pub fn spawn(spec: &LaunchSpec) -> Result<u32, SpawnError> {
+/// reaped here. The calling thread waits until then; `slot` lets other
+/// threads see the child meanwhile (and kill it, should it hang).
+pub fn spawn(spec: &LaunchSpec, slot: &ChildSlot) -> Result<u32, SpawnError> {
     let prepared = Prepared::new(spec)?;
     let (pid, clone_error, failure) = STACK.with_borrow_mut(|stack| {
         let stack = match stack {
@@ -62,18 +94,22 @@ pub fn spawn(spec: &LaunchSpec) -> Result<u32, SpawnError> {
             affinity: pinned.saved,
             failure: None,
         };
+        slot.tid.store(0, Ordering::Release);
         // SAFETY: `child_main` only reads `shared` but for writing
         // `shared.failure`, and `shared` outlives the call: CLONE_VFORK
         // suspends this thread until the child has executed the program or
         // exited. The stack top is the page-aligned end of a live mapping
         // that no other child uses meanwhile (it is this thread's). All
         // signals are blocked so no handler of ours runs on the child's stack.
+        // CLONE_PARENT_SETTID has the kernel store the child's pid in
+        // `slot` before the child first runs.
         let pid = unsafe {
             libc::clone(
                 child_main,
                 stack.top(),
-                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT_SETTID | libc::SIGCHLD,
                 ptr::addr_of_mut!(shared).cast(),
+                slot.tid.as_ptr(),
             )
         };
         let clone_error = io::Error::last_os_error();
@@ -81,8 +117,17 @@ pub fn spawn(spec: &LaunchSpec) -> Result<u32, SpawnError> {
         let failure = unsafe { ptr::read_volatile(ptr::addr_of!(shared.failure)) };
         Ok::<_, SpawnError>((pid, clone_error, failure))
     })?;
+    // Whoever takes the pid from the slot decides: a killer that took it
+    // first kills the child; once taken here, it is the restart's.
+    let taken_by_killer = slot.take().is_none();
     if pid < 0 {
         return Err(SpawnError::Fork(clone_error));
+    }
+    if taken_by_killer {
+        reap(pid);
+        return Err(SpawnError::Hung {
+            exe: spec.exe.clone(),
+        });
     }
     let Some((step, errno)) = failure else {
         return Ok(pid as u32);
@@ -397,10 +442,11 @@ fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
     unsafe { libc::umask(p.umask) };
     check("chdir", unsafe { libc::chdir(p.cwd.as_ptr()) }.into())?;
     for (target, ((stdio, open), dup)) in (0..).zip(p.stdio.iter().zip(OPEN_STEPS).zip(DUP_STEPS)) {
-        let mut fd = unsafe { libc::open(stdio.path.as_ptr(), stdio.flags, 0o644) };
+        let mut fd = open_stdio(stdio);
         if fd == -1 {
             // A log file that cannot be opened any more (its folder removed,
-            // its permissions changed) must not keep the service down.
+            // its permissions changed, a FIFO put in its place) must not
+            // keep the service down.
             fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
         }
         check(open, fd.into())?;
@@ -414,6 +460,36 @@ fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
     close_on_exec_from_3()?;
     unsafe { libc::execve(p.exe.as_ptr(), p.argv_ptrs.as_ptr(), p.env_ptrs.as_ptr()) };
     Err(("execve", errno()))
+}
+
+/// Opens a standard descriptor's file without ever waiting: without
+/// O_NONBLOCK a FIFO put in place of a log file (by whoever owns its
+/// folder) would block here until a peer opens it. Only a regular file or
+/// a character device is kept, in blocking mode as the program expects;
+/// anything else is closed and -1 returned.
+fn open_stdio(stdio: &StdioOpen) -> c_int {
+    // SAFETY: system calls on a path that outlives them and a local stat buffer.
+    unsafe {
+        let fd = libc::open(stdio.path.as_ptr(), stdio.flags | libc::O_NONBLOCK, 0o644);
+        if fd == -1 {
+            return -1;
+        }
+        let mut stat: libc::stat = std::mem::zeroed();
+        let kind = if libc::fstat(fd, &mut stat) == 0 {
+            stat.st_mode & libc::S_IFMT
+        } else {
+            0
+        };
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        let usable = matches!(kind, libc::S_IFREG | libc::S_IFCHR)
+            && flags != -1
+            && libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK) != -1;
+        if !usable {
+            libc::close(fd);
+            return -1;
+        }
+        fd
+    }
 }
 
 /// Groups, then gid, then uid — real, effective and saved — with raw system

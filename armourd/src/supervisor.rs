@@ -60,11 +60,13 @@ impl Default for Policy {
     }
 }
 
-/// Whom a signal is for.
+/// Whom a signal is for: a process, or the process group it led; named
+/// with its start time so that the shell never signals a successor that
+/// took over the pid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Target {
-    Process(u32),
-    Group(u32),
+    Process(ProcId),
+    Group(ProcId),
 }
 
 /// Something that happened, for the log and for D-Bus.
@@ -111,6 +113,8 @@ pub enum Action {
     Spawn {
         instance: InstanceId,
         spec: Arc<LaunchSpec>,
+        /// Of a configuration entry, not watched on request: goes first.
+        configured: bool,
     },
     Signal {
         target: Target,
@@ -159,13 +163,22 @@ struct Member {
     parent: u32,
 }
 
+impl Member {
+    fn proc(&self, pid: u32) -> ProcId {
+        ProcId {
+            pid,
+            start: self.start,
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 struct Instance {
     entry: Option<usize>,
     spec: Arc<LaunchSpec>,
     leader: Option<ProcId>,
-    /// The pid whose process group is terminated after a crash.
-    group: Option<u32>,
+    /// The process whose process group is terminated after a crash.
+    group: Option<ProcId>,
     members: BTreeMap<u32, Member>,
     /// `spec` was read from /proc after the leader started, not at its exec.
     adopted: bool,
@@ -196,7 +209,7 @@ pub struct Supervisor {
     instances: BTreeMap<InstanceId, Instance>,
     by_pid: HashMap<u32, InstanceId>,
     /// Process groups of crashed instances to SIGKILL at a deadline.
-    group_kills: Vec<(Instant, u32)>,
+    group_kills: Vec<(Instant, ProcId)>,
     next_id: u64,
 }
 
@@ -239,6 +252,9 @@ impl Supervisor {
             let instance = self.instances.get_mut(id).expect("indexed instance");
             if let Some(leader) = instance.leader.as_mut().filter(|l| l.pid == pid) {
                 leader.start = start;
+            }
+            if let Some(group) = instance.group.as_mut().filter(|g| g.pid == pid) {
+                group.start = start;
             }
         }
         Vec::new()
@@ -318,7 +334,7 @@ impl Supervisor {
                 entry: exec.entry,
                 spec,
                 leader: Some(exec.proc),
-                group: exec.leads_group.then_some(pid),
+                group: exec.leads_group.then_some(exec.proc),
                 members: BTreeMap::new(),
                 adopted: exec.adopted,
                 state: State::Running,
@@ -370,7 +386,7 @@ impl Supervisor {
         let mut actions = vec![Action::Watch(child.pid)];
         if matches!(instance.state, State::Stopping { .. }) {
             actions.push(Action::Signal {
-                target: Target::Process(child.pid),
+                target: Target::Process(child),
                 signal: libc::SIGTERM,
             });
         }
@@ -451,9 +467,9 @@ impl Supervisor {
             status,
             will_restart: true,
         }));
-        for &member in instance.members.keys() {
+        for (&pid, member) in &instance.members {
             actions.push(Action::Signal {
-                target: Target::Process(member),
+                target: Target::Process(member.proc(pid)),
                 signal: libc::SIGTERM,
             });
         }
@@ -497,7 +513,7 @@ impl Supervisor {
                 instance.restarts += 1;
                 instance.leader = Some(ProcId { pid, start: None });
                 // The restart leads its own group (setsid or setpgid).
-                instance.group = Some(pid);
+                instance.group = Some(ProcId { pid, start: None });
                 instance.state = State::Running;
                 instance.last_pid = pid;
                 instance.since = now;
@@ -583,9 +599,9 @@ impl Supervisor {
             match state {
                 State::Stopping { killed: false, .. } => {
                     let instance = self.instances.get_mut(&id).expect("listed instance");
-                    for &member in instance.members.keys() {
+                    for (&pid, member) in &instance.members {
                         actions.push(Action::Signal {
-                            target: Target::Process(member),
+                            target: Target::Process(member.proc(pid)),
                             signal: libc::SIGKILL,
                         });
                     }
@@ -620,6 +636,7 @@ impl Supervisor {
         vec![Action::Spawn {
             instance: id,
             spec: Arc::clone(&instance.spec),
+            configured: instance.entry.is_some(),
         }]
     }
 

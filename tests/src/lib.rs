@@ -11,6 +11,7 @@
 //! - [`Report`]: the records the testees append (`start`, `workers`, …).
 //! - [`Bus`]: a private `dbus-daemon` per test and the D-Bus clients that
 //!   talk to armourd on it (`dbus-send`, `dbus-monitor`, `armourctl`, dbus-python).
+//! - [`HungMount`]: a FUSE mount that never answers, like a hung network mount.
 //! - [`backend_tests!`]: instantiates each test once per event backend.
 //!
 //! Waits poll with short sleeps and generous timeouts: a timeout only means
@@ -20,6 +21,7 @@
 pub mod bus;
 mod daemon;
 mod launch;
+mod mount;
 pub mod process;
 mod report;
 mod sandbox;
@@ -33,6 +35,7 @@ use std::{
 pub use bus::{Bus, Scene, Value};
 pub use daemon::{armourctl_bin, armourd_bin, Daemon};
 pub use launch::LaunchExt;
+pub use mount::HungMount;
 pub use report::{Record, Report, Start};
 pub use sandbox::Sandbox;
 

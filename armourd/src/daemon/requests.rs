@@ -202,12 +202,17 @@ fn existing(pid: i32) -> Option<(u32, procfs::Stat)> {
         .map(|s| (pid, s))
 }
 
-fn process_info(view: &InstanceView, (now, wall): (Instant, SystemTime)) -> ProcessInfo {
-    let state = match view.state {
+/// The name of an instance's state on D-Bus and in the log.
+pub(super) fn state_name(state: State) -> &'static str {
+    match state {
         State::Running => "running",
         State::Stopping { .. } | State::Restarting => "restarting",
         State::Retrying { .. } => "backoff",
-    };
+    }
+}
+
+fn process_info(view: &InstanceView, (now, wall): (Instant, SystemTime)) -> ProcessInfo {
+    let state = state_name(view.state);
     let since = wall
         .checked_sub(now.saturating_duration_since(view.since))
         .and_then(|t| t.duration_since(UNIX_EPOCH).ok())

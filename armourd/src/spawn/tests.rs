@@ -34,7 +34,7 @@ fn run(dir: &Path, mut spec: LaunchSpec) -> Vec<u8> {
     let out = dir.join("out");
     spec.stdio[1] = StdioTarget::File(out.clone());
     spec.stdio[2] = StdioTarget::File(out.clone());
-    let pid = spawn(&spec).unwrap();
+    let pid = spawn(&spec, &ChildSlot::default()).unwrap();
     assert_eq!(wait(pid), 0, "{:?} failed", spec.argv);
     fs::read(out).unwrap()
 }
@@ -129,7 +129,7 @@ fn a_stdio_file_that_cannot_be_opened_becomes_dev_null() {
     let mut spec = sh("fd=$(readlink /proc/$$/fd/1); echo \"$fd\" > \"$0\"");
     spec.argv.push(dir.join("fd1").into());
     spec.stdio[1] = StdioTarget::File(dir.join("removed-folder/log"));
-    let pid = spawn(&spec).expect("the service still starts");
+    let pid = spawn(&spec, &ChildSlot::default()).expect("the service still starts");
     assert_eq!(wait(pid), 0);
     assert_eq!(fs::read_to_string(dir.join("fd1")).unwrap(), "/dev/null\n");
     fs::remove_dir_all(dir).unwrap();
@@ -182,7 +182,7 @@ fn no_descriptor_of_the_parent_leaks() {
 #[test]
 fn a_missing_executable_is_an_execve_error() {
     let spec = LaunchSpec::minimal("/nonexistent/armourd-test".into(), vec!["x".into()]);
-    match spawn(&spec) {
+    match spawn(&spec, &ChildSlot::default()) {
         Err(SpawnError::Exec { step, source, .. }) => {
             assert_eq!(step, "execve");
             assert_eq!(source.raw_os_error(), Some(libc::ENOENT));
@@ -197,7 +197,7 @@ fn a_missing_working_directory_is_a_chdir_error() {
         cwd: "/nonexistent/armourd-test".into(),
         ..sh("true")
     };
-    let err = spawn(&spec).unwrap_err();
+    let err = spawn(&spec, &ChildSlot::default()).unwrap_err();
     assert!(
         matches!(err, SpawnError::Exec { step: "chdir", .. }),
         "{err:?}"
@@ -208,7 +208,7 @@ fn a_missing_working_directory_is_a_chdir_error() {
 #[test]
 fn a_nul_byte_in_argv_is_refused_before_forking() {
     let spec = LaunchSpec::minimal("/bin/true".into(), vec!["a\0b".into()]);
-    let err = spawn(&spec).unwrap_err();
+    let err = spawn(&spec, &ChildSlot::default()).unwrap_err();
     assert!(matches!(
         err,
         SpawnError::Prepare {
@@ -224,7 +224,7 @@ fn spawns_from_many_threads_at_once_all_succeed() {
             std::thread::spawn(|| {
                 for _ in 0..25 {
                     let spec = as_root("/bin/true", &["true"]);
-                    assert_eq!(wait(spawn(&spec).unwrap()), 0);
+                    assert_eq!(wait(spawn(&spec, &ChildSlot::default()).unwrap()), 0);
                 }
             })
         })
@@ -263,7 +263,7 @@ fn a_captured_spec_is_reproduced_by_spawn() {
         ],
         session_leader: true,
     };
-    let pid = spawn(&spec).unwrap();
+    let pid = spawn(&spec, &ChildSlot::default()).unwrap();
     wait_for_cmdline(pid);
     let captured = procfs::capture(
         pid,

@@ -198,8 +198,8 @@ fn leftovers_are_terminated_before_the_restart() {
     let actions = s.exit(100, Some(7), SEGV, t);
     assert!(spawns(&actions).is_empty(), "waits for the workers");
     let sent = signals(&actions);
-    assert!(sent.contains(&(Target::Process(101), libc::SIGTERM)));
-    assert!(sent.contains(&(Target::Group(100), libc::SIGTERM)));
+    assert!(sent.contains(&(Target::Process(proc(101, 8)), libc::SIGTERM)));
+    assert!(sent.contains(&(Target::Group(proc(100, 7)), libc::SIGTERM)));
     assert!(spawns(&s.exit(101, Some(8), TERM, t)).is_empty());
     assert_eq!(spawns(&s.exit(102, Some(8), TERM, t)).len(), 1);
 }
@@ -214,8 +214,8 @@ fn leftovers_get_sigkill_after_the_stop_timeout() {
     let timeout = Policy::default().stop_timeout;
     assert_eq!(s.next_deadline(), Some(t + timeout));
     let actions = s.tick(t + timeout);
-    assert!(signals(&actions).contains(&(Target::Process(101), libc::SIGKILL)));
-    assert!(signals(&actions).contains(&(Target::Group(100), libc::SIGKILL)));
+    assert!(signals(&actions).contains(&(Target::Process(proc(101, 8)), libc::SIGKILL)));
+    assert!(signals(&actions).contains(&(Target::Group(proc(100, 7)), libc::SIGKILL)));
     assert!(spawns(&actions).is_empty());
     assert_eq!(
         spawns(&s.exit(101, Some(8), ExitStatus::from_wait_status(9), t)).len(),
