@@ -245,7 +245,7 @@ impl Daemon {
         let pid = exec.pid;
         if !self.supervisor.is_watched(pid) {
             // A restart reaching its program before its worker said so.
-            if let Some((instance, began)) = self.spawner.child_of(pid) {
+            if let Some((instance, began)) = self.spawner.claim(pid) {
                 self.latencies.spawned(pid, began);
                 let actions = self.supervisor.spawned(instance, Ok(pid), now);
                 self.apply(actions);
@@ -428,8 +428,6 @@ impl Daemon {
     /// A restart's spawn is over.
     fn spawn_done(&mut self, done: Done) {
         let result = match done.result {
-            // Taken over at its exec already.
-            Ok(pid) if self.supervisor.is_watched(pid) => return,
             Ok(pid) => {
                 self.latencies.spawned(pid, done.began_ns);
                 Ok(pid)
