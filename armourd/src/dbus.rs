@@ -7,6 +7,14 @@
 //! through [`Service::process_exited`] and [`Service::process_restarted`].
 //! Introspectable, Properties and Peer come from zbus, which also answers
 //! unknown methods and mistyped arguments with a D-Bus error at once.
+//!
+//! What callers can make armourd hold is bounded at each step: zbus queues
+//! at most 64 incoming method calls (then stops reading the socket, and
+//! the bus holds the rest); each call zbus hands to a task of its own first
+//! takes a place at the [`gate`] or is answered `LimitsExceeded` at once;
+//! root's requests and everyone else's go to the event loop in two bounded
+//! queues, root's taken first; a large reply keeps its place until it is
+//! written; calls that expect no reply and only read are not served.
 
 use std::{
     collections::HashMap,
@@ -16,12 +24,14 @@ use std::{
 
 use tokio::sync::{mpsc, oneshot};
 use zbus::{
-    connection, fdo::DBusProxy, interface, message::Header, names::BusName,
-    object_server::SignalEmitter, proxy, Connection, OwnedVariant, Variant,
+    connection, interface, message::Header, names::UniqueName, object_server::SignalEmitter, proxy,
+    Connection, OwnedVariant, Variant,
 };
 
+mod gate;
 mod process_info;
 
+pub use gate::{Gate, Pass, Refused, ALL_USERS, PER_CONNECTION, PER_USER};
 pub use process_info::{group_by_exe, Pids, ProcessInfo, STATES};
 
 /// The well-known name armourd owns.
@@ -52,17 +62,20 @@ impl fmt::Display for Bus {
 /// A request from a D-Bus caller, answered by the daemon's event loop.
 #[derive(Debug)]
 pub enum Request {
-    /// `WatchProcess`: start watching a running process.
+    /// `Watch` and `WatchProcess`: start watching a running process.
     Watch {
         pid: i32,
         caller_uid: u32,
-        reply: oneshot::Sender<WatchResult>,
+        /// The caller gets only a number (`WatchProcess`): the reason goes to the log.
+        code_only: bool,
+        reply: oneshot::Sender<Result<(), Refusal>>,
     },
-    /// `UnwatchProcess`: stop watching a process.
+    /// `Unwatch` and `UnwatchProcess`: stop watching a process.
     Unwatch {
         pid: i32,
         caller_uid: u32,
-        reply: oneshot::Sender<WatchResult>,
+        code_only: bool,
+        reply: oneshot::Sender<Result<(), Refusal>>,
     },
     /// `ListProcesses` and `GetProcesses`: every watched process.
     Processes {
@@ -70,26 +83,74 @@ pub enum Request {
     },
 }
 
-/// The answer to `WatchProcess` and `UnwatchProcess`, with the C daemon's numbers.
+/// Why a watch or unwatch was refused.
+#[derive(thiserror::Error, Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    #[error("no process {pid}: it has ended or never existed; check the pid")]
+    NoSuchProcess { pid: i32 },
+    #[error(
+        "process {pid} belongs to uid {owner}: only root may watch or unwatch \
+         another user's process"
+    )]
+    AccessDenied { pid: i32, owner: u32 },
+    #[error("process {pid} is already watched; nothing to do")]
+    AlreadyWatched { pid: i32 },
+    #[error("process {pid} is not watched; nothing to unwatch")]
+    NotWatched { pid: i32 },
+    #[error(
+        "uid {uid} already holds {limit} watches, the most a user may \
+         (armourd --max-user-watches); unwatch one first"
+    )]
+    QuotaExceeded { uid: u32, limit: usize },
+    #[error("cannot watch process {pid}: {reason}")]
+    Failed { pid: i32, reason: String },
+}
+
+impl Refusal {
+    /// The error's last name, as in `com.github.Armourd.Error.NAME`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::NoSuchProcess { .. } => "NoSuchProcess",
+            Self::AccessDenied { .. } => "AccessDenied",
+            Self::AlreadyWatched { .. } => "AlreadyWatched",
+            Self::NotWatched { .. } => "NotWatched",
+            Self::QuotaExceeded { .. } => "QuotaExceeded",
+            Self::Failed { .. } => "Failed",
+        }
+    }
+}
+
+/// The answer to `WatchProcess` and `UnwatchProcess`: the C daemon's
+/// numbers, the only ones its clients know.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WatchResult {
     Ok = 0,
+    /// Only `WatchProcess` answers this.
     AlreadyWatched = 1,
-    /// Kept for compatibility with the C daemon's clients.
+    /// Every other reason; it is in armourd's log.
     Failed = 2,
-    NoSuchProcess = 3,
-    PermissionDenied = 4,
 }
 
 impl WatchResult {
-    const ALL: [Self; 5] = [
-        Self::Ok,
-        Self::AlreadyWatched,
-        Self::Failed,
-        Self::NoSuchProcess,
-        Self::PermissionDenied,
-    ];
+    const ALL: [Self; 3] = [Self::Ok, Self::AlreadyWatched, Self::Failed];
+
+    /// What `WatchProcess` answers for `result`.
+    pub fn of_watch(result: &Result<(), Refusal>) -> Self {
+        match result {
+            Ok(()) => Self::Ok,
+            Err(Refusal::AlreadyWatched { .. }) => Self::AlreadyWatched,
+            Err(_) => Self::Failed,
+        }
+    }
+
+    /// What `UnwatchProcess` answers for `result`.
+    pub fn of_unwatch(result: &Result<(), Refusal>) -> Self {
+        match result {
+            Ok(()) => Self::Ok,
+            Err(_) => Self::Failed,
+        }
+    }
 
     /// The number on the wire.
     pub fn code(self) -> u32 {
@@ -99,19 +160,6 @@ impl WatchResult {
     /// The result a number on the wire stands for.
     pub fn from_code(code: u32) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.code() == code)
-    }
-
-    /// What the result means, for people.
-    pub fn description(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::AlreadyWatched => "already watched",
-            Self::Failed => "failed",
-            Self::NoSuchProcess => "no such process",
-            Self::PermissionDenied => {
-                "permission denied (a process of another user needs a root caller)"
-            }
-        }
     }
 }
 
@@ -171,7 +219,8 @@ fn builder(bus: Bus) -> connection::Builder<'static> {
     }
 }
 
-/// Errors a D-Bus caller can get beyond zbus's own (unknown method, bad arguments).
+/// Errors a D-Bus caller can get beyond zbus's own (unknown method, bad
+/// arguments); each carries a message that says what and what to do.
 #[derive(Debug, zbus::DBusError)]
 #[zbus(prefix = "com.github.Armourd.Error")]
 pub enum CallError {
@@ -181,28 +230,202 @@ pub enum CallError {
     Unavailable(String),
     /// The bus would not tell the caller's uid.
     UnknownCaller(String),
+    /// The caller has its share of calls in flight (see [`gate`]).
+    LimitsExceeded(String),
+    NoSuchProcess(String),
+    AccessDenied(String),
+    AlreadyWatched(String),
+    NotWatched(String),
+    QuotaExceeded(String),
+    Failed(String),
+}
+
+impl From<Refusal> for CallError {
+    fn from(refusal: Refusal) -> Self {
+        let text = refusal.to_string();
+        match refusal {
+            Refusal::NoSuchProcess { .. } => Self::NoSuchProcess(text),
+            Refusal::AccessDenied { .. } => Self::AccessDenied(text),
+            Refusal::AlreadyWatched { .. } => Self::AlreadyWatched(text),
+            Refusal::NotWatched { .. } => Self::NotWatched(text),
+            Refusal::QuotaExceeded { .. } => Self::QuotaExceeded(text),
+            Refusal::Failed { .. } => Self::Failed(text),
+        }
+    }
+}
+
+impl From<Refused> for CallError {
+    fn from(refused: Refused) -> Self {
+        Self::LimitsExceeded(refused.to_string())
+    }
+}
+
+/// Where the interface sends its requests: root's and everyone else's
+/// apart, so that the event loop can take root's first.
+#[derive(Clone, Debug)]
+pub struct Queues {
+    root: mpsc::Sender<Request>,
+    users: mpsc::Sender<Request>,
+}
+
+/// The event loop's end of [`Queues`].
+#[derive(Debug)]
+pub struct Incoming {
+    root: mpsc::Receiver<Request>,
+    users: mpsc::Receiver<Request>,
+}
+
+/// Root's requests in flight are bounded by its connections' shares; a
+/// full queue makes the next one wait.
+const ROOT_QUEUE: usize = 16;
+
+/// Two bounded queues: root's, and unprivileged callers' (as long as
+/// they may have calls in flight, so that theirs never waits).
+pub fn queues() -> (Queues, Incoming) {
+    let (root, root_rx) = mpsc::channel(ROOT_QUEUE);
+    let (users, users_rx) = mpsc::channel(ALL_USERS);
+    (
+        Queues { root, users },
+        Incoming {
+            root: root_rx,
+            users: users_rx,
+        },
+    )
+}
+
+impl Incoming {
+    /// The next request, root's first; `None` once no caller can send any.
+    pub async fn next(&mut self) -> Option<Request> {
+        tokio::select! {
+            biased;
+            Some(request) = self.root.recv() => Some(request),
+            Some(request) = self.users.recv() => Some(request),
+            else => None,
+        }
+    }
+}
+
+/// A reply that keeps its call's place at the gate until zbus has
+/// written it: replies waiting for the socket are bounded like calls.
+struct Held<T> {
+    value: T,
+    _pass: Option<Pass>,
+}
+
+impl<T: zbus::export::serde::Serialize> zbus::export::serde::Serialize for Held<T> {
+    fn serialize<S: zbus::export::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.value.serialize(s)
+    }
+}
+
+impl<T: zbus::Type> zbus::Type for Held<T> {
+    const SIGNATURE: &'static zbus::Signature = T::SIGNATURE;
 }
 
 /// The object served at [`OBJECT_PATH`].
 struct Interface {
     backend: &'static str,
-    requests: mpsc::Sender<Request>,
+    queues: Queues,
+    gate: Gate,
 }
 
 impl Interface {
-    /// Sends a request to the daemon and waits for its answer.
+    /// Sends a request of `caller_uid` to the daemon and waits for its answer.
     async fn ask<T>(
         &self,
+        caller_uid: u32,
         request: impl FnOnce(oneshot::Sender<T>) -> Request,
     ) -> Result<T, CallError> {
         let unavailable = || CallError::Unavailable("armourd is shutting down".into());
         let (reply, answer) = oneshot::channel();
-        self.requests
+        let queue = if caller_uid == 0 {
+            &self.queues.root
+        } else {
+            &self.queues.users
+        };
+        queue
             .send(request(reply))
             .await
             .map_err(|_| unavailable())?;
         answer.await.map_err(|_| unavailable())
     }
+
+    /// A place for the call at the gate, and the caller's uid (asked of
+    /// the bus once per connection).
+    async fn admit(
+        &self,
+        conn: &Connection,
+        header: &Header<'_>,
+    ) -> Result<(Pass, u32), CallError> {
+        let sender = header
+            .sender()
+            .ok_or_else(|| CallError::UnknownCaller("the call has no sender".into()))?;
+        let mut pass = self.gate.enter(sender.as_str())?;
+        let uid = match pass.known_uid() {
+            Some(uid) => uid,
+            None => caller_uid(conn, sender).await?,
+        };
+        pass.admit(uid)?;
+        Ok((pass, uid))
+    }
+
+    async fn watch(
+        &self,
+        pid: i32,
+        code_only: bool,
+        conn: &Connection,
+        header: &Header<'_>,
+    ) -> Result<Result<(), Refusal>, CallError> {
+        let (_pass, caller_uid) = self.admit(conn, header).await?;
+        self.ask(caller_uid, |reply| Request::Watch {
+            pid,
+            caller_uid,
+            code_only,
+            reply,
+        })
+        .await
+    }
+
+    async fn unwatch(
+        &self,
+        pid: i32,
+        code_only: bool,
+        conn: &Connection,
+        header: &Header<'_>,
+    ) -> Result<Result<(), Refusal>, CallError> {
+        let (_pass, caller_uid) = self.admit(conn, header).await?;
+        self.ask(caller_uid, |reply| Request::Unwatch {
+            pid,
+            caller_uid,
+            code_only,
+            reply,
+        })
+        .await
+    }
+
+    /// Every watched process; nothing for a call that expects no reply.
+    async fn processes(
+        &self,
+        conn: &Connection,
+        header: &Header<'_>,
+    ) -> Result<(Vec<ProcessInfo>, Option<Pass>), CallError> {
+        no_arguments(header)?;
+        if !wants_reply(header) {
+            return Ok((Vec::new(), None));
+        }
+        let (pass, uid) = self.admit(conn, header).await?;
+        let processes = self.ask(uid, |reply| Request::Processes { reply }).await?;
+        Ok((processes, Some(pass)))
+    }
+}
+
+/// Whether the caller waits for a reply: a call that only reads is not
+/// worth serving otherwise.
+fn wants_reply(header: &Header<'_>) -> bool {
+    !header
+        .primary()
+        .flags()
+        .contains(zbus::message::Flags::NO_REPLY_EXPECTED)
 }
 
 /// Rejects arguments to a method that takes none (zbus does not check).
@@ -216,15 +439,19 @@ fn no_arguments(header: &Header<'_>) -> Result<(), CallError> {
     ))))
 }
 
-/// The uid of the connection that sent `header`'s message.
-async fn caller_uid(conn: &Connection, header: &Header<'_>) -> Result<u32, CallError> {
-    let sender = header
-        .sender()
-        .ok_or_else(|| CallError::UnknownCaller("the call has no sender".into()))?;
-    let dbus = DBusProxy::new(conn).await?;
-    dbus.get_connection_unix_user(BusName::from(sender.clone()))
+/// The uid of the connection `sender`, as the bus knows it.
+async fn caller_uid(conn: &Connection, sender: &UniqueName<'_>) -> Result<u32, CallError> {
+    let reply = conn
+        .call_method(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus"),
+            "GetConnectionUnixUser",
+            sender,
+        )
         .await
-        .map_err(|e| CallError::UnknownCaller(format!("cannot learn the uid of {sender}: {e}")))
+        .and_then(|m| m.body().deserialize::<u32>());
+    reply.map_err(|e| CallError::UnknownCaller(format!("cannot learn the uid of {sender}: {e}")))
 }
 
 #[interface(name = "com.github.Armourd")]
@@ -232,56 +459,70 @@ impl Interface {
     /// Executable path → pid (`i`), or pids (`ai`) when several instances run.
     async fn list_processes(
         &self,
+        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<HashMap<String, Variant<'static>>, CallError> {
-        no_arguments(&header)?;
-        let processes = self.ask(|reply| Request::Processes { reply }).await?;
-        Ok(group_by_exe(&processes)
+    ) -> Result<Held<HashMap<String, Variant<'static>>>, CallError> {
+        let (processes, pass) = self.processes(conn, &header).await?;
+        let value = group_by_exe(&processes)
             .into_iter()
             .map(|(exe, pids)| (exe, pids.into()))
-            .collect())
+            .collect();
+        Ok(Held { value, _pass: pass })
     }
 
-    /// Watches a running process; returns a [`WatchResult`] code.
+    /// Watches a running process; returns a [`WatchResult`] code (0, 1 or 2).
     async fn watch_process(
         &self,
         pid: i32,
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<u32, CallError> {
-        let caller_uid = caller_uid(conn, &header).await?;
-        let result = self.ask(|reply| Request::Watch {
-            pid,
-            caller_uid,
-            reply,
-        });
-        Ok(result.await?.code())
+        let result = self.watch(pid, true, conn, &header).await?;
+        Ok(WatchResult::of_watch(&result).code())
     }
 
-    /// Stops watching a process; returns a [`WatchResult`] code.
+    /// Stops watching a process; returns a [`WatchResult`] code (0 or 2).
     async fn unwatch_process(
         &self,
         pid: i32,
         #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<u32, CallError> {
-        let caller_uid = caller_uid(conn, &header).await?;
-        let result = self.ask(|reply| Request::Unwatch {
-            pid,
-            caller_uid,
-            reply,
-        });
-        Ok(result.await?.code())
+        let result = self.unwatch(pid, true, conn, &header).await?;
+        Ok(WatchResult::of_unwatch(&result).code())
+    }
+
+    /// Watches a running process; a refusal is a named error (see [`Refusal`]).
+    #[zbus(name = "Watch")]
+    async fn watch_method(
+        &self,
+        pid: i32,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), CallError> {
+        Ok(self.watch(pid, false, conn, &header).await??)
+    }
+
+    /// Stops watching a process; a refusal is a named error (see [`Refusal`]).
+    #[zbus(name = "Unwatch")]
+    async fn unwatch_method(
+        &self,
+        pid: i32,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), CallError> {
+        Ok(self.unwatch(pid, false, conn, &header).await??)
     }
 
     /// One `a{sv}` per watched process (see [`ProcessInfo::to_dict`]).
     async fn get_processes(
         &self,
+        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<Vec<HashMap<&'static str, Variant<'static>>>, CallError> {
-        no_arguments(&header)?;
-        let processes = self.ask(|reply| Request::Processes { reply }).await?;
-        Ok(processes.iter().map(ProcessInfo::to_dict).collect())
+    ) -> Result<Held<Vec<HashMap<&'static str, Variant<'static>>>>, CallError> {
+        let (processes, pass) = self.processes(conn, &header).await?;
+        let value = processes.iter().map(ProcessInfo::to_dict).collect();
+        Ok(Held { value, _pass: pass })
     }
 
     /// The event source: `ebpf` or `proc-connector`.
@@ -330,13 +571,13 @@ pub struct Service {
 impl Service {
     /// Connects to `bus`, serves the object and requests [`BUS_NAME`]
     /// (without taking it from another owner). `backend` is the `Backend`
-    /// property; method calls become [`Request`]s on `requests`.
+    /// property; method calls become [`Request`]s on `queues`.
     pub async fn start(
         bus: Bus,
         backend: &'static str,
-        requests: mpsc::Sender<Request>,
+        queues: Queues,
     ) -> Result<Service, DbusError> {
-        serve(connect(bus).await?, bus, backend, requests).await
+        serve(connect(bus).await?, bus, backend, queues).await
     }
 
     /// The bus the service is on.
@@ -392,10 +633,14 @@ async fn serve(
     conn: Connection,
     bus: Bus,
     backend: &'static str,
-    requests: mpsc::Sender<Request>,
+    queues: Queues,
 ) -> Result<Service, DbusError> {
     let failed = |source| DbusError::Serve { bus, source };
-    let iface = Interface { backend, requests };
+    let iface = Interface {
+        backend,
+        queues,
+        gate: Gate::default(),
+    };
     conn.object_server()
         .at(OBJECT_PATH, iface)
         .await
@@ -442,6 +687,10 @@ pub trait Armourd {
     fn watch_process(&self, pid: i32) -> zbus::Result<u32>;
     /// Returns a [`WatchResult`] code.
     fn unwatch_process(&self, pid: i32) -> zbus::Result<u32>;
+    /// A refusal comes back as the [`CallError`] it was sent as.
+    fn watch(&self, pid: i32) -> Result<(), CallError>;
+    /// A refusal comes back as the [`CallError`] it was sent as.
+    fn unwatch(&self, pid: i32) -> Result<(), CallError>;
     /// Entries for [`ProcessInfo::from_dict`].
     fn get_processes(&self) -> zbus::Result<Vec<HashMap<String, OwnedVariant>>>;
     #[zbus(signal)]
