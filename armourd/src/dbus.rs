@@ -9,17 +9,22 @@
 //! unknown methods and mistyped arguments with a D-Bus error at once.
 //!
 //! What callers can make armourd hold is bounded at each step: zbus queues
-//! at most 64 incoming method calls (then stops reading the socket, and
-//! the bus holds the rest); each call zbus hands to a task of its own first
-//! takes a place at the [`gate`] or is answered `LimitsExceeded` at once;
-//! root's requests and everyone else's go to the event loop in two bounded
-//! queues, root's taken first; a large reply keeps its place until it is
-//! written; calls that expect no reply and only read are not served.
+//! at most 64 incoming method calls, then stops reading the socket and the
+//! bus holds the rest (within its own limits); the interface's calls are
+//! served one at a time, each to the end of writing its reply, so no task,
+//! request or reply piles up however fast calls come; a call beyond its
+//! uid's share (see [`gate`]) is answered `LimitsExceeded` at once, so a
+//! flood costs little and root's calls behind it come soon; root's
+//! requests and everyone else's reach the event loop in two bounded queues,
+//! root's taken first; calls that expect no reply and only read are not
+//! served. The caller's uid is asked on a second connection, whose replies
+//! do not wait behind the calls queued on the first.
 
 use std::{
     collections::HashMap,
     fmt,
     sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
 };
 
 use tokio::sync::{mpsc, oneshot};
@@ -31,7 +36,7 @@ use zbus::{
 mod gate;
 mod process_info;
 
-pub use gate::{Gate, Pass, Refused, ALL_USERS, PER_CONNECTION, PER_USER};
+pub use gate::{Gate, Refused};
 pub use process_info::{group_by_exe, Pids, ProcessInfo, STATES};
 
 /// The well-known name armourd owns.
@@ -275,15 +280,14 @@ pub struct Incoming {
     users: mpsc::Receiver<Request>,
 }
 
-/// Root's requests in flight are bounded by its connections' shares; a
-/// full queue makes the next one wait.
-const ROOT_QUEUE: usize = 16;
+/// Requests waiting for the event loop in each queue; a full queue makes
+/// the next one wait.
+const QUEUE: usize = 16;
 
-/// Two bounded queues: root's, and unprivileged callers' (as long as
-/// they may have calls in flight, so that theirs never waits).
+/// Two bounded queues: root's and unprivileged callers'.
 pub fn queues() -> (Queues, Incoming) {
-    let (root, root_rx) = mpsc::channel(ROOT_QUEUE);
-    let (users, users_rx) = mpsc::channel(ALL_USERS);
+    let (root, root_rx) = mpsc::channel(QUEUE);
+    let (users, users_rx) = mpsc::channel(QUEUE);
     (
         Queues { root, users },
         Incoming {
@@ -305,28 +309,13 @@ impl Incoming {
     }
 }
 
-/// A reply that keeps its call's place at the gate until zbus has
-/// written it: replies waiting for the socket are bounded like calls.
-struct Held<T> {
-    value: T,
-    _pass: Option<Pass>,
-}
-
-impl<T: zbus::export::serde::Serialize> zbus::export::serde::Serialize for Held<T> {
-    fn serialize<S: zbus::export::serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.value.serialize(s)
-    }
-}
-
-impl<T: zbus::Type> zbus::Type for Held<T> {
-    const SIGNATURE: &'static zbus::Signature = T::SIGNATURE;
-}
-
 /// The object served at [`OBJECT_PATH`].
 struct Interface {
     backend: &'static str,
     queues: Queues,
     gate: Gate,
+    /// Where callers' uids are asked for.
+    lookup: Connection,
 }
 
 impl Interface {
@@ -350,33 +339,31 @@ impl Interface {
         answer.await.map_err(|_| unavailable())
     }
 
-    /// A place for the call at the gate, and the caller's uid (asked of
-    /// the bus once per connection).
-    async fn admit(
-        &self,
-        conn: &Connection,
-        header: &Header<'_>,
-    ) -> Result<(Pass, u32), CallError> {
+    /// The caller's uid (asked of the bus once per connection), if its
+    /// share of calls has room for this one.
+    async fn admit(&self, header: &Header<'_>) -> Result<u32, CallError> {
         let sender = header
             .sender()
             .ok_or_else(|| CallError::UnknownCaller("the call has no sender".into()))?;
-        let mut pass = self.gate.enter(sender.as_str())?;
-        let uid = match pass.known_uid() {
+        let uid = match self.gate.uid_of(sender.as_str()) {
             Some(uid) => uid,
-            None => caller_uid(conn, sender).await?,
+            None => {
+                let uid = caller_uid(&self.lookup, sender).await?;
+                self.gate.remember(sender.as_str(), uid);
+                uid
+            }
         };
-        pass.admit(uid)?;
-        Ok((pass, uid))
+        self.gate.admit(uid, Instant::now())?;
+        Ok(uid)
     }
 
     async fn watch(
         &self,
         pid: i32,
         code_only: bool,
-        conn: &Connection,
         header: &Header<'_>,
     ) -> Result<Result<(), Refusal>, CallError> {
-        let (_pass, caller_uid) = self.admit(conn, header).await?;
+        let caller_uid = self.admit(header).await?;
         self.ask(caller_uid, |reply| Request::Watch {
             pid,
             caller_uid,
@@ -390,10 +377,9 @@ impl Interface {
         &self,
         pid: i32,
         code_only: bool,
-        conn: &Connection,
         header: &Header<'_>,
     ) -> Result<Result<(), Refusal>, CallError> {
-        let (_pass, caller_uid) = self.admit(conn, header).await?;
+        let caller_uid = self.admit(header).await?;
         self.ask(caller_uid, |reply| Request::Unwatch {
             pid,
             caller_uid,
@@ -404,18 +390,13 @@ impl Interface {
     }
 
     /// Every watched process; nothing for a call that expects no reply.
-    async fn processes(
-        &self,
-        conn: &Connection,
-        header: &Header<'_>,
-    ) -> Result<(Vec<ProcessInfo>, Option<Pass>), CallError> {
+    async fn processes(&self, header: &Header<'_>) -> Result<Vec<ProcessInfo>, CallError> {
         no_arguments(header)?;
         if !wants_reply(header) {
-            return Ok((Vec::new(), None));
+            return Ok(Vec::new());
         }
-        let (pass, uid) = self.admit(conn, header).await?;
-        let processes = self.ask(uid, |reply| Request::Processes { reply }).await?;
-        Ok((processes, Some(pass)))
+        let uid = self.admit(header).await?;
+        self.ask(uid, |reply| Request::Processes { reply }).await
     }
 }
 
@@ -454,30 +435,28 @@ async fn caller_uid(conn: &Connection, sender: &UniqueName<'_>) -> Result<u32, C
     reply.map_err(|e| CallError::UnknownCaller(format!("cannot learn the uid of {sender}: {e}")))
 }
 
-#[interface(name = "com.github.Armourd")]
+/// One call at a time (`spawn = false`): see the module's documentation.
+#[interface(name = "com.github.Armourd", spawn = false)]
 impl Interface {
     /// Executable path → pid (`i`), or pids (`ai`) when several instances run.
     async fn list_processes(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<Held<HashMap<String, Variant<'static>>>, CallError> {
-        let (processes, pass) = self.processes(conn, &header).await?;
-        let value = group_by_exe(&processes)
+    ) -> Result<HashMap<String, Variant<'static>>, CallError> {
+        let processes = self.processes(&header).await?;
+        Ok(group_by_exe(&processes)
             .into_iter()
             .map(|(exe, pids)| (exe, pids.into()))
-            .collect();
-        Ok(Held { value, _pass: pass })
+            .collect())
     }
 
     /// Watches a running process; returns a [`WatchResult`] code (0, 1 or 2).
     async fn watch_process(
         &self,
         pid: i32,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<u32, CallError> {
-        let result = self.watch(pid, true, conn, &header).await?;
+        let result = self.watch(pid, true, &header).await?;
         Ok(WatchResult::of_watch(&result).code())
     }
 
@@ -485,10 +464,9 @@ impl Interface {
     async fn unwatch_process(
         &self,
         pid: i32,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<u32, CallError> {
-        let result = self.unwatch(pid, true, conn, &header).await?;
+        let result = self.unwatch(pid, true, &header).await?;
         Ok(WatchResult::of_unwatch(&result).code())
     }
 
@@ -497,10 +475,9 @@ impl Interface {
     async fn watch_method(
         &self,
         pid: i32,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), CallError> {
-        Ok(self.watch(pid, false, conn, &header).await??)
+        Ok(self.watch(pid, false, &header).await??)
     }
 
     /// Stops watching a process; a refusal is a named error (see [`Refusal`]).
@@ -508,21 +485,18 @@ impl Interface {
     async fn unwatch_method(
         &self,
         pid: i32,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<(), CallError> {
-        Ok(self.unwatch(pid, false, conn, &header).await??)
+        Ok(self.unwatch(pid, false, &header).await??)
     }
 
     /// One `a{sv}` per watched process (see [`ProcessInfo::to_dict`]).
     async fn get_processes(
         &self,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
-    ) -> Result<Held<Vec<HashMap<&'static str, Variant<'static>>>>, CallError> {
-        let (processes, pass) = self.processes(conn, &header).await?;
-        let value = processes.iter().map(ProcessInfo::to_dict).collect();
-        Ok(Held { value, _pass: pass })
+    ) -> Result<Vec<HashMap<&'static str, Variant<'static>>>, CallError> {
+        let processes = self.processes(&header).await?;
+        Ok(processes.iter().map(ProcessInfo::to_dict).collect())
     }
 
     /// The event source: `ebpf` or `proc-connector`.
@@ -577,7 +551,8 @@ impl Service {
         backend: &'static str,
         queues: Queues,
     ) -> Result<Service, DbusError> {
-        serve(connect(bus).await?, bus, backend, queues).await
+        let lookup = connect(bus).await?;
+        serve(connect(bus).await?, lookup, bus, backend, queues).await
     }
 
     /// The bus the service is on.
@@ -628,9 +603,11 @@ impl Service {
     }
 }
 
-/// Serves the object on `conn` and requests [`BUS_NAME`]; `bus` names the bus in messages.
+/// Serves the object on `conn` and requests [`BUS_NAME`]; callers' uids
+/// are asked on `lookup`; `bus` names the bus in messages.
 async fn serve(
     conn: Connection,
+    lookup: Connection,
     bus: Bus,
     backend: &'static str,
     queues: Queues,
@@ -640,6 +617,7 @@ async fn serve(
         backend,
         queues,
         gate: Gate::default(),
+        lookup,
     };
     conn.object_server()
         .at(OBJECT_PATH, iface)

@@ -199,8 +199,10 @@ impl Daemon {
                 log::warn!(
                     "{refusal}: further watches of uid {caller_uid} are refused (logged once per uid)"
                 );
-                return;
+            } else {
+                log::debug!("{verb} refused to uid {caller_uid}: {refusal}");
             }
+            return;
         }
         let first = caller_uid == 0 || bus.logged.insert((caller_uid, refusal.name()));
         if code_only && first {

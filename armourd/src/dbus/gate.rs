@@ -1,15 +1,15 @@
-//! Admission of method calls: what one connection, one uid and all
-//! unprivileged callers together can make armourd hold at once.
+//! Admission of method calls: how many calls a uid other than root, and
+//! all such uids together, may have served, and whose uid a connection is.
 //!
-//! zbus hands each method call to a task of its own, so without a bound a
-//! caller who sends calls and never waits for their replies makes armourd
-//! hold one task, one request and one reply per call. Every call of
-//! armourd's interface first takes a [`Pass`]: a connection may have
-//! [`PER_CONNECTION`] calls in flight, a uid other than root [`PER_USER`],
-//! and all such uids together [`ALL_USERS`]; a call beyond its share is
-//! refused at once, before any work is done for it. A pass is given back
-//! when it is dropped, which for a large reply is after the reply was
-//! written to the bus. Root is bound only per connection.
+//! armourd serves its interface's calls one at a time (zbus does not
+//! spawn a task per call), so a caller who sends calls without waiting for
+//! their replies makes armourd hold nothing more: the calls wait in the
+//! bus, which bounds them. What is left to bound is the work: each uid
+//! other than root has a share of [`USER_RATE`] calls a second (with a
+//! burst of [`USER_BURST`]), all of them together [`ALL_USERS_RATE`]
+//! (burst [`ALL_USERS_BURST`]); a call beyond its share is answered
+//! `LimitsExceeded` at once, before any work is done for it, so that calls
+//! queued behind it (root's) come soon. Root is never limited.
 //!
 //! The caller's uid is asked of the bus once per connection and kept, by
 //! unique name, for the [`KNOWN_CALLERS`] connections seen last: the bus
@@ -18,71 +18,85 @@
 
 use std::{
     collections::{HashMap, VecDeque},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::{Mutex, MutexGuard, PoisonError},
+    time::Instant,
 };
 
-/// Calls one connection may have in flight.
-pub const PER_CONNECTION: usize = 4;
-/// Calls one unprivileged uid may have in flight, over all its connections.
-pub const PER_USER: usize = 4;
-/// Calls all unprivileged uids together may have in flight.
-pub const ALL_USERS: usize = 16;
+/// Calls a second one unprivileged uid may have served, on average.
+pub const USER_RATE: f64 = 64.0;
+/// Calls one unprivileged uid may have served at once after a quiet while.
+pub const USER_BURST: f64 = 128.0;
+/// Calls a second all unprivileged uids together may have served.
+pub const ALL_USERS_RATE: f64 = 256.0;
+/// Calls all unprivileged uids together may have served at once.
+pub const ALL_USERS_BURST: f64 = 512.0;
 /// Connections whose uid is remembered.
 pub const KNOWN_CALLERS: usize = 256;
+/// Uids whose share is tracked; full buckets are forgotten beyond this.
+const TRACKED_USERS: usize = 1024;
 
 /// Why a call was refused before anything was done for it.
 #[derive(thiserror::Error, Clone, Debug, PartialEq, Eq)]
 pub enum Refused {
     #[error(
-        "this connection already has {PER_CONNECTION} calls in flight; wait for their replies"
+        "uid {uid} made more than {USER_RATE} calls a second (burst {USER_BURST}); \
+         wait for replies before sending more calls"
     )]
-    Connection,
-    #[error("uid {uid} already has {PER_USER} calls in flight; wait for their replies")]
     User { uid: u32 },
-    #[error("unprivileged callers have {ALL_USERS} calls in flight together; try again shortly")]
+    #[error(
+        "unprivileged callers made more than {ALL_USERS_RATE} calls a second together; \
+         try again shortly"
+    )]
     AllUsers,
 }
 
-#[derive(Debug, Default)]
+/// A token bucket: `tokens` calls may be served now; it fills at `rate`
+/// a second up to `burst`.
+#[derive(Clone, Copy, Debug)]
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn full(burst: f64, now: Instant) -> Self {
+        Self {
+            tokens: burst,
+            at: now,
+        }
+    }
+
+    fn refill(&mut self, rate: f64, burst: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(burst);
+        self.at = now;
+    }
+}
+
+#[derive(Debug)]
 struct Books {
     /// Unique name → uid, for the connections seen last.
     uids: HashMap<String, u32>,
     /// The names in `uids`, oldest first.
     order: VecDeque<String>,
-    /// Calls in flight per unique name; a name leaves at zero.
-    connections: HashMap<String, usize>,
-    /// Calls in flight per unprivileged uid; a uid leaves at zero.
-    users: HashMap<u32, usize>,
-    all_users: usize,
+    users: HashMap<u32, Bucket>,
+    all_users: Bucket,
 }
 
-impl Books {
-    fn remember(&mut self, sender: &str, uid: u32) {
-        if self.uids.insert(sender.to_owned(), uid).is_some() {
-            return;
-        }
-        self.order.push_back(sender.to_owned());
-        while self.order.len() > KNOWN_CALLERS {
-            if let Some(old) = self.order.pop_front() {
-                self.uids.remove(&old);
-            }
-        }
+/// The caller uids and the unprivileged uids' shares.
+#[derive(Debug)]
+pub struct Gate(Mutex<Books>);
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self(Mutex::new(Books {
+            uids: HashMap::new(),
+            order: VecDeque::new(),
+            users: HashMap::new(),
+            all_users: Bucket::full(ALL_USERS_BURST, Instant::now()),
+        }))
     }
 }
-
-/// Decrements `map[key]`, removing it at zero.
-fn release<K: std::hash::Hash + Eq>(map: &mut HashMap<K, usize>, key: &K) {
-    if let Some(count) = map.get_mut(key) {
-        *count -= 1;
-        if *count == 0 {
-            map.remove(key);
-        }
-    }
-}
-
-/// The books of calls in flight, shared by every call of the interface.
-#[derive(Clone, Debug, Default)]
-pub struct Gate(Arc<Mutex<Books>>);
 
 impl Gate {
     fn books(&self) -> MutexGuard<'_, Books> {
@@ -90,162 +104,138 @@ impl Gate {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Takes a place for a call from `sender` (a unique name), if its
-    /// connection has one left.
-    pub fn enter(&self, sender: &str) -> Result<Pass, Refused> {
+    /// The uid of the connection `sender` (a unique name), if known.
+    pub fn uid_of(&self, sender: &str) -> Option<u32> {
+        self.books().uids.get(sender).copied()
+    }
+
+    /// Remembers what the bus said `sender`'s uid is.
+    pub fn remember(&self, sender: &str, uid: u32) {
         let mut books = self.books();
-        let count = books.connections.entry(sender.to_owned()).or_default();
-        if *count >= PER_CONNECTION {
-            return Err(Refused::Connection);
+        if books.uids.insert(sender.to_owned(), uid).is_some() {
+            return;
         }
-        *count += 1;
-        let known = books.uids.get(sender).copied();
-        Ok(Pass {
-            gate: self.clone(),
-            sender: sender.to_owned(),
-            known,
-            user: None,
-        })
+        books.order.push_back(sender.to_owned());
+        while books.order.len() > KNOWN_CALLERS {
+            if let Some(old) = books.order.pop_front() {
+                books.uids.remove(&old);
+            }
+        }
     }
 
-    /// Calls in flight: of `sender`, of unprivileged `uid`, of all unprivileged uids.
-    #[cfg(test)]
-    fn in_flight(&self, sender: &str, uid: u32) -> (usize, usize, usize) {
-        let books = self.books();
-        let of = |n: Option<&usize>| n.copied().unwrap_or_default();
-        (
-            of(books.connections.get(sender)),
-            of(books.users.get(&uid)),
-            books.all_users,
-        )
-    }
-}
-
-/// A call's place; given back when dropped.
-#[derive(Debug)]
-pub struct Pass {
-    gate: Gate,
-    sender: String,
-    /// The caller's uid, if it was known when the call came in.
-    known: Option<u32>,
-    /// The unprivileged uid this pass is counted for, once admitted.
-    user: Option<u32>,
-}
-
-impl Pass {
-    /// The caller's uid, if the bus was asked for it before.
-    pub fn known_uid(&self) -> Option<u32> {
-        self.known
-    }
-
-    /// Counts the call for `uid` (what the bus says the sender is), if that
-    /// uid has a place left; root always has.
-    pub fn admit(&mut self, uid: u32) -> Result<(), Refused> {
-        let mut books = self.gate.books();
-        books.remember(&self.sender, uid);
-        self.known = Some(uid);
-        if uid == 0 || self.user.is_some() {
+    /// Takes one call from `uid`'s share (and the unprivileged uids'
+    /// share) at `now`, if there is one left; root always has.
+    pub fn admit(&self, uid: u32, now: Instant) -> Result<(), Refused> {
+        if uid == 0 {
             return Ok(());
         }
-        if books.all_users >= ALL_USERS {
-            return Err(Refused::AllUsers);
+        let mut books = self.books();
+        if books.users.len() >= TRACKED_USERS && !books.users.contains_key(&uid) {
+            // A full bucket is the same as none.
+            books.users.retain(|_, b| {
+                b.refill(USER_RATE, USER_BURST, now);
+                b.tokens < USER_BURST
+            });
         }
-        let count = books.users.entry(uid).or_default();
-        if *count >= PER_USER {
+        let Books {
+            users, all_users, ..
+        } = &mut *books;
+        let user = users
+            .entry(uid)
+            .or_insert_with(|| Bucket::full(USER_BURST, now));
+        user.refill(USER_RATE, USER_BURST, now);
+        all_users.refill(ALL_USERS_RATE, ALL_USERS_BURST, now);
+        if user.tokens < 1.0 {
             return Err(Refused::User { uid });
         }
-        *count += 1;
-        books.all_users += 1;
-        self.user = Some(uid);
-        Ok(())
-    }
-}
-
-impl Drop for Pass {
-    fn drop(&mut self) {
-        let mut books = self.gate.books();
-        release(&mut books.connections, &self.sender);
-        if let Some(uid) = self.user {
-            release(&mut books.users, &uid);
-            books.all_users -= 1;
+        if all_users.tokens < 1.0 {
+            return Err(Refused::AllUsers);
         }
+        user.tokens -= 1.0;
+        all_users.tokens -= 1.0;
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]
-    fn a_connection_gets_its_share_and_no_more() {
+    fn a_user_gets_its_burst_then_its_rate() {
         let gate = Gate::default();
-        let passes: Vec<Pass> = (0..PER_CONNECTION)
-            .map(|_| gate.enter(":1.7").expect("within the share"))
-            .collect();
-        assert_eq!(gate.enter(":1.7").unwrap_err(), Refused::Connection);
-        assert!(gate.enter(":1.8").is_ok(), "another connection has its own");
-        drop(passes);
-        assert!(gate.enter(":1.7").is_ok(), "places come back");
-        assert_eq!(gate.in_flight(":1.7", 0).0, 0, "and leave no entry behind");
+        let now = Instant::now();
+        for _ in 0..USER_BURST as usize {
+            gate.admit(1000, now).expect("within the burst");
+        }
+        assert_eq!(gate.admit(1000, now), Err(Refused::User { uid: 1000 }));
+        assert!(gate.admit(1001, now).is_ok(), "another uid has its own");
+        let later = now + Duration::from_secs_f64(2.0 / USER_RATE);
+        assert!(gate.admit(1000, later).is_ok());
+        assert!(gate.admit(1000, later).is_ok());
+        assert!(
+            gate.admit(1000, later).is_err(),
+            "two calls came back, no more"
+        );
     }
 
     #[test]
-    fn a_user_gets_its_share_over_all_its_connections() {
+    fn root_is_never_limited() {
         let gate = Gate::default();
-        let mut passes = Vec::new();
-        for n in 0..PER_USER {
-            let mut pass = gate.enter(&format!(":1.{n}")).unwrap();
-            pass.admit(1000).expect("within the user's share");
-            passes.push(pass);
+        let now = Instant::now();
+        for _ in 0..10 * ALL_USERS_BURST as usize {
+            assert_eq!(gate.admit(0, now), Ok(()));
         }
-        let mut over = gate.enter(":1.99").unwrap();
-        assert_eq!(over.admit(1000), Err(Refused::User { uid: 1000 }));
-        drop(over);
-        assert_eq!(gate.in_flight(":1.99", 1000), (0, PER_USER, PER_USER));
-        passes.pop();
-        let mut again = gate.enter(":1.99").unwrap();
-        assert!(again.admit(1000).is_ok());
+        assert!(gate.admit(1000, now).is_ok(), "nor counted with users");
     }
 
     #[test]
-    fn unprivileged_users_share_one_bound_and_root_is_outside_it() {
+    fn unprivileged_users_share_one_bound() {
         let gate = Gate::default();
-        let mut passes = Vec::new();
-        for n in 0..ALL_USERS {
-            let mut pass = gate.enter(&format!(":1.{n}")).unwrap();
-            pass.admit(1000 + n as u32).unwrap();
-            passes.push(pass);
+        let now = Instant::now();
+        let per_user = USER_BURST as u32;
+        let users = (ALL_USERS_BURST as u32).div_ceil(per_user);
+        for uid in 1000..1000 + users {
+            for _ in 0..per_user {
+                let _ = gate.admit(uid, now);
+            }
         }
-        let mut user = gate.enter(":2.1").unwrap();
-        assert_eq!(user.admit(5000), Err(Refused::AllUsers));
-        let mut root = gate.enter(":2.2").unwrap();
-        assert_eq!(root.admit(0), Ok(()), "root is not counted with users");
-        passes.clear();
-        drop(user);
-        assert_eq!(gate.in_flight(":1.0", 1000), (0, 0, 0));
+        assert_eq!(gate.admit(5000, now), Err(Refused::AllUsers));
+        assert_eq!(gate.admit(0, now), Ok(()));
     }
 
     #[test]
     fn a_connections_uid_is_remembered() {
         let gate = Gate::default();
-        let mut pass = gate.enter(":1.5").unwrap();
-        assert_eq!(pass.known_uid(), None, "asked of the bus the first time");
-        pass.admit(65534).unwrap();
-        drop(pass);
-        assert_eq!(gate.enter(":1.5").unwrap().known_uid(), Some(65534));
-        assert_eq!(gate.enter(":1.6").unwrap().known_uid(), None);
+        assert_eq!(gate.uid_of(":1.5"), None, "asked of the bus the first time");
+        gate.remember(":1.5", 65534);
+        assert_eq!(gate.uid_of(":1.5"), Some(65534));
+        assert_eq!(gate.uid_of(":1.6"), None);
     }
 
     #[test]
     fn remembered_uids_are_bounded_oldest_forgotten_first() {
         let gate = Gate::default();
         for n in 0..=KNOWN_CALLERS {
-            gate.enter(&format!(":1.{n}")).unwrap().admit(0).unwrap();
+            gate.remember(&format!(":1.{n}"), 0);
         }
-        assert_eq!(gate.enter(":1.0").unwrap().known_uid(), None);
-        assert_eq!(gate.enter(":1.1").unwrap().known_uid(), Some(0));
-        let known = gate.enter(&format!(":1.{KNOWN_CALLERS}")).unwrap();
-        assert_eq!(known.known_uid(), Some(0));
+        assert_eq!(gate.uid_of(":1.0"), None);
+        assert_eq!(gate.uid_of(":1.1"), Some(0));
+        assert_eq!(gate.uid_of(&format!(":1.{KNOWN_CALLERS}")), Some(0));
         assert_eq!(gate.books().uids.len(), KNOWN_CALLERS);
+    }
+
+    #[test]
+    fn tracked_users_are_bounded() {
+        let gate = Gate::default();
+        let now = Instant::now();
+        for uid in 1..=TRACKED_USERS as u32 + 10 {
+            let _ = gate.admit(uid, now);
+        }
+        let later = now + Duration::from_secs(60);
+        gate.admit(99_999, later).unwrap();
+        assert!(gate.books().users.len() <= TRACKED_USERS);
     }
 }

@@ -146,7 +146,7 @@ fn refusals_become_named_errors_that_say_what_to_do() {
         let text = error.description().unwrap_or_default().to_owned();
         assert!(text.contains(advice), "{name}: {text}");
     }
-    let limits = CallError::from(Refused::Connection);
+    let limits = CallError::from(Refused::AllUsers);
     assert_eq!(
         limits.name().as_str(),
         "com.github.Armourd.Error.LimitsExceeded"
@@ -305,7 +305,15 @@ fn fake_daemon(processes: Vec<ProcessInfo>) -> (Queues, Callers) {
 }
 
 async fn serve_on(bus: &TestBus, queues: Queues) -> Result<Service, DbusError> {
-    serve(bus.connect().await, Bus::Session, "proc-connector", queues).await
+    let lookup = bus.connect().await;
+    serve(
+        bus.connect().await,
+        lookup,
+        Bus::Session,
+        "proc-connector",
+        queues,
+    )
+    .await
 }
 
 fn stdout(output: &Output) -> String {
@@ -559,46 +567,4 @@ async fn calls_fail_at_once_when_the_daemon_is_gone() {
             .contains("com.github.Armourd.Error.Unavailable"),
         "{err}"
     );
-}
-
-#[tokio::test]
-async fn calls_beyond_a_connections_share_are_refused_at_once() {
-    let bus = TestBus::start();
-    let (queues, mut incoming) = queues();
-    let _service = serve_on(&bus, queues).await.unwrap();
-    let client = bus.connect().await;
-    let proxy = ArmourdProxy::new(&client).await.unwrap();
-    // A daemon that takes requests and answers none of them yet.
-    let mut held = Vec::new();
-    let calls: Vec<_> = (0..PER_CONNECTION)
-        .map(|_| {
-            let proxy = proxy.clone();
-            tokio::spawn(async move { proxy.get_processes().await.map(|l| l.len()) })
-        })
-        .collect();
-    while held.len() < PER_CONNECTION {
-        match incoming.next().await {
-            Some(Request::Processes { reply }) => held.push(reply),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-
-    let err = proxy.list_processes().await.unwrap_err();
-    assert!(
-        err.to_string()
-            .contains("com.github.Armourd.Error.LimitsExceeded"),
-        "{err}"
-    );
-    for reply in held {
-        reply.send(processes()).unwrap();
-    }
-    for call in calls {
-        assert_eq!(call.await.unwrap().unwrap(), 4, "held calls are answered");
-    }
-    let again = tokio::spawn(async move { proxy.list_processes().await });
-    match incoming.next().await {
-        Some(Request::Processes { reply }) => reply.send(processes()).unwrap(),
-        other => panic!("unexpected {other:?}"),
-    }
-    assert_eq!(again.await.unwrap().unwrap().len(), 2, "places came back");
 }
