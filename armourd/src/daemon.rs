@@ -20,6 +20,8 @@ mod latency;
 mod requests;
 mod spawner;
 
+pub use requests::DEFAULT_MAX_USER_WATCHES;
+
 use latency::{monotonic_ns, Latencies};
 use spawner::{Done, Job, Spawner};
 
@@ -70,16 +72,18 @@ pub struct Daemon {
     bus: Option<requests::Bus>,
 }
 
-/// Runs armourd until SIGTERM or SIGINT, answering on `bus` if given.
+/// Runs armourd until SIGTERM or SIGINT, answering on `bus` if given,
+/// where a uid other than root may hold `max_user_watches` watches.
 /// Must run inside a tokio runtime.
 pub async fn run(
     config: Config,
     choice: BackendChoice,
     bus: Option<crate::dbus::Bus>,
+    max_user_watches: usize,
 ) -> Result<(), DaemonError> {
     let engine = Engine::start(choice)?;
     let bus = match bus {
-        Some(bus) => requests::start(bus, engine.kind()).await,
+        Some(bus) => requests::start(bus, engine.kind(), max_user_watches).await,
         None => None,
     };
     let policies = config
