@@ -24,7 +24,7 @@ pub const DEFAULT_PATH: &str = "/etc/armourd.conf";
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Options an entry may carry, in the order error messages list them.
-const KNOWN_OPTIONS: [&str; 2] = ["success", "stop-timeout"];
+const KNOWN_OPTIONS: [&str; 4] = ["success", "stop-timeout", "critical", "critical-grace"];
 
 /// How a glob is matched, both here and when `files::expand` lists a
 /// directory: `*` never crosses a `/`, so `/opt/*` does not reach into
@@ -50,6 +50,9 @@ pub struct Entry {
     pub success: SuccessSet,
     /// `stop-timeout=`: grace before SIGKILL for leftovers of a crashed instance.
     pub stop_timeout: Duration,
+    /// `critical` / `critical-grace=` (SPEC §12): when an instance gives up
+    /// or stays down this long, the hardware watchdog is no longer fed.
+    pub critical: Option<Duration>,
     /// 1-based line in the file, for log messages.
     pub line: usize,
 }
@@ -140,6 +143,8 @@ pub enum SyntaxError {
     BadDuration { found: String },
     #[error("duration '{found}' is too long")]
     DurationTooLong { found: String },
+    #[error("bad value '{found}' for 'critical' (expected yes or no, or just the word critical)")]
+    BadCritical { found: String },
 }
 
 /// A [`SyntaxError`] and the 1-based column it is at.
@@ -280,12 +285,17 @@ fn parse_entry(tokens: &[Token], line: usize) -> Result<Option<Entry>, Located> 
         pattern: parse_pattern(path)?,
         success: SuccessSet::default(),
         stop_timeout: DEFAULT_STOP_TIMEOUT,
+        critical: None,
         line,
     };
     let mut seen = Vec::new();
+    let mut critical = critical::Options::default();
     for option in options {
-        apply_option(&mut entry, option, &mut seen)?;
+        if !critical.take(option)? {
+            apply_option(&mut entry, option, &mut seen)?;
+        }
     }
+    entry.critical = critical.finish();
     Ok(Some(entry))
 }
 
@@ -428,6 +438,61 @@ fn parse_duration(text: &str) -> Result<Duration, SyntaxError> {
     let nanos = mantissa.checked_mul(unit_nanos).ok_or_else(too_long)? / scale;
     let secs = u64::try_from(nanos / 1_000_000_000).map_err(|_| too_long())?;
     Ok(Duration::new(secs, (nanos % 1_000_000_000) as u32))
+}
+
+/// The `critical` and `critical-grace=` options, read apart from the
+/// others: `critical` may stand alone, without a value.
+mod critical {
+    use std::time::Duration;
+
+    use super::{parse_duration, Located, SyntaxError, Token};
+    use crate::watchdog::critical::DEFAULT_GRACE;
+
+    #[derive(Default)]
+    pub(super) struct Options {
+        critical: Option<bool>,
+        grace: Option<Duration>,
+    }
+
+    impl Options {
+        /// Takes `token` if it is one of these options.
+        pub(super) fn take(&mut self, token: &Token) -> Result<bool, Located> {
+            let text = token.text();
+            let (name, value) = match token.equals {
+                Some(_) => text.split_once('=').unwrap_or((&text, "")),
+                None => (text.as_str(), "yes"),
+            };
+            let value_column = token.column + name.chars().count() + 1;
+            match name {
+                "critical" => {
+                    self.critical = match value {
+                        "yes" | "true" | "1" => Some(true),
+                        "no" | "false" | "0" => Some(false),
+                        _ => {
+                            let found = value.to_owned();
+                            return Err((value_column, SyntaxError::BadCritical { found }));
+                        }
+                    };
+                }
+                "critical-grace" if token.equals.is_some() => {
+                    if value.is_empty() {
+                        let (option, expected) = ("critical-grace", "a duration, like 60s");
+                        return Err((value_column, SyntaxError::EmptyValue { option, expected }));
+                    }
+                    self.grace = Some(parse_duration(value).map_err(|e| (value_column, e))?);
+                }
+                _ => return Ok(false),
+            }
+            Ok(true)
+        }
+
+        /// The grace of a critical entry, `None` for any other. A grace
+        /// alone makes the entry critical too.
+        pub(super) fn finish(self) -> Option<Duration> {
+            let critical = self.critical.unwrap_or(self.grace.is_some());
+            critical.then(|| self.grace.unwrap_or(DEFAULT_GRACE))
+        }
+    }
 }
 
 #[cfg(test)]

@@ -19,11 +19,14 @@ use tokio::{
 mod latency;
 mod requests;
 mod spawner;
+mod upkeep;
 
 pub use requests::DEFAULT_MAX_USER_WATCHES;
+pub use upkeep::Service;
 
 use latency::{monotonic_ns, Latencies};
 use spawner::{Done, Job, Spawner};
+use upkeep::Upkeep;
 
 use crate::{
     backend::{Event, ExecEvent},
@@ -33,6 +36,7 @@ use crate::{
     pidfd, procfs,
     status::ExitStatus,
     supervisor::{Action, Exec, Notice, Policy, ProcId, Supervisor, Target},
+    watchdog::critical::View,
     watchlist::{DirWatch, Match, WatchList},
 };
 
@@ -70,6 +74,8 @@ pub struct Daemon {
     /// Restarts under way, off the event loop.
     spawner: Spawner,
     bus: Option<requests::Bus>,
+    /// The hardware watchdog and the service manager.
+    upkeep: Upkeep,
 }
 
 /// Runs armourd until SIGTERM or SIGINT, answering on `bus` if given,
@@ -80,6 +86,18 @@ pub async fn run(
     choice: BackendChoice,
     bus: Option<crate::dbus::Bus>,
     max_user_watches: usize,
+) -> Result<(), DaemonError> {
+    run_service(config, choice, bus, max_user_watches, Service::default()).await
+}
+
+/// [`run`] as a system service: feeding `service`'s watchdog, telling its
+/// service manager and the process that waits for `-d`.
+pub async fn run_service(
+    config: Config,
+    choice: BackendChoice,
+    bus: Option<crate::dbus::Bus>,
+    max_user_watches: usize,
+    service: Service,
 ) -> Result<(), DaemonError> {
     let engine = Engine::start(choice)?;
     let bus = match bus {
@@ -102,6 +120,7 @@ pub async fn run(
         latencies: Latencies::default(),
         spawner: Spawner::new(),
         bus,
+        upkeep: Upkeep::new(service, Instant::now()),
     };
     daemon.install_marks();
     daemon.adopt(None);
@@ -126,7 +145,14 @@ pub async fn run(
         daemon.config.entries.len(),
         daemon.watchlist.len()
     );
-    daemon.event_loop(&mut dirs).await
+    if daemon.config.entries.iter().any(|e| e.critical.is_some()) && !daemon.upkeep.has_watchdog() {
+        log::warn!("entries marked critical have no effect without --watchdog");
+    }
+    let status = daemon.status_line();
+    daemon.upkeep.ready(&status);
+    let result = daemon.event_loop(&mut dirs).await;
+    daemon.upkeep.stop(result.is_ok());
+    result
 }
 
 fn setup(what: &'static str, source: io::Error) -> DaemonError {
@@ -146,6 +172,7 @@ impl Daemon {
             let deadline = [
                 self.supervisor.next_deadline(),
                 self.spawner.next_deadline(),
+                self.upkeep.next_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -190,7 +217,10 @@ impl Daemon {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
+            // Here and not in the sleep arm, which a flood of events would starve.
+            self.upkeep_tick();
         }
+        self.upkeep.status("stopping");
         log::info!(
             "stopping; {} watched processes keep running",
             self.supervisor.watched().len()
@@ -442,6 +472,41 @@ impl Daemon {
             .supervisor
             .spawned(done.instance, result, Instant::now());
         self.apply(actions);
+    }
+
+    /// Feeds the watchdogs when due; the instances of critical entries
+    /// decide whether the hardware one still is.
+    fn upkeep_tick(&mut self) {
+        let now = Instant::now();
+        if self.upkeep.next_deadline().is_none_or(|due| due > now) {
+            return;
+        }
+        let critical = self
+            .supervisor
+            .instances()
+            .filter_map(|view| {
+                let entry = self.config.entries.get(view.entry?)?;
+                Some(View {
+                    id: view.id,
+                    exe: view.spec.exe.clone(),
+                    running: matches!(view.state, crate::supervisor::State::Running),
+                    // HOOK (restart policy, SPEC §8): true once the instance
+                    // is `failed` (gave up); main has no such state yet.
+                    gave_up: false,
+                    grace: entry.critical?,
+                })
+            })
+            .collect();
+        self.upkeep.tick(now, critical);
+    }
+
+    /// The service manager's status line (`systemctl status`).
+    fn status_line(&self) -> String {
+        format!(
+            "backend={}, {} watched",
+            self.engine.kind().name(),
+            self.supervisor.watched().len()
+        )
     }
 
     /// Logs what armourd watches and what it is doing (on SIGUSR1).

@@ -4,15 +4,19 @@
 
 pub mod backend;
 pub mod btf;
+pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod dbus;
 pub mod engine;
 pub mod files;
 pub mod launch;
+pub mod logging;
 pub mod pidfd;
 pub mod procfs;
+pub mod service;
 pub mod spawn;
 pub mod status;
 pub mod supervisor;
+pub mod watchdog;
 pub mod watchlist;

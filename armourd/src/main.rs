@@ -1,52 +1,22 @@
 //! `armourd`: parses the command line, sets up logging, loads the
-//! configuration and runs the daemon (see the library's `daemon` module).
+//! configuration and runs the daemon (see the library's `daemon` module),
+//! in the foreground or detached (`-d`).
 
-use std::{io::Write, path::PathBuf, process::ExitCode};
+use std::{path::Path, process::ExitCode};
 
 use anyhow::Context;
-use armourd::{config, daemon};
-use clap::{Parser, ValueEnum};
-
-/// A fast process watchdog: restarts crashed processes of the configured
-/// executables at once, exactly as they were started.
-#[derive(Parser, Debug)]
-#[command(name = "armourd", version, about)]
-struct Args {
-    /// Configuration file [default: /etc/armourd.conf]
-    #[arg(short, long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// More log output (-v debug, -vv trace)
-    #[arg(short, long, action = clap::ArgAction::Count)]
-    verbose: u8,
-    /// Event source
-    #[arg(long, value_enum, default_value = "auto")]
-    backend: Backend,
-    /// Message bus to answer on
-    #[arg(long, value_enum, default_value = "system")]
-    dbus: Bus,
-    /// Watches a user other than root may make over D-Bus
-    #[arg(long, value_name = "N", default_value_t = daemon::DEFAULT_MAX_USER_WATCHES)]
-    max_user_watches: usize,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-enum Backend {
-    Auto,
-    Ebpf,
-    ProcConnector,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-enum Bus {
-    System,
-    Session,
-    None,
-}
+use armourd::{
+    cli::{Args, Backend, Bus, Log},
+    config, daemon, logging,
+    service::{self, PidFile},
+    watchdog::Watchdog,
+};
+use clap::Parser;
 
 fn main() -> ExitCode {
     keep_heap_small();
     let args = Args::parse();
-    init_logging(args.verbose);
+    logging::init(args.verbose);
     let loaded = match &args.config {
         Some(path) => config::load(path).map(Some),
         None => config::load_default(),
@@ -74,6 +44,38 @@ fn main() -> ExitCode {
 }
 
 fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
+    // Everything that can go wrong with what the user asked for is checked
+    // while the terminal still shows the error.
+    let pidfile_path = match (&args.pidfile, args.daemon) {
+        (Some(path), _) => Some(path.as_path()),
+        (None, true) => Some(Path::new(service::DEFAULT_PIDFILE)),
+        (None, false) => None,
+    };
+    let mut pidfile = pidfile_path.map(PidFile::lock).transpose()?;
+    let watchdog = args
+        .watchdog
+        .as_deref()
+        .map(|path| Watchdog::open(path, args.watchdog_timeout))
+        .transpose()?;
+    let detached = if args.daemon {
+        Some(service::detach().context("cannot run in the background")?)
+    } else {
+        None
+    };
+    let asked = args.log.map(|log| match log {
+        Log::Stderr => logging::Target::Stderr,
+        Log::Syslog => logging::Target::Syslog,
+        Log::Journal => logging::Target::Journal,
+    });
+    let target = logging::choose(asked, args.daemon);
+    if target != logging::Target::Stderr {
+        if let Err(err) = logging::switch(target) {
+            log::warn!("{}; logging to stderr", daemon::error_chain(&err));
+        }
+    }
+    if let Some(pidfile) = &mut pidfile {
+        pidfile.write_pid()?;
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
         .enable_time()
@@ -89,8 +91,20 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
         Bus::Session => Some(armourd::dbus::Bus::Session),
         Bus::None => None,
     };
-    runtime.block_on(daemon::run(config, choice, bus, args.max_user_watches))?;
-    Ok(())
+    let service = daemon::Service {
+        watchdog,
+        notifier: service::Notifier::from_env(),
+        detached,
+    };
+    let result = runtime.block_on(daemon::run_service(
+        config,
+        choice,
+        bus,
+        args.max_user_watches,
+        service,
+    ));
+    drop(pidfile);
+    Ok(result?)
 }
 
 /// Fixed allocator thresholds: blocks of 128 KiB and more get mappings of
@@ -111,32 +125,3 @@ fn keep_heap_small() {
 
 #[cfg(not(target_env = "gnu"))]
 fn keep_heap_small() {}
-
-fn init_logging(verbose: u8) {
-    let level = match verbose {
-        0 => log::LevelFilter::Info,
-        1 => log::LevelFilter::Debug,
-        _ => log::LevelFilter::Trace,
-    };
-    // aya's loader and zbus are chatty; their details matter only when tracing.
-    let quiet = if verbose > 1 {
-        level
-    } else {
-        log::LevelFilter::Warn
-    };
-    env_logger::Builder::new()
-        .filter_level(level)
-        .filter_module("aya", quiet)
-        .filter_module("zbus", quiet)
-        .filter_module("tracing::span", quiet)
-        .parse_env("ARMOURD_LOG")
-        .format(|out, record| {
-            writeln!(
-                out,
-                "armourd: {}: {}",
-                record.level().as_str().to_lowercase(),
-                record.args()
-            )
-        })
-        .init();
-}

@@ -26,7 +26,7 @@ fn clean(entry: &Entry, wait_status: i32) -> bool {
 fn unknown_option_names_line_and_column() {
     let text = "# watched\n\n/usr/local/bin/food-server sucess=1\n";
     let error = parse(text, Path::new("armourd.conf")).unwrap_err();
-    let expected = "armourd.conf:3:28: unknown option 'sucess' (known: success, stop-timeout)";
+    let expected = "armourd.conf:3:28: unknown option 'sucess' (known: success, stop-timeout, critical, critical-grace)";
     assert_eq!(error.to_string(), expected);
 }
 
@@ -156,7 +156,7 @@ fn errors_say_where_and_what_was_expected() {
         ),
         (
             "/x =3",
-            "1:4: expected an option name before '=' (known: success, stop-timeout)",
+            "1:4: expected an option name before '=' (known: success, stop-timeout, critical, critical-grace)",
         ),
         (
             "/x success",
@@ -201,4 +201,36 @@ fn missing_file_is_a_read_error_unless_it_is_the_default() {
     let missing = Path::new("/nonexistent/armourd-test.conf");
     assert!(matches!(load(missing), Err(ConfigError::Read { .. })));
     assert!(load_if_exists(missing).unwrap().is_none());
+}
+
+#[test]
+fn critical_alone_makes_an_entry_critical_with_a_60s_grace() {
+    let entry = one("/usr/sbin/food critical");
+    assert_eq!(entry.critical, Some(Duration::from_secs(60)));
+}
+
+#[test]
+fn critical_grace_sets_the_grace_and_implies_critical() {
+    let entry = one("/usr/sbin/food critical-grace=5s");
+    assert_eq!(entry.critical, Some(Duration::from_secs(5)));
+    let entry = one("/usr/sbin/food critical=yes critical-grace=2m success=0");
+    assert_eq!(entry.critical, Some(Duration::from_secs(120)));
+}
+
+#[test]
+fn entries_are_not_critical_unless_asked() {
+    assert_eq!(one("/usr/sbin/food").critical, None);
+    assert_eq!(
+        one("/usr/sbin/food critical=no critical-grace=5s").critical,
+        None
+    );
+}
+
+#[test]
+fn a_bad_critical_value_is_located() {
+    let err = parse("/usr/sbin/food critical=maybe\n", Path::new("armourd.conf")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "armourd.conf:1:25: bad value 'maybe' for 'critical' (expected yes or no, or just the word critical)"
+    );
 }
