@@ -6,6 +6,7 @@ pub mod backend;
 pub mod btf;
 pub mod cli;
 pub mod config;
+pub mod ctl_cli;
 pub mod daemon;
 pub mod dbus;
 pub mod engine;

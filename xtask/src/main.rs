@@ -4,7 +4,9 @@
 mod bench;
 mod build_cmd;
 mod cmd;
+mod deb;
 mod demo;
+mod dist;
 mod run;
 mod setup;
 mod test;
@@ -32,6 +34,10 @@ enum Command {
     Demo,
     /// Build, then run every test (integration tests need root)
     Test(test::TestOptions),
+    /// Build, then install binaries, service files, D-Bus policy, example config, man pages, completions
+    Install(dist::InstallOptions),
+    /// Build, then make a .deb with cargo-deb (target/debian/); installs cargo-deb when missing
+    Deb,
     /// Build, then measure restart latency, CPU, wake-ups and memory; writes BENCHMARKS.md
     Bench(bench::BenchOptions),
 }
@@ -54,6 +60,8 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Demo => demo::demo(),
         Command::Test(options) => test::test(options),
         Command::Bench(options) => bench::bench(&options),
+        Command::Install(options) => dist::install(&options),
+        Command::Deb => deb::deb(),
     }
 }
 

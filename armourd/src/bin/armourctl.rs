@@ -8,40 +8,15 @@ use std::{
     process::ExitCode,
 };
 
+use armourd::ctl_cli::{Args, Command};
 use armourd::{
     dbus::{
         self, ArmourdProxy, Bus, CallError, ProcessExited, ProcessInfo, ProcessRestarted, BUS_NAME,
     },
     status::signal_name,
 };
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use zbus::{export::futures_core::Stream, fdo, proxy::CacheProperties};
-
-/// Talks to armourd, the process watchdog, over D-Bus.
-#[derive(Parser, Debug)]
-#[command(name = "armourctl", version, about)]
-struct Args {
-    /// Use the system bus (the default)
-    #[arg(long, conflicts_with = "session")]
-    system: bool,
-    /// Use the session bus (DBUS_SESSION_BUS_ADDRESS)
-    #[arg(long)]
-    session: bool,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// Show the watched processes
-    List,
-    /// Watch a running process
-    Watch { pid: i32 },
-    /// Stop watching a process
-    Unwatch { pid: i32 },
-    /// Print armourd's signals as they arrive, until interrupted
-    Monitor,
-}
 
 /// What went wrong, as one line for the user.
 struct Failure(String);

@@ -1,0 +1,30 @@
+//! armourctl's command line. Only clap in here: `cargo xtask` includes
+//! this file to write the man page and shell completions.
+
+use clap::{Parser, Subcommand};
+
+/// Talks to armourd, the process watchdog, over D-Bus.
+#[derive(Parser, Debug)]
+#[command(name = "armourctl", version, about)]
+pub struct Args {
+    /// Use the system bus (the default)
+    #[arg(long, conflicts_with = "session")]
+    pub system: bool,
+    /// Use the session bus (DBUS_SESSION_BUS_ADDRESS)
+    #[arg(long)]
+    pub session: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Show the watched processes
+    List,
+    /// Watch a running process
+    Watch { pid: i32 },
+    /// Stop watching a process
+    Unwatch { pid: i32 },
+    /// Print armourd's signals as they arrive, until interrupted
+    Monitor,
+}

@@ -1,0 +1,238 @@
+//! `cargo xtask install` and the files it lays out: binaries, service
+//! files for systemd, sysvinit and OpenRC, the D-Bus policy, the example
+//! configuration, man pages and shell completions. Man pages and
+//! completions are generated here from the clap definitions the binaries
+//! use, so the daemon carries no generator.
+
+use std::{
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{ensure, Context as _, Result};
+use clap::CommandFactory;
+use clap_complete::Shell;
+
+use crate::{build_cmd, cmd};
+
+#[path = "../../armourd/src/cli.rs"]
+mod daemon_cli;
+
+#[path = "../../armourd/src/ctl_cli.rs"]
+mod ctl_cli;
+
+#[derive(clap::Args)]
+pub struct InstallOptions {
+    /// Stage the files under this folder instead of / (for packaging)
+    #[arg(long, value_name = "DIR")]
+    pub destdir: Option<PathBuf>,
+    /// Installation prefix of binaries and shared files
+    #[arg(long, value_name = "PREFIX", default_value = "/usr")]
+    pub prefix: PathBuf,
+    /// Put the OpenRC script in /etc/init.d instead of the sysvinit one
+    #[arg(long)]
+    pub openrc: bool,
+}
+
+/// One file to lay out: where it goes (absolute, before the destdir),
+/// what it holds, its mode.
+pub struct Item {
+    pub to: PathBuf,
+    pub contents: Vec<u8>,
+    pub mode: u32,
+}
+
+/// Builds, then installs.
+pub fn install(options: &InstallOptions) -> Result<()> {
+    let built = build_cmd::build(&build_cmd::BuildOptions { debug: false })?;
+    let root = options
+        .destdir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from("/"));
+    ensure!(
+        options.prefix.is_absolute(),
+        "--prefix {} is not an absolute path (like /usr or /usr/local)",
+        options.prefix.display()
+    );
+    stage(&built.daemon, &root, &options.prefix, options.openrc)
+}
+
+/// Lays out every file of an installation under `prefix` below `root`;
+/// an existing `/etc/armourd.conf` is kept.
+pub fn stage(daemon: &Path, root: &Path, prefix: &Path, openrc: bool) -> Result<()> {
+    let items = items(daemon, prefix, openrc)?;
+    for item in &items {
+        let target = root.join(item.to.strip_prefix("/").unwrap_or(&item.to));
+        if item.to == Path::new("/etc/armourd.conf") && target.exists() {
+            println!(
+                "install: keeping {} (the example is in the docs folder)",
+                target.display()
+            );
+            continue;
+        }
+        write(&target, &item.contents, item.mode)?;
+        println!("install: {}", target.display());
+    }
+    Ok(())
+}
+
+/// Every file of an installation under `prefix`; `daemon` is the built
+/// armourd (armourctl is beside it).
+pub fn items(daemon: &Path, prefix: &Path, openrc: bool) -> Result<Vec<Item>> {
+    let root = cmd::workspace_root();
+    let dist = root.join("dist");
+    let read =
+        |path: PathBuf| fs::read(&path).with_context(|| format!("cannot read {}", path.display()));
+    // Configuration and init scripts live in /etc for the /usr prefix, else
+    // under the prefix.
+    let etc = if prefix == Path::new("/usr") {
+        PathBuf::from("/etc")
+    } else {
+        prefix.join("etc")
+    };
+    let sbin = prefix.join("sbin/armourd");
+    // Service files name the daemon where it is installed.
+    let service = |path: &str| -> Result<Vec<u8>> {
+        let text = String::from_utf8(read(dist.join(path))?)?;
+        Ok(text
+            .replace("/usr/sbin/armourd", &sbin.display().to_string())
+            .into_bytes())
+    };
+    let share = prefix.join("share");
+    let (init, other) = if openrc {
+        ("openrc/armourd", "sysvinit/armourd")
+    } else {
+        ("sysvinit/armourd", "openrc/armourd")
+    };
+    let mut items = vec![
+        Item {
+            to: sbin.clone(),
+            contents: read(daemon.to_path_buf())?,
+            mode: 0o755,
+        },
+        Item {
+            to: prefix.join("bin/armourctl"),
+            contents: read(daemon.with_file_name("armourctl"))?,
+            mode: 0o755,
+        },
+        Item {
+            to: prefix.join("lib/systemd/system/armourd.service"),
+            contents: service("systemd/armourd.service")?,
+            mode: 0o644,
+        },
+        Item {
+            to: etc.join("init.d/armourd"),
+            contents: service(init)?,
+            mode: 0o755,
+        },
+        Item {
+            to: share.join("armourd").join(other),
+            contents: service(other)?,
+            mode: 0o755,
+        },
+        Item {
+            to: share.join("dbus-1/system.d/com.github.Armourd.conf"),
+            contents: read(root.join("dbus/com.github.Armourd.conf"))?,
+            mode: 0o644,
+        },
+        Item {
+            to: etc.join("armourd.conf"),
+            contents: read(dist.join("armourd.conf"))?,
+            mode: 0o644,
+        },
+        Item {
+            to: share.join("doc/armourd/examples/armourd.conf"),
+            contents: read(dist.join("armourd.conf"))?,
+            mode: 0o644,
+        },
+        Item {
+            to: share.join("man/man5/armourd.conf.5"),
+            contents: read(dist.join("man/armourd.conf.5"))?,
+            mode: 0o644,
+        },
+    ];
+    items.extend(generated(&share)?);
+    Ok(items)
+}
+
+/// Man pages and completions, from the clap definitions.
+pub fn generated(share: &Path) -> Result<Vec<Item>> {
+    let mut items = Vec::new();
+    let commands = [
+        (daemon_cli::Args::command(), "8", "man8"),
+        (ctl_cli::Args::command(), "1", "man1"),
+    ];
+    for (command, section, folder) in commands {
+        let name = command.get_name().to_owned();
+        let mut page = Vec::new();
+        clap_mangen::Man::new(command.clone())
+            .section(section)
+            .render(&mut page)
+            .with_context(|| format!("cannot write the man page of {name}"))?;
+        items.push(Item {
+            to: share
+                .join("man")
+                .join(folder)
+                .join(format!("{name}.{section}")),
+            contents: page,
+            mode: 0o644,
+        });
+        for (shell, to) in [
+            (Shell::Bash, format!("bash-completion/completions/{name}")),
+            (Shell::Zsh, format!("zsh/vendor-completions/_{name}")),
+            (
+                Shell::Fish,
+                format!("fish/vendor_completions.d/{name}.fish"),
+            ),
+        ] {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut command.clone(), &name, &mut script);
+            items.push(Item {
+                to: share.join(to),
+                contents: script,
+                mode: 0o644,
+            });
+        }
+    }
+    Ok(items)
+}
+
+fn write(target: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    if let Some(folder) = target.parent() {
+        fs::create_dir_all(folder)
+            .with_context(|| format!("cannot create {}", folder.display()))?;
+    }
+    fs::write(target, contents).with_context(|| format!("cannot write {}", target.display()))?;
+    fs::set_permissions(target, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", target.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_are_consistent() {
+        daemon_cli::Args::command().debug_assert();
+        ctl_cli::Args::command().debug_assert();
+    }
+
+    #[test]
+    fn man_pages_and_completions_name_every_option() {
+        let items = generated(Path::new("/usr/share")).unwrap();
+        let page = items
+            .iter()
+            .find(|i| i.to.ends_with("man8/armourd.8"))
+            .expect("armourd(8)");
+        let text = String::from_utf8_lossy(&page.contents);
+        for option in ["watchdog", "pidfile", "daemon", "log"] {
+            assert!(text.contains(option), "armourd.8 lacks --{option}");
+        }
+        let bash = items
+            .iter()
+            .find(|i| i.to.ends_with("bash-completion/completions/armourctl"))
+            .expect("armourctl bash completion");
+        assert!(String::from_utf8_lossy(&bash.contents).contains("unwatch"));
+    }
+}
