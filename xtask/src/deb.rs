@@ -2,9 +2,13 @@
 //! `cargo xtask install` lays out, staged in `target/deb-root`. Installs
 //! cargo-deb when it is missing.
 
-use std::{fs, path::Path};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
-use anyhow::{Context as _, Result};
+use anyhow::{ensure, Context as _, Result};
 
 use crate::{build_cmd, cmd, dist};
 
@@ -34,8 +38,57 @@ pub fn deb() -> Result<()> {
         .arg(&out);
     println!("deb: {}", cmd::show(&cargo));
     cmd::run(&mut cargo).context("cargo-deb failed")?;
-    println!("deb: the package is in {}", out.display());
+    let package = newest_deb(&out)?;
+    check(&package, &staging)?;
+    println!(
+        "deb: {} (checked with dpkg-deb -I and -c)",
+        package.display()
+    );
     Ok(())
+}
+
+/// The .deb cargo-deb just wrote.
+fn newest_deb(folder: &Path) -> Result<PathBuf> {
+    let mut debs: Vec<_> = fs::read_dir(folder)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        .collect();
+    debs.sort_by_key(|p| fs::metadata(p).and_then(|m| m.modified()).ok());
+    debs.pop()
+        .with_context(|| format!("cargo-deb left no .deb in {}", folder.display()))
+}
+
+/// `dpkg-deb -I` names the package; `dpkg-deb -c` lists every staged file.
+fn check(package: &Path, staging: &Path) -> Result<()> {
+    let info = cmd::output(Command::new("dpkg-deb").arg("-I").arg(package))?;
+    ensure!(
+        info.contains("Package: armourd"),
+        "dpkg-deb -I: no armourd package:\n{info}"
+    );
+    let listing = cmd::output(Command::new("dpkg-deb").arg("-c").arg(package))?;
+    let mut missing = Vec::new();
+    for file in staged(staging)? {
+        let rel = file.strip_prefix(staging)?.display().to_string();
+        if !listing.lines().any(|l| l.ends_with(&format!("./{rel}"))) {
+            missing.push(rel);
+        }
+    }
+    ensure!(missing.is_empty(), "the .deb lacks {missing:?}:\n{listing}");
+    Ok(())
+}
+
+fn staged(folder: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in fs::read_dir(folder)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            files.extend(staged(&path)?);
+        } else {
+            files.push(path);
+        }
+    }
+    Ok(files)
 }
 
 /// Installs cargo-deb from crates.io unless `cargo deb` already works.

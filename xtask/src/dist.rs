@@ -64,7 +64,7 @@ pub fn stage(daemon: &Path, root: &Path, prefix: &Path, openrc: bool) -> Result<
     let items = items(daemon, prefix, openrc)?;
     for item in &items {
         let target = root.join(item.to.strip_prefix("/").unwrap_or(&item.to));
-        if item.to == Path::new("/etc/armourd.conf") && target.exists() {
+        if item.to.ends_with("etc/armourd.conf") && target.exists() {
             println!(
                 "install: keeping {} (the example is in the docs folder)",
                 target.display()
@@ -211,6 +211,7 @@ fn write(target: &Path, contents: &[u8], mode: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn command_lines_are_consistent() {
@@ -234,5 +235,86 @@ mod tests {
             .find(|i| i.to.ends_with("bash-completion/completions/armourctl"))
             .expect("armourctl bash completion");
         assert!(String::from_utf8_lossy(&bash.contents).contains("unwatch"));
+    }
+
+    /// A temporary folder with stand-in binaries; removed when dropped.
+    struct Temp(PathBuf);
+
+    impl Temp {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir().join(format!("xtask-{}-{name}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(dir.join("bin")).unwrap();
+            fs::write(dir.join("bin/armourd"), "daemon").unwrap();
+            fs::write(dir.join("bin/armourctl"), "client").unwrap();
+            Self(dir)
+        }
+    }
+
+    impl Drop for Temp {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn install_lays_out_every_file_under_destdir() {
+        let temp = Temp::new("usr");
+        let root = temp.0.join("root");
+        stage(&temp.0.join("bin/armourd"), &root, Path::new("/usr"), false).unwrap();
+        let expected = [
+            ("usr/sbin/armourd", 0o755),
+            ("usr/bin/armourctl", 0o755),
+            ("usr/lib/systemd/system/armourd.service", 0o644),
+            ("etc/init.d/armourd", 0o755),
+            ("usr/share/armourd/openrc/armourd", 0o755),
+            ("usr/share/dbus-1/system.d/com.github.Armourd.conf", 0o644),
+            ("etc/armourd.conf", 0o644),
+            ("usr/share/doc/armourd/examples/armourd.conf", 0o644),
+            ("usr/share/man/man8/armourd.8", 0o644),
+            ("usr/share/man/man5/armourd.conf.5", 0o644),
+            ("usr/share/man/man1/armourctl.1", 0o644),
+            ("usr/share/bash-completion/completions/armourd", 0o644),
+            ("usr/share/bash-completion/completions/armourctl", 0o644),
+            ("usr/share/zsh/vendor-completions/_armourd", 0o644),
+            ("usr/share/zsh/vendor-completions/_armourctl", 0o644),
+            ("usr/share/fish/vendor_completions.d/armourd.fish", 0o644),
+            ("usr/share/fish/vendor_completions.d/armourctl.fish", 0o644),
+        ];
+        for (path, mode) in expected {
+            let meta = fs::metadata(root.join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+            assert_eq!(meta.permissions().mode() & 0o777, mode, "{path}");
+        }
+        let sysvinit = fs::read_to_string(root.join("etc/init.d/armourd")).unwrap();
+        assert!(sysvinit.contains("### BEGIN INIT INFO"));
+        assert_eq!(fs::read(root.join("usr/sbin/armourd")).unwrap(), b"daemon");
+    }
+
+    #[test]
+    fn another_prefix_is_named_in_the_service_files_and_a_config_is_kept() {
+        let temp = Temp::new("local");
+        let root = temp.0.join("root");
+        fs::create_dir_all(root.join("opt/ad/etc")).unwrap();
+        fs::write(root.join("opt/ad/etc/armourd.conf"), "/usr/sbin/mine\n").unwrap();
+        stage(
+            &temp.0.join("bin/armourd"),
+            &root,
+            Path::new("/opt/ad"),
+            true,
+        )
+        .unwrap();
+        let unit =
+            fs::read_to_string(root.join("opt/ad/lib/systemd/system/armourd.service")).unwrap();
+        assert!(unit.contains("ExecStart=/opt/ad/sbin/armourd"), "{unit}");
+        let init = fs::read_to_string(root.join("opt/ad/etc/init.d/armourd")).unwrap();
+        assert!(
+            init.starts_with("#!/sbin/openrc-run"),
+            "--openrc puts OpenRC's in init.d"
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("opt/ad/etc/armourd.conf")).unwrap(),
+            "/usr/sbin/mine\n",
+            "an existing configuration is never overwritten"
+        );
     }
 }
