@@ -211,7 +211,6 @@ fn write(target: &Path, contents: &[u8], mode: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::unix::fs::PermissionsExt as _;
 
     #[test]
     fn command_lines_are_consistent() {
