@@ -12,7 +12,7 @@ pub const DEFAULT_MAX_USER_WATCHES: usize = 64;
 /// A fast process watchdog: restarts crashed processes of the configured
 /// executables at once, exactly as they were started.
 #[derive(Parser, Debug)]
-#[command(name = "armourd", version, about)]
+#[command(name = "armourd", version)]
 pub struct Args {
     /// Configuration file [default: /etc/armourd.conf]
     #[arg(short, long, value_name = "FILE")]

@@ -5,7 +5,7 @@ use clap::{Parser, Subcommand};
 
 /// Talks to armourd, the process watchdog, over D-Bus.
 #[derive(Parser, Debug)]
-#[command(name = "armourctl", version, about)]
+#[command(name = "armourctl", version)]
 pub struct Args {
     /// Use the system bus (the default)
     #[arg(long, conflicts_with = "session")]

@@ -170,6 +170,13 @@ pub fn generated(share: &Path) -> Result<Vec<Item>> {
             .section(section)
             .render(&mut page)
             .with_context(|| format!("cannot write the man page of {name}"))?;
+        // Sections clap knows nothing of: signals, environment, files.
+        let tail = cmd::workspace_root().join(format!("dist/man/{name}.{section}.tail"));
+        if tail.exists() {
+            page.extend(
+                fs::read(&tail).with_context(|| format!("cannot read {}", tail.display()))?,
+            );
+        }
         items.push(Item {
             to: share
                 .join("man")
@@ -229,6 +236,11 @@ mod tests {
         for option in ["watchdog", "pidfile", "daemon", "log"] {
             assert!(text.contains(option), "armourd.8 lacks --{option}");
         }
+        assert!(text.contains("process watchdog"), "{text}");
+        assert!(
+            text.contains(".SH FILES"),
+            "the hand-written sections follow"
+        );
         let bash = items
             .iter()
             .find(|i| i.to.ends_with("bash-completion/completions/armourctl"))
