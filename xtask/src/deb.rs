@@ -1,5 +1,6 @@
 //! `cargo xtask deb`: a Debian package made by cargo-deb from the files
-//! `cargo xtask install` lays out, staged in `target/deb-root`. Installs
+//! `cargo xtask install` lays out, staged in `target/deb-root`, then checked
+//! with `dpkg-deb -I`/`-c` and `dpkg -i` into a throwaway root. Installs
 //! cargo-deb when it is missing.
 
 use std::{
@@ -41,7 +42,7 @@ pub fn deb() -> Result<()> {
     let package = newest_deb(&out)?;
     check(&package, &staging)?;
     println!(
-        "deb: {} (checked with dpkg-deb -I and -c)",
+        "deb: {} (checked with dpkg-deb -I and -c, and dpkg -i into a throwaway root)",
         package.display()
     );
     Ok(())
@@ -70,11 +71,47 @@ fn check(package: &Path, staging: &Path) -> Result<()> {
     let mut missing = Vec::new();
     for file in staged(staging)? {
         let rel = file.strip_prefix(staging)?.display().to_string();
-        if !listing.lines().any(|l| l.ends_with(&format!("./{rel}"))) {
+        // cargo-deb compresses man pages.
+        let found = |name: &str| listing.lines().any(|l| l.ends_with(name));
+        if !found(&format!("./{rel}")) && !found(&format!("./{rel}.gz")) {
             missing.push(rel);
         }
     }
     ensure!(missing.is_empty(), "the .deb lacks {missing:?}:\n{listing}");
+    install_into_throwaway_root(package)
+}
+
+/// `dpkg -i` into an empty root of its own: the package unpacks and is
+/// configured (`ii`) without touching this machine's.
+fn install_into_throwaway_root(package: &Path) -> Result<()> {
+    let root = cmd::workspace_root().join("target/deb-check");
+    if root.exists() {
+        fs::remove_dir_all(&root)?;
+    }
+    let admin = root.join("var/lib/dpkg");
+    fs::create_dir_all(admin.join("info"))?;
+    fs::create_dir_all(admin.join("updates"))?;
+    fs::write(admin.join("status"), "")?;
+    let mut dpkg = Command::new("dpkg");
+    dpkg.arg(format!("--root={}", root.display()))
+        .args(["--force-script-chrootless", "--force-not-root", "-i"])
+        .arg(package);
+    cmd::output(&mut dpkg)?;
+    let listed = cmd::output(
+        Command::new("dpkg")
+            .arg(format!("--root={}", root.display()))
+            .args(["-l", "armourd"]),
+    )?;
+    ensure!(
+        listed.lines().any(|l| l.starts_with("ii  armourd")),
+        "dpkg -i into {} did not install armourd:\n{listed}",
+        root.display()
+    );
+    ensure!(
+        root.join("usr/sbin/armourd").is_file(),
+        "no /usr/sbin/armourd after dpkg -i"
+    );
+    fs::remove_dir_all(&root)?;
     Ok(())
 }
 
