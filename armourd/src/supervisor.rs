@@ -44,6 +44,14 @@ impl ProcId {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct InstanceId(u64);
 
+#[cfg(test)]
+impl InstanceId {
+    /// An id made up by a test of another module.
+    pub(crate) fn for_tests(id: u64) -> Self {
+        Self(id)
+    }
+}
+
 /// What an entry of the configuration decides for its instances.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Policy {

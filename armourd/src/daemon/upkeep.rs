@@ -142,3 +142,101 @@ impl Upkeep {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{path::Path, time::Duration};
+
+    use super::*;
+    use crate::watchdog::stand_in::StandIn;
+
+    /// An upkeep feeding a stand-in with a 30 s timeout (fed every 10 s).
+    fn upkeep(name: &str, now: Instant) -> (crate::watchdog::stand_in::Recording, Upkeep) {
+        let (recording, device) = StandIn::new(name);
+        let watchdog = Watchdog::start(Box::new(device), Path::new("/dev/stand-in"), Some(30));
+        let service = Service {
+            watchdog: Some(watchdog.unwrap()),
+            ..Service::default()
+        };
+        (recording, Upkeep::new(service, now))
+    }
+
+    fn critical(id: InstanceId, running: bool) -> Vec<View<InstanceId>> {
+        vec![View {
+            id,
+            exe: "/usr/sbin/food".into(),
+            running,
+            gave_up: false,
+            grace: Duration::from_secs(60),
+        }]
+    }
+
+    const FED_AT_START: &str = "settimeout 30\nkeepalive\n";
+
+    #[test]
+    fn the_watchdog_is_fed_every_third_of_its_timeout() {
+        let start = Instant::now();
+        let (recording, mut upkeep) = upkeep("third", start);
+        assert_eq!(
+            upkeep.next_deadline(),
+            Some(start + Duration::from_secs(10))
+        );
+        upkeep.tick(start + Duration::from_secs(5), Vec::new());
+        assert_eq!(recording.text(), FED_AT_START, "not due yet");
+        upkeep.tick(start + Duration::from_secs(10), Vec::new());
+        upkeep.tick(start + Duration::from_secs(20), Vec::new());
+        assert_eq!(
+            recording.text(),
+            format!("{FED_AT_START}keepalive\nkeepalive\n")
+        );
+        upkeep.stop(true);
+        assert!(
+            recording.text().ends_with('V'),
+            "magic close on a clean stop"
+        );
+    }
+
+    #[test]
+    fn a_critical_instance_down_past_its_grace_stops_the_feeding_for_good() {
+        let start = Instant::now();
+        let (recording, mut upkeep) = upkeep("critical", start);
+        let id = InstanceId::for_tests(1);
+        // Down from the start: fed at 10 s … 50 s, within the grace.
+        for second in (0..60).step_by(10) {
+            upkeep.tick(start + Duration::from_secs(second), critical(id, false));
+        }
+        let fed = recording.text().matches("keepalive").count();
+        assert_eq!(fed, 6, "fed at start and every 10 s within the grace");
+        upkeep.tick(start + Duration::from_secs(60), critical(id, false));
+        upkeep.tick(start + Duration::from_secs(70), critical(id, true));
+        upkeep.tick(start + Duration::from_secs(80), critical(id, true));
+        assert_eq!(
+            recording.text().matches("keepalive").count(),
+            fed,
+            "no feed after the grace"
+        );
+        upkeep.stop(true);
+        assert!(
+            !recording.text().ends_with('V'),
+            "left armed: the machine is to reset"
+        );
+    }
+
+    #[test]
+    fn a_critical_instance_back_within_its_grace_keeps_the_feeding() {
+        let start = Instant::now();
+        let (recording, mut upkeep) = upkeep("back", start);
+        let id = InstanceId::for_tests(1);
+        upkeep.tick(start + Duration::from_secs(10), critical(id, false));
+        upkeep.tick(start + Duration::from_secs(20), critical(id, true));
+        upkeep.tick(start + Duration::from_secs(80), critical(id, true));
+        assert_eq!(recording.text().matches("keepalive").count(), 4);
+    }
+
+    #[test]
+    fn stopping_after_an_error_leaves_the_watchdog_armed() {
+        let (recording, mut upkeep) = upkeep("error", Instant::now());
+        upkeep.stop(false);
+        assert_eq!(recording.text(), FED_AT_START);
+    }
+}

@@ -1,71 +1,17 @@
 //! The feeding, timeout and magic close against a stand-in device: a file
 //! that records what was done to it, read back by the tests.
 
-use std::{
-    fs::{self, File},
-    io::{self, Write},
-    path::{Path, PathBuf},
-    time::Duration,
+use std::{fs, path::Path, time::Duration};
+
+use super::{
+    stand_in::{Recording, StandIn},
+    Watchdog, WatchdogError,
 };
-
-use super::{Device, Watchdog, WatchdogError};
-
-/// Writes one line per request; the magic close is the byte `V` alone.
-#[derive(Debug)]
-struct StandIn {
-    file: File,
-    /// What the "hardware" accepts: timeouts are rounded up to 10 s steps.
-    timeout: u32,
-    refuse_timeout: bool,
-}
-
-impl Device for StandIn {
-    fn set_timeout(&mut self, seconds: u32) -> io::Result<()> {
-        if self.refuse_timeout {
-            return Err(io::Error::from_raw_os_error(libc::EINVAL));
-        }
-        self.timeout = seconds.div_ceil(10) * 10;
-        writeln!(self.file, "settimeout {seconds}")
-    }
-    fn timeout(&mut self) -> io::Result<u32> {
-        Ok(self.timeout)
-    }
-    fn keepalive(&mut self) -> io::Result<()> {
-        writeln!(self.file, "keepalive")
-    }
-    fn magic_close(&mut self) -> io::Result<()> {
-        self.file.write_all(b"V")
-    }
-}
-
-struct Recording(PathBuf);
-
-impl Recording {
-    fn new(name: &str) -> (Self, StandIn) {
-        let path = std::env::temp_dir().join(format!("armourd-wd-{}-{name}", std::process::id()));
-        let file = File::create(&path).expect("create the stand-in");
-        let device = StandIn {
-            file,
-            timeout: 60,
-            refuse_timeout: false,
-        };
-        (Self(path), device)
-    }
-    fn text(&self) -> String {
-        fs::read_to_string(&self.0).expect("read the stand-in back")
-    }
-}
-
-impl Drop for Recording {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
-    }
-}
 
 #[test]
 fn the_timeout_the_hardware_took_sets_the_feeding_period() {
-    let (recording, device) = Recording::new("timeout");
-    let watchdog = Watchdog::start(device, Path::new("/dev/stand-in"), Some(25)).unwrap();
+    let (recording, device) = StandIn::new("timeout");
+    let watchdog = Watchdog::start(Box::new(device), Path::new("/dev/stand-in"), Some(25)).unwrap();
     assert_eq!(watchdog.timeout(), Duration::from_secs(30));
     assert_eq!(watchdog.period(), Duration::from_secs(10));
     assert_eq!(recording.text(), "settimeout 25\nkeepalive\n");
@@ -73,16 +19,16 @@ fn the_timeout_the_hardware_took_sets_the_feeding_period() {
 
 #[test]
 fn without_a_timeout_the_hardwares_own_is_kept() {
-    let (recording, device) = Recording::new("default");
-    let watchdog = Watchdog::start(device, Path::new("/dev/stand-in"), None).unwrap();
+    let (recording, device) = StandIn::new("default");
+    let watchdog = Watchdog::start(Box::new(device), Path::new("/dev/stand-in"), None).unwrap();
     assert_eq!(watchdog.timeout(), Duration::from_secs(60));
     assert_eq!(recording.text(), "keepalive\n");
 }
 
 #[test]
 fn each_feed_is_a_keepalive_and_a_clean_stop_writes_the_magic_v() {
-    let (recording, device) = Recording::new("feed");
-    let mut watchdog = Watchdog::start(device, Path::new("/dev/stand-in"), None).unwrap();
+    let (recording, device) = StandIn::new("feed");
+    let mut watchdog = Watchdog::start(Box::new(device), Path::new("/dev/stand-in"), None).unwrap();
     watchdog.feed();
     watchdog.feed();
     watchdog.close();
@@ -91,9 +37,9 @@ fn each_feed_is_a_keepalive_and_a_clean_stop_writes_the_magic_v() {
 
 #[test]
 fn a_refused_timeout_is_an_error_and_leaves_the_device_disarmed() {
-    let (recording, mut device) = Recording::new("refused");
+    let (recording, mut device) = StandIn::new("refused");
     device.refuse_timeout = true;
-    let err = Watchdog::start(device, Path::new("/dev/stand-in"), Some(5)).unwrap_err();
+    let err = Watchdog::start(Box::new(device), Path::new("/dev/stand-in"), Some(5)).unwrap_err();
     assert!(matches!(err, WatchdogError::Ioctl { .. }), "{err}");
     assert!(err.to_string().contains("WDIOC_SETTIMEOUT"), "{err}");
     assert_eq!(recording.text(), "V");
@@ -101,8 +47,8 @@ fn a_refused_timeout_is_an_error_and_leaves_the_device_disarmed() {
 
 #[test]
 fn a_regular_file_is_not_a_watchdog() {
-    let (recording, _device) = Recording::new("plain");
-    let err = Watchdog::open(&recording.0, None).unwrap_err();
+    let (recording, _device) = StandIn::new("plain");
+    let err = Watchdog::open(recording.path(), None).unwrap_err();
     assert!(matches!(err, WatchdogError::NotAWatchdog { .. }), "{err}");
     assert!(
         err.to_string().contains("is not a watchdog device"),
