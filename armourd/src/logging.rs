@@ -118,6 +118,13 @@ pub fn switch(target: Target) -> Result<(), LoggingError> {
     Ok(())
 }
 
+/// After a fork: syslog lines carry the new pid.
+pub fn forked() {
+    if let Sink::Syslog(logger) = &mut *DISPATCH.sink.lock().unwrap_or_else(|e| e.into_inner()) {
+        logger.formatter.pid = std::process::id();
+    }
+}
+
 impl Log for Dispatch {
     fn enabled(&self, metadata: &Metadata) -> bool {
         self.filter.get().is_some_and(|f| f.enabled(metadata))

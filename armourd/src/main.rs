@@ -57,22 +57,31 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
         .as_deref()
         .map(|path| Watchdog::open(path, args.watchdog_timeout))
         .transpose()?;
-    let detached = if args.daemon {
-        Some(service::detach().context("cannot run in the background")?)
-    } else {
-        None
-    };
     let asked = args.log.map(|log| match log {
         Log::Stderr => logging::Target::Stderr,
         Log::Syslog => logging::Target::Syslog,
         Log::Journal => logging::Target::Journal,
     });
     let target = logging::choose(asked, args.daemon);
+    // Connected before detaching, so that a syslog that cannot be reached
+    // is said on the terminal.
     if target != logging::Target::Stderr {
         if let Err(err) = logging::switch(target) {
-            log::warn!("{}; logging to stderr", daemon::error_chain(&err));
+            let lost = if args.daemon {
+                " (which -d puts on /dev/null: start a syslog daemon, or use --log journal)"
+            } else {
+                ""
+            };
+            log::warn!("{}; logging to stderr{lost}", daemon::error_chain(&err));
         }
     }
+    let detached = if args.daemon {
+        let detached = service::detach().context("cannot run in the background")?;
+        logging::forked();
+        Some(detached)
+    } else {
+        None
+    };
     if let Some(pidfile) = &mut pidfile {
         pidfile.write_pid()?;
     }

@@ -3,10 +3,7 @@
 
 use std::{fs, path::Path, time::Duration};
 
-use super::{
-    stand_in::{Recording, StandIn},
-    Watchdog, WatchdogError,
-};
+use super::{stand_in::StandIn, Watchdog, WatchdogError};
 
 #[test]
 fn the_timeout_the_hardware_took_sets_the_feeding_period() {
