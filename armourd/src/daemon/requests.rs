@@ -139,6 +139,12 @@ impl Daemon {
             ..procfs::Known::default()
         };
         let (spec, leads_group) = capture(pid, exe, known, argv);
+        // Held by the kernel first: one it has no room for is refused, never
+        // reported as watched (`FilterError::Full`).
+        if let Err(err) = self.engine.watch(pid) {
+            self.refused(pid, &err);
+            return WatchResult::Failed;
+        }
         let exec = Exec {
             proc: ProcId {
                 pid,
