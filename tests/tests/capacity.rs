@@ -12,7 +12,8 @@ use std::{sync::Mutex, time::Duration};
 
 use armourd_common::MAX_WATCHED_PIDS;
 use armourd_tests::{
-    backend_tests, process, wait_for, Backend, Daemon, LaunchExt, Record, Sandbox, EVENT_TIMEOUT,
+    backend_tests, process, wait_for, wait_until, Backend, Daemon, LaunchExt, Record, Sandbox,
+    EVENT_TIMEOUT,
 };
 
 backend_tests!(a_user_who_fills_the_unprivileged_room_does_not_blind_root);
@@ -28,6 +29,8 @@ const BURST_TIMEOUT: Duration = Duration::from_secs(120);
 /// Longer than armourd's longest wait before it looks again for what it
 /// could not watch (64 s).
 const LOOK_AGAIN_TIMEOUT: Duration = Duration::from_secs(150);
+/// How long the processes of an earlier run may take to be reaped.
+const REAP_TIMEOUT: Duration = Duration::from_secs(60);
 const NOBODY: u32 = 65534;
 
 /// Both backends' instances fork this many processes: one at a time.
@@ -112,7 +115,8 @@ fn a_user_who_fills_the_unprivileged_room_does_not_blind_root(backend: Backend) 
 }
 
 /// Panics unless `children` more processes fit below `kernel.pid_max` and
-/// `kernel.threads-max` with room to spare.
+/// `kernel.threads-max` with room to spare, once the processes of an
+/// earlier run of this test are reaped (by init, in the background).
 fn assert_room_for(children: usize) {
     let read = |path: &str| -> usize {
         let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
@@ -122,12 +126,16 @@ fn assert_room_for(children: usize) {
     };
     let limit = read("/proc/sys/kernel/pid_max").min(read("/proc/sys/kernel/threads-max"));
     // The fourth field of loadavg: running/total scheduling entities.
-    let loadavg = std::fs::read_to_string("/proc/loadavg").expect("read /proc/loadavg");
-    let used: usize = loadavg
-        .split_whitespace()
-        .nth(3)
-        .and_then(|field| field.split('/').nth(1)?.parse().ok())
-        .expect("total in /proc/loadavg");
+    let used = || -> usize {
+        let loadavg = std::fs::read_to_string("/proc/loadavg").expect("read /proc/loadavg");
+        loadavg
+            .split_whitespace()
+            .nth(3)
+            .and_then(|field| field.split('/').nth(1)?.parse().ok())
+            .expect("total in /proc/loadavg")
+    };
+    wait_until(REAP_TIMEOUT, || used() + children + HEADROOM <= limit);
+    let used = used();
     assert!(
         used + children + HEADROOM <= limit,
         "this test forks {children} processes, but only {} pids are free below \
