@@ -10,7 +10,7 @@ use std::{
     io::{self, Read},
     os::unix::{
         ffi::OsStrExt,
-        fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
+        fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     },
     path::{Path, PathBuf},
 };
@@ -193,6 +193,76 @@ fn resolve(path: &Path) -> (PathBuf, Option<io::Error>) {
         }
     }
     (path.to_path_buf(), Some(error))
+}
+
+/// Why a file could not be read whole.
+#[derive(thiserror::Error, Debug)]
+pub enum ReadError {
+    /// It is a FIFO, a device, a directory, a socket: reading it could block,
+    /// never end, or fail.
+    #[error("it is a {kind}, not a regular file")]
+    NotRegular { kind: &'static str },
+    #[error("it is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The bytes of the regular file at `path`, if it holds at most `limit`.
+/// Opened non-blocking, so that a FIFO without a writer cannot hang, and
+/// read only after its type and size were checked on the opened file.
+pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let not_regular = |metadata: &Metadata| ReadError::NotRegular {
+        kind: kind_of(metadata),
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|source| match fs::metadata(path) {
+            // Opening a socket fails (ENXIO); its type says more.
+            Ok(metadata) if !metadata.is_file() => not_regular(&metadata),
+            _ => ReadError::Io(source),
+        })?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(not_regular(&metadata));
+    }
+    if metadata.len() > limit {
+        return Err(ReadError::TooLarge { limit });
+    }
+    // Bounded again: the file may grow after fstat, and some files (in
+    // /proc, say) report no size at all.
+    read_bounded(file, limit)?.ok_or(ReadError::TooLarge { limit })
+}
+
+/// Reads all of `reader` if it holds at most `limit` bytes, else `None`,
+/// having read no more than `limit + 1` bytes: an endless stream is never
+/// read to its end.
+pub fn read_bounded(reader: impl Read, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
+/// What a file that is not a regular file is, for [`ReadError::NotRegular`].
+fn kind_of(metadata: &Metadata) -> &'static str {
+    let kind = metadata.file_type();
+    if kind.is_dir() {
+        "directory"
+    } else if kind.is_fifo() {
+        "FIFO (named pipe)"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_block_device() {
+        "block device"
+    } else if kind.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
 }
 
 /// Splits a glob before its first component with a metacharacter:

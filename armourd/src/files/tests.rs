@@ -191,3 +191,11 @@ fn no_shebang_means_no_interpreter() {
     assert_eq!(parse_shebang(b"#!"), None);
     assert_eq!(parse_shebang(b" #!/bin/sh"), None);
 }
+
+#[test]
+fn bounded_read_never_reads_an_endless_stream_to_its_end() {
+    assert_eq!(read_bounded(io::repeat(b'x'), 10).unwrap(), None);
+    let exact = read_bounded(&b"0123456789"[..], 10).unwrap();
+    assert_eq!(exact.as_deref(), Some(&b"0123456789"[..]));
+    assert_eq!(read_bounded(&b"01234567890"[..], 10).unwrap(), None);
+}
