@@ -154,7 +154,7 @@ impl Daemon {
                     if let Ok(mut guard) = ready {
                         guard.clear_ready();
                     }
-                    if dirs.get_ref().drain() {
+                    if dirs.get_mut().drain() {
                         self.rescan_files();
                         dirs.get_mut().update(&self.config);
                     }

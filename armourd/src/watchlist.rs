@@ -3,7 +3,7 @@
 //! script, the interpreter plus the script's path on its command line.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     ffi::{OsStr, OsString},
     os::fd::{AsFd, AsRawFd, RawFd},
     os::unix::ffi::OsStrExt,
@@ -11,7 +11,7 @@ use std::{
 };
 
 use armourd_common::FileKey;
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use crate::{
     backend::FileMark,
@@ -195,47 +195,102 @@ impl WatchList {
 /// configuration's entries and globs name.
 pub struct DirWatch {
     inotify: Inotify,
-    watched: Vec<PathBuf>,
+    /// Exactly the directories the configuration depends on now, so that
+    /// directories created and removed again never pile up.
+    watched: HashMap<PathBuf, WatchDescriptor>,
+    /// Whether a directory that could not be watched was logged already.
+    warned: bool,
 }
+
+/// Notifications read in one [`DirWatch::drain`]: whoever owns a watched
+/// directory can make them without end, and the event loop has other work.
+const DRAIN_MAX_READS: usize = 64;
 
 impl DirWatch {
     /// An inotify instance (non-blocking, close-on-exec) without watches.
     pub fn new() -> nix::Result<Self> {
         Ok(Self {
             inotify: Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?,
-            watched: Vec::new(),
+            watched: HashMap::new(),
+            warned: false,
         })
     }
 
-    /// Watches every directory `config` depends on (adds the new ones).
+    /// Watches every directory `config` depends on now, and no other.
     pub fn update(&mut self, config: &Config) {
+        let wanted: HashSet<PathBuf> = files::watch_dirs(config).into_iter().collect();
+        // Removed first: a directory renamed to another wanted path keeps
+        // its watch descriptor, which must then be added again, not lost.
+        let kept: HashSet<WatchDescriptor> = self
+            .watched
+            .iter()
+            .filter(|(dir, _)| wanted.contains(*dir))
+            .map(|(_, wd)| *wd)
+            .collect();
+        let inotify = &self.inotify;
+        self.watched.retain(|dir, wd| {
+            let keep = wanted.contains(dir);
+            if !keep && !kept.contains(wd) {
+                // Fails for a directory already gone, whose watch went with it.
+                let _ = inotify.rm_watch(*wd);
+            }
+            keep
+        });
         let flags = AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_MOVED_TO
             | AddWatchFlags::IN_CLOSE_WRITE
             | AddWatchFlags::IN_ATTRIB
             | AddWatchFlags::IN_ONLYDIR;
-        for dir in files::watch_dirs(config) {
-            if self.watched.contains(&dir) {
+        let mut failed = Vec::new();
+        for dir in wanted {
+            if self.watched.contains_key(&dir) {
                 continue;
             }
             match self.inotify.add_watch(&dir, flags) {
-                Ok(_) => self.watched.push(dir),
-                Err(err) => log::warn!(
-                    "cannot watch {} for new executables ({err}); binaries installed there are found at the next rescan",
-                    dir.display()
-                ),
+                Ok(wd) => {
+                    self.watched.insert(dir, wd);
+                }
+                Err(err) => failed.push((dir, err)),
             }
+        }
+        // One line, once: the same failures recur at every rescan.
+        if let Some((dir, err)) = failed.first() {
+            let level = if self.warned {
+                log::Level::Debug
+            } else {
+                log::Level::Warn
+            };
+            self.warned = true;
+            log::log!(
+                level,
+                "cannot watch {} directories for new executables, e.g. {} ({err}); binaries installed there are found at the next rescan",
+                failed.len(),
+                dir.display()
+            );
         }
     }
 
-    /// Reads pending notifications; true if there were any.
-    pub fn drain(&self) -> bool {
+    /// Reads pending notifications; true if there were any. A directory
+    /// whose watch the kernel dropped (it was removed) is forgotten, so it
+    /// is watched again should it come back.
+    pub fn drain(&mut self) -> bool {
         let mut any = false;
-        while let Ok(events) = self.inotify.read_events() {
+        let mut dropped = HashSet::new();
+        for _ in 0..DRAIN_MAX_READS {
+            let Ok(events) = self.inotify.read_events() else {
+                break;
+            };
             if events.is_empty() {
                 break;
             }
             any = true;
+            let ignored = events
+                .iter()
+                .filter(|e| e.mask.contains(AddWatchFlags::IN_IGNORED));
+            dropped.extend(ignored.map(|e| e.wd));
+        }
+        if !dropped.is_empty() {
+            self.watched.retain(|_, wd| !dropped.contains(wd));
         }
         any
     }
