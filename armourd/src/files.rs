@@ -101,8 +101,8 @@ fn walk_glob(entry: &Entry, glob: &glob::Pattern) -> Walk {
         return Walk::default();
     };
     let walk = walk::walk(&start, rest, Limits::DEFAULT);
-    if let Some(bound) = walk.bound {
-        warn_bound(entry, glob, &start, bound);
+    for bound in &walk.bounds {
+        warn_bound(entry, glob, &start, *bound);
     }
     walk
 }

@@ -8,6 +8,7 @@ use std::{
     os::fd::{AsFd, AsRawFd, RawFd},
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use armourd_common::FileKey;
@@ -200,6 +201,48 @@ pub struct DirWatch {
     watched: HashMap<PathBuf, WatchDescriptor>,
     /// Whether a directory that could not be watched was logged already.
     warned: bool,
+    pace: Pace,
+}
+
+/// When rescans run: as soon as a watched directory changed, but after a
+/// rescan that took `t`, not before [`Pace::PAUSE_FACTOR`] × `t` has
+/// passed. Whoever owns a folder a glob covers can change it without
+/// pause; a rescan is bounded (see `files`), and this bounds the share of
+/// armourd's time that rescans take, while ordinary ones (well under a
+/// millisecond) still run at once.
+#[derive(Debug)]
+pub struct Pace {
+    /// A change was seen and not rescanned yet.
+    pending: bool,
+    not_before: Instant,
+}
+
+impl Pace {
+    /// Rescans take at most 1 / (1 + PAUSE_FACTOR) of the time.
+    pub const PAUSE_FACTOR: u32 = 4;
+
+    pub fn new(now: Instant) -> Self {
+        Self {
+            pending: false,
+            not_before: now,
+        }
+    }
+
+    /// A watched directory changed.
+    pub fn changed(&mut self) {
+        self.pending = true;
+    }
+
+    /// When the next rescan is due, if one is.
+    pub fn due(&self) -> Option<Instant> {
+        self.pending.then_some(self.not_before)
+    }
+
+    /// A rescan ran from `began` to `now`.
+    pub fn rescanned(&mut self, began: Instant, now: Instant) {
+        self.pending = false;
+        self.not_before = now + now.saturating_duration_since(began) * Self::PAUSE_FACTOR;
+    }
 }
 
 /// Notifications read in one [`DirWatch::drain`]: whoever owns a watched
@@ -213,6 +256,7 @@ impl DirWatch {
             inotify: Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?,
             watched: HashMap::new(),
             warned: false,
+            pace: Pace::new(Instant::now()),
         })
     }
 
@@ -270,10 +314,21 @@ impl DirWatch {
         }
     }
 
-    /// Reads pending notifications; true if there were any. A directory
-    /// whose watch the kernel dropped (it was removed) is forgotten, so it
-    /// is watched again should it come back.
-    pub fn drain(&mut self) -> bool {
+    /// When the files should be rescanned, if a watched directory changed
+    /// (see [`Pace`]).
+    pub fn rescan_due(&self) -> Option<Instant> {
+        self.pace.due()
+    }
+
+    /// Records a rescan that ran from `began` until now.
+    pub fn rescanned(&mut self, began: Instant) {
+        self.pace.rescanned(began, Instant::now());
+    }
+
+    /// Reads pending notifications; when there were any, a rescan is due. A
+    /// directory whose watch the kernel dropped (it was removed) is
+    /// forgotten, so it is watched again should it come back.
+    pub fn drain(&mut self) {
         let mut any = false;
         let mut dropped = HashSet::new();
         for _ in 0..DRAIN_MAX_READS {
@@ -292,12 +347,49 @@ impl DirWatch {
         if !dropped.is_empty() {
             self.watched.retain(|_, wd| !dropped.contains(wd));
         }
-        any
+        if any {
+            self.pace.changed();
+        }
     }
 }
 
 impl AsRawFd for DirWatch {
     fn as_raw_fd(&self) -> RawFd {
         self.inotify.as_fd().as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn rescan_is_due_only_after_a_change() {
+        let now = Instant::now();
+        let mut pace = Pace::new(now);
+        assert_eq!(pace.due(), None);
+        pace.changed();
+        assert_eq!(pace.due(), Some(now));
+        pace.rescanned(now, now);
+        assert_eq!(pace.due(), None);
+    }
+
+    #[test]
+    fn costly_rescan_delays_the_next_by_a_multiple_of_its_time() {
+        let began = Instant::now();
+        let ended = began + Duration::from_millis(40);
+        let mut pace = Pace::new(began);
+        pace.changed();
+        pace.rescanned(began, ended);
+        pace.changed();
+        pace.changed();
+        assert_eq!(pace.due(), Some(ended + Duration::from_millis(160)));
+        // A cheap one lets the next run at once again.
+        let later = ended + Duration::from_secs(1);
+        pace.rescanned(later, later);
+        pace.changed();
+        assert_eq!(pace.due(), Some(later));
     }
 }

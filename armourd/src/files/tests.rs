@@ -212,13 +212,13 @@ fn walk_stops_at_its_depth_limit_and_keeps_what_it_found() {
     };
     let walk = walk::walk(dir.path(), "**/bin/*", limits);
     assert_eq!(walk.files, [shallow]);
-    assert_eq!(walk.bound, Some(Bound::Depth));
+    assert_eq!(walk.bounds, [Bound::Depth]);
     assert!(walk.dirs.contains(&dir.path().join("a/b/c")));
     assert!(!walk.dirs.contains(&dir.path().join("a/b/c/d")));
     // Deep enough: no bound.
     let walk = walk::walk(dir.path(), "**/bin/*", Limits { depth: 5, ..limits });
     assert_eq!(walk.files.len(), 2);
-    assert_eq!(walk.bound, None);
+    assert!(walk.bounds.is_empty());
 }
 
 #[test]
@@ -232,7 +232,7 @@ fn walk_stops_after_its_visit_limit() {
         visits: 10,
     };
     let walk = walk::walk(dir.path(), "bin/*", limits);
-    assert_eq!(walk.bound, Some(Bound::Visits));
+    assert_eq!(walk.bounds, [Bound::Visits]);
     // The literal `bin` is one visit.
     assert_eq!(walk.files.len(), 9);
     let walk = walk::walk(
@@ -243,7 +243,7 @@ fn walk_stops_after_its_visit_limit() {
             ..limits
         },
     );
-    assert_eq!((walk.files.len(), walk.bound), (20, None));
+    assert_eq!((walk.files.len(), walk.bounds), (20, vec![]));
 }
 
 #[test]

@@ -29,8 +29,9 @@ pub struct Limits {
 impl Limits {
     /// The limits of every expansion: far more than an ordinary glob needs
     /// (`/usr/bin/*` of a full desktop is ~5,000 entries at depth 1), small
-    /// enough that one walk takes milliseconds and its paths well under a
-    /// MiB, and that an inotify watch fits every directory it reads.
+    /// enough that one walk takes some tens of milliseconds and its paths
+    /// well under a MiB, and that an inotify watch fits every directory it
+    /// reads.
     pub const DEFAULT: Self = Self {
         depth: 32,
         visits: 16_384,
@@ -53,8 +54,8 @@ pub struct Walk {
     /// Directories whose entries were looked at: a change in any of them
     /// can change `files`.
     pub dirs: BTreeSet<PathBuf>,
-    /// The first limit reached, if any: `files` is then incomplete.
-    pub bound: Option<Bound>,
+    /// The limits reached: `files` is then incomplete.
+    pub bounds: Vec<Bound>,
 }
 
 /// One `/`-separated component of a glob after its literal prefix.
@@ -120,7 +121,7 @@ impl Walker {
         let Some((step, rest)) = steps.split_first() else {
             return;
         };
-        if self.walk.bound == Some(Bound::Visits) {
+        if self.walk.bounds.contains(&Bound::Visits) {
             return;
         }
         self.walk.dirs.insert(dir.to_path_buf());
@@ -205,10 +206,11 @@ impl Walker {
         true
     }
 
+    /// Notes that `bound` was reached. Visits ends the walk; depth only
+    /// prunes the branch that went too deep.
     fn reached(&mut self, bound: Bound) {
-        // Visits ends the walk; a depth bound only prunes one branch.
-        if self.walk.bound != Some(Bound::Visits) {
-            self.walk.bound = Some(bound);
+        if !self.walk.bounds.contains(&bound) {
+            self.walk.bounds.push(bound);
         }
     }
 }
