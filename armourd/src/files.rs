@@ -1,7 +1,10 @@
 //! Which files on disk the configured entries name (SPEC §2): the
 //! executables to watch with their keys as the kernel sees them, the
 //! interpreters of watched scripts, and the directories whose changes can
-//! change that list.
+//! change that list. Globs are walked within bounds and never through a
+//! symlinked directory (see `walk`), so that whoever owns a folder a glob
+//! covers cannot make armourd hang or grow. Also the bounded, non-blocking
+//! read of a whole file that the configuration is loaded with.
 
 use std::{
     collections::{BTreeSet, HashSet},
