@@ -163,6 +163,13 @@ impl Daemon {
                     None => std::future::pending().await,
                 }
             };
+            let rescan_due = dirs.get_ref().rescan_due();
+            let rescan = async {
+                match rescan_due {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 read = self.engine.read(&mut events) => {
@@ -174,14 +181,19 @@ impl Daemon {
                 done = self.spawner.done() => self.spawn_done(done),
                 _ = chld.recv() => reap(),
                 Some(request) = requests::next(&mut self.bus) => self.request(request),
+                // Before the notifications: a stream of them must not hold
+                // the rescan off for ever.
+                () = rescan => {
+                    let began = Instant::now();
+                    self.rescan_files();
+                    dirs.get_mut().update(&self.config);
+                    dirs.get_mut().rescanned(began);
+                }
                 ready = dirs.readable() => {
                     if let Ok(mut guard) = ready {
                         guard.clear_ready();
                     }
-                    if dirs.get_ref().drain() {
-                        self.rescan_files();
-                        dirs.get_mut().update(&self.config);
-                    }
+                    dirs.get_mut().drain();
                 }
                 () = sleep => {
                     let now = Instant::now();
