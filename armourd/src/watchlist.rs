@@ -141,6 +141,7 @@ impl WatchList {
     ) -> Vec<(u32, procfs::Stat, Match<'_>, Vec<OsString>)> {
         let mut found = Vec::new();
         let own = std::process::id();
+        let layout = std::time::Instant::now() + procfs::EXEC_LAYOUT;
         for pid in procfs::pids().unwrap_or_default() {
             if pid == own {
                 continue;
@@ -152,7 +153,7 @@ impl WatchList {
             if !(self.files.contains_key(&key) || self.is_interpreter(&key)) {
                 continue;
             }
-            let Ok(argv) = procfs::cmdline(pid) else {
+            let Ok(argv) = procfs::cmdline_by(pid, layout) else {
                 continue;
             };
             let Some(found_match) = self.classify(pid, &key, None, &argv) else {

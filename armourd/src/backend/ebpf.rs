@@ -520,7 +520,7 @@ fn decode_exec(bytes: &[u8], start: Option<u64>) -> Option<ExecEvent> {
         start,
         file: Some(record.file),
         argv: area(&record.args, record.args_len)
-            .filter(|a| whole(armourd_common::EXEC_ARGS_TRUNCATED) && !a.is_empty()),
+            .filter(|_| whole(armourd_common::EXEC_ARGS_TRUNCATED)),
         env: area(&record.env, record.env_len)
             .filter(|_| whole(armourd_common::EXEC_ENV_TRUNCATED)),
         uid: Some(record.uid),
