@@ -223,19 +223,26 @@ fn nul_area(pid: u32, name: &'static str) -> Result<Vec<OsString>, ProcfsError> 
     Ok(split_nul(&area))
 }
 
-/// How long a process caught in the middle of an exec may take to lay out
-/// its new command line.
-const EXEC_LAYOUT: Duration = Duration::from_millis(20);
+/// How long a scan waits, in all, for processes caught in the middle of
+/// an exec to lay out their new command lines.
+pub const EXEC_LAYOUT: Duration = Duration::from_millis(20);
 
 /// The command line (`/proc/PID/cmdline`). A program may have rewritten it
-/// (process title); the exec record has the original. A process in the
-/// middle of an exec (its new executable is in place, not yet its argv and
-/// environment) gets [`EXEC_LAYOUT`] to finish: a program has at least
-/// `argv[0]`, even an empty one (Linux 5.18+).
+/// (process title); the exec record has the original. Empty for a process
+/// in the middle of an exec (its new executable is in place, not yet its
+/// argv and environment) and, before Linux 5.18, for one executed with no
+/// argv at all.
 pub fn cmdline(pid: u32) -> Result<Vec<OsString>, ProcfsError> {
-    let deadline = Instant::now() + EXEC_LAYOUT;
+    nul_area(pid, "cmdline")
+}
+
+/// [`cmdline`], waiting until `deadline` while it reads empty: for scans
+/// that may catch a process in the middle of an exec. The caller bounds
+/// the wait for all the processes it reads (one deadline per scan), so
+/// that processes executed with no argv cannot make it wait long.
+pub fn cmdline_by(pid: u32, deadline: Instant) -> Result<Vec<OsString>, ProcfsError> {
     loop {
-        let argv = nul_area(pid, "cmdline")?;
+        let argv = cmdline(pid)?;
         if !argv.is_empty() || Instant::now() >= deadline {
             return Ok(argv);
         }

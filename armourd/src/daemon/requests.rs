@@ -15,7 +15,7 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{alive, capture, Daemon};
+use super::{alive, capture, error_chain, Daemon};
 use crate::{
     backend::Kind,
     dbus::{self, Incoming, ProcessInfo, Refusal, Request, Service},
@@ -258,12 +258,14 @@ impl Daemon {
             pid: id,
             start: Some(stat.start_ticks),
         };
-        // The kernel filter first: a watch it cannot hold is not kept at all.
-        // MERGE: once `Engine::watch` returns a typed error, answer the
-        // variant for "no room left for user watches" with
-        // `Refusal::QuotaExceeded` and every other with `Failed`.
+        // The kernel filter first: a watch it cannot hold (no room left,
+        // `FilterError::Full`) is refused, never reported as held.
         if let Err(err) = self.engine.watch(id) {
-            return Err(failed(&format!("the kernel filter cannot hold it ({err})")));
+            self.refused(id, &err);
+            return Err(failed(&format!(
+                "the kernel filter cannot hold it ({}); try again later",
+                error_chain(&err)
+            )));
         }
         let argv = procfs::cmdline(id).unwrap_or_default();
         let known = procfs::Known {
