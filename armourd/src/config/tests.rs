@@ -205,25 +205,6 @@ fn missing_file_is_a_read_error_unless_it_is_the_default() {
 }
 
 #[test]
-fn critical_alone_makes_an_entry_critical_with_a_60s_grace() {
-    let entry = one("/usr/sbin/food critical");
-    assert_eq!(entry.critical, Some(Duration::from_secs(60)));
-}
-
-#[test]
-fn critical_grace_sets_the_grace_and_implies_critical() {
-    let entry = one("/usr/sbin/food critical-grace=5s");
-    assert_eq!(entry.critical, Some(Duration::from_secs(5)));
-    let entry = one("/usr/sbin/food critical=yes critical-grace=2m success=0");
-    assert_eq!(entry.critical, Some(Duration::from_secs(120)));
-}
-
-#[test]
-fn entries_are_not_critical_unless_asked() {
-    assert_eq!(one("/usr/sbin/food").critical, None);
-    assert_eq!(
-        one("/usr/sbin/food critical=no critical-grace=5s").critical,
-        None
 fn nul_byte_anywhere_is_an_error_at_its_line_and_column() {
     rejects(
         "/usr/sbin/food\n/usr/b\0in/x\n",
@@ -236,11 +217,6 @@ fn nul_byte_anywhere_is_an_error_at_its_line_and_column() {
 }
 
 #[test]
-fn a_bad_critical_value_is_located() {
-    let err = parse("/usr/sbin/food critical=maybe\n", Path::new("armourd.conf")).unwrap_err();
-    assert_eq!(
-        err.to_string(),
-        "armourd.conf:1:25: bad value 'maybe' for 'critical' (expected yes or no, or just the word critical)"
 fn bytes_that_are_not_utf8_are_an_error_at_their_line_and_column() {
     let error = decode(b"/x\n/\xc3\xa9\xff/y\n".to_vec(), Path::new("armourd.conf")).unwrap_err();
     assert_eq!(
@@ -346,5 +322,36 @@ fn file_larger_than_the_bound_is_rejected_and_one_at_the_bound_is_read() {
             path.display()
         )),
         "{message}"
+    );
+}
+
+#[test]
+fn critical_alone_makes_an_entry_critical_with_a_60s_grace() {
+    let entry = one("/usr/sbin/food critical");
+    assert_eq!(entry.critical, Some(Duration::from_secs(60)));
+}
+
+#[test]
+fn critical_grace_sets_the_grace_and_implies_critical() {
+    let entry = one("/usr/sbin/food critical-grace=5s");
+    assert_eq!(entry.critical, Some(Duration::from_secs(5)));
+    let entry = one("/usr/sbin/food critical=yes critical-grace=2m success=0");
+    assert_eq!(entry.critical, Some(Duration::from_secs(120)));
+}
+
+#[test]
+fn entries_are_not_critical_unless_asked() {
+    assert_eq!(one("/usr/sbin/food").critical, None);
+    assert_eq!(
+        one("/usr/sbin/food critical=no critical-grace=5s").critical,
+        None
+    );
+}
+
+#[test]
+fn a_bad_critical_value_is_located() {
+    rejects(
+        "/usr/sbin/food critical=maybe\n",
+        "1:25: bad value 'maybe' for 'critical' (expected yes or no, or just the word critical)",
     );
 }
