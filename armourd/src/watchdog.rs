@@ -74,6 +74,8 @@ pub enum WatchdogError {
 /// An open watchdog device and how often it must be fed.
 pub struct Watchdog {
     device: Box<dyn Device>,
+    /// The magic close was written: dropping it leaves nothing armed.
+    closed: bool,
     path: PathBuf,
     timeout: Duration,
 }
@@ -144,6 +146,7 @@ impl Watchdog {
         }
         Ok(Self {
             device,
+            closed: false,
             path: path.to_path_buf(),
             timeout: Duration::from_secs(took.max(1).into()),
         })
@@ -170,11 +173,29 @@ impl Watchdog {
     /// A clean stop: the magic close, so the board is not reset.
     pub fn close(mut self) {
         match self.device.magic_close() {
-            Ok(()) => log::info!("watchdog {}: stopped (magic close)", self.path.display()),
+            Ok(()) => {
+                self.closed = true;
+                log::info!("watchdog {}: stopped (magic close)", self.path.display())
+            }
             Err(err) => log::error!(
                 "watchdog {}: the magic close failed ({err}); the machine may reset",
                 self.path.display()
             ),
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    /// Without [`Watchdog::close`] (armourd stops on an error, or a critical
+    /// entry is down) the timer keeps running: said, since the machine resets.
+    fn drop(&mut self) {
+        if !self.closed {
+            log::error!(
+                "watchdog {}: left armed; the machine resets within {} s unless armourd \
+                 is started again",
+                self.path.display(),
+                self.timeout.as_secs()
+            );
         }
     }
 }

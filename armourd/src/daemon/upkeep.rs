@@ -127,18 +127,16 @@ impl Upkeep {
     /// stays armed: the machine resets unless armourd comes back in time.
     pub(super) fn stop(&mut self, clean: bool) {
         self.service.notifier.stopping();
-        if let Some(watchdog) = self.service.watchdog.take() {
-            if !clean {
-                log::error!(
-                    "the hardware watchdog is left armed: the machine resets within {} s \
-                     unless armourd is started again",
-                    watchdog.timeout().as_secs()
-                );
-            } else if self.next_feed.is_some() {
-                watchdog.close();
-            } else {
-                log::error!("the hardware watchdog is left armed: a critical entry is down");
-            }
+        let Some(watchdog) = self.service.watchdog.take() else {
+            return;
+        };
+        if !clean {
+            return; // dropped armed, which it logs
+        }
+        if self.next_feed.is_some() {
+            watchdog.close();
+        } else {
+            log::error!("a critical entry is down: the hardware watchdog is not closed");
         }
     }
 }
