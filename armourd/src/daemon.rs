@@ -2,7 +2,7 @@
 //! go into the [`Supervisor`]; the [`Action`]s it returns are carried out
 //! here, and only here.
 
-use std::{collections::VecDeque, ffi::OsString, io, time::Instant};
+use std::{collections::VecDeque, ffi::OsString, io, path::PathBuf, time::Instant};
 
 use nix::{
     sys::{
@@ -16,7 +16,9 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+mod hooks;
 mod latency;
+mod reload;
 mod requests;
 mod spawner;
 
@@ -30,7 +32,7 @@ use crate::{
     launch::LaunchSpec,
     pidfd, procfs,
     status::ExitStatus,
-    supervisor::{Action, Exec, Notice, Policy, ProcId, Supervisor, Target},
+    supervisor::{Action, Exec, Notice, ProcId, Supervisor, Target},
     watchlist::{DirWatch, Match, WatchList},
 };
 
@@ -67,13 +69,21 @@ pub struct Daemon {
     latencies: Latencies,
     /// Restarts under way, off the event loop.
     spawner: Spawner,
+    /// `on-crash` and `recover` commands that run.
+    hooks: hooks::Hooks,
+    /// The file given with `-c`, read again at each reload.
+    config_path: Option<PathBuf>,
+    /// The entries changed: the directories watched for new files follow.
+    entries_changed: bool,
     bus: Option<requests::Bus>,
 }
 
-/// Runs armourd until SIGTERM or SIGINT, answering on `bus` if given.
-/// Must run inside a tokio runtime.
+/// Runs armourd until SIGTERM or SIGINT, answering on `bus` if given;
+/// `config` was read from `config_path` (`None`: the default file), which
+/// a reload reads again. Must run inside a tokio runtime.
 pub async fn run(
     config: Config,
+    config_path: Option<PathBuf>,
     choice: BackendChoice,
     bus: Option<crate::dbus::Bus>,
 ) -> Result<(), DaemonError> {
@@ -82,21 +92,16 @@ pub async fn run(
         Some(bus) => requests::start(bus, engine.kind()).await,
         None => None,
     };
-    let policies = config
-        .entries
-        .iter()
-        .map(|e| Policy {
-            success: e.success,
-            stop_timeout: e.stop_timeout,
-        })
-        .collect();
     let mut daemon = Daemon {
         engine,
-        supervisor: Supervisor::new(policies),
+        supervisor: Supervisor::new(reload::policies(&config)),
         watchlist: WatchList::new(&config),
         config,
         latencies: Latencies::default(),
         spawner: Spawner::new(),
+        hooks: hooks::Hooks::default(),
+        config_path,
+        entries_changed: false,
         bus,
     };
     daemon.install_marks();
@@ -142,6 +147,7 @@ impl Daemon {
             let deadline = [
                 self.supervisor.next_deadline(),
                 self.spawner.next_deadline(),
+                self.hooks.next_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -161,7 +167,7 @@ impl Daemon {
                     }
                 }
                 done = self.spawner.done() => self.spawn_done(done),
-                _ = chld.recv() => reap(),
+                _ = chld.recv() => self.reap(),
                 Some(request) = requests::next(&mut self.bus) => self.request(request),
                 ready = dirs.readable() => {
                     if let Ok(mut guard) = ready {
@@ -175,16 +181,22 @@ impl Daemon {
                 () = sleep => {
                     let now = Instant::now();
                     self.spawner.expire(now);
+                    self.hooks.expire(now);
                     let actions = self.supervisor.tick(now);
                     self.apply(actions);
                 }
                 _ = usr1.recv() => self.log_status(),
                 _ = usr2.recv() => log::info!("SIGUSR2 ignored (SIGUSR1 logs a status summary)"),
-                _ = hup.recv() => log::info!(
-                    "SIGHUP: reloading the configuration is not supported yet; restart armourd to apply changes"
-                ),
+                _ = hup.recv() => {
+                    log::info!("SIGHUP: reloading the configuration");
+                    // Errors are logged where they are found.
+                    let _ = self.reload();
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+            }
+            if std::mem::take(&mut self.entries_changed) {
+                dirs.get_mut().update(&self.config);
             }
         }
         log::info!(
@@ -395,6 +407,7 @@ impl Daemon {
     fn apply(&mut self, actions: Vec<Action>) {
         let mut queue = VecDeque::from(actions);
         let mut notices = Vec::new();
+        let mut hooks = Vec::new();
         let mut sent = Vec::new();
         while let Some(action) = queue.pop_front() {
             match action {
@@ -415,6 +428,15 @@ impl Daemon {
                 }
                 Action::Unwatch(pid) => self.engine.unwatch(pid),
                 Action::Notify(notice) => notices.push(notice),
+                Action::Hook(run) => hooks.push(run),
+            }
+        }
+        // After every restart of the batch was handed to the spawner.
+        let now = Instant::now();
+        for run in hooks {
+            if let Some(instance) = self.hooks.run(run, now) {
+                let actions = self.supervisor.recover_ended(instance, now);
+                self.apply(actions);
             }
         }
         for (signal, target) in sent {
@@ -510,12 +532,39 @@ impl Daemon {
             Notice::RestartFailed {
                 exe,
                 reason,
-                retry_in,
+                retry_in: Some(retry_in),
             } => log::error!(
                 "restarting {} failed: {reason}; trying again in {} s",
                 exe.display(),
                 retry_in.as_secs_f32()
             ),
+            Notice::RestartFailed {
+                exe,
+                reason,
+                retry_in: None,
+            } => log::error!("restarting {} failed: {reason}", exe.display()),
+            Notice::BackingOff {
+                pid,
+                exe,
+                delay,
+                streak,
+            } => log::info!(
+                "pid {pid} ({}) crashed {streak} times in a row; restarting in {} s",
+                exe.display(),
+                delay.as_secs_f32()
+            ),
+            Notice::Failed { pid, exe, crashes } => {
+                log::error!(
+                    "pid {pid} ({}): {crashes} crashes within the give-up window; giving up \
+                     (`armourctl reset {pid}` or a reload starts it again)",
+                    exe.display()
+                );
+                self.emit(requests::BusSignal::Failed {
+                    pid: pid as i32,
+                    exe: exe.display().to_string(),
+                    crashes,
+                });
+            }
             Notice::Unwatched { pid, exe, reason } => {
                 log::info!("stopped watching pid {pid} ({}): {reason}", exe.display())
             }
@@ -592,12 +641,32 @@ fn send(target: Target, signal: i32) -> Option<(Signal, String)> {
     None
 }
 
-/// Reaps every ended child (restarted processes are armourd's children).
-fn reap() {
-    loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => break,
-            Ok(status) => log::trace!("reaped {status:?}"),
+impl Daemon {
+    /// Reaps every ended child: restarted processes and hooks are
+    /// armourd's children. A hook's end goes to the hooks.
+    fn reap(&mut self) {
+        loop {
+            let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Exited(code as u8)),
+                Ok(WaitStatus::Signaled(pid, signal, core_dumped)) => (
+                    pid,
+                    ExitStatus::Signaled {
+                        signal: signal as i32,
+                        core_dumped,
+                    },
+                ),
+                Ok(status) => {
+                    log::trace!("reaped {status:?}");
+                    continue;
+                }
+            };
+            log::trace!("reaped pid {pid}: {status}");
+            let now = Instant::now();
+            if let Some(instance) = self.hooks.reaped(pid.as_raw() as u32, status, now) {
+                let actions = self.supervisor.recover_ended(instance, now);
+                self.apply(actions);
+            }
         }
     }
 }

@@ -68,6 +68,15 @@ pub enum Request {
     Processes {
         reply: oneshot::Sender<Vec<ProcessInfo>>,
     },
+    /// `Reset` (root only, checked here): forget the crashes of the
+    /// instances of an executable path or pid; answers how many.
+    Reset {
+        target: String,
+        reply: oneshot::Sender<u32>,
+    },
+    /// `Reload` (root only, checked here): read the configuration file
+    /// again; answers its errors, none when it was applied.
+    Reload { reply: oneshot::Sender<Vec<String>> },
 }
 
 /// The answer to `WatchProcess` and `UnwatchProcess`, with the C daemon's numbers.
@@ -181,6 +190,18 @@ pub enum CallError {
     Unavailable(String),
     /// The bus would not tell the caller's uid.
     UnknownCaller(String),
+    /// The method is for root only.
+    AccessDenied(String),
+}
+
+/// Refuses a caller that is not root.
+async fn root_only(conn: &Connection, header: &Header<'_>, method: &str) -> Result<(), CallError> {
+    match caller_uid(conn, header).await? {
+        0 => Ok(()),
+        uid => Err(CallError::AccessDenied(format!(
+            "{method} is for root only (the caller is uid {uid})"
+        ))),
+    }
 }
 
 /// The object served at [`OBJECT_PATH`].
@@ -284,6 +305,35 @@ impl Interface {
         Ok(processes.iter().map(ProcessInfo::to_dict).collect())
     }
 
+    /// Forgets the crashes of the instances of an executable path or a pid
+    /// (root only); those that gave up or wait for a backoff start again.
+    /// Returns how many instances were reset.
+    async fn reset(
+        &self,
+        exe_or_pid: String,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<u32, CallError> {
+        root_only(conn, &header, "Reset").await?;
+        self.ask(|reply| Request::Reset {
+            target: exe_or_pid,
+            reply,
+        })
+        .await
+    }
+
+    /// Reads the configuration file again (root only). Returns its errors;
+    /// empty when the new configuration is in force.
+    async fn reload(
+        &self,
+        #[zbus(connection)] conn: &Connection,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<Vec<String>, CallError> {
+        no_arguments(&header)?;
+        root_only(conn, &header, "Reload").await?;
+        self.ask(|reply| Request::Reload { reply }).await
+    }
+
     /// The event source: `ebpf` or `proc-connector`.
     #[zbus(property(emits_changed_signal = "const"))]
     fn backend(&self) -> String {
@@ -316,6 +366,15 @@ impl Interface {
         new_pid: i32,
         exe: &str,
         restarts: u32,
+    ) -> zbus::Result<()>;
+
+    /// A watched process crashed too often (`give-up`) and is not restarted.
+    #[zbus(signal)]
+    async fn process_failed(
+        emitter: &SignalEmitter<'_>,
+        pid: i32,
+        exe: &str,
+        crashes: u32,
     ) -> zbus::Result<()>;
 }
 
@@ -372,6 +431,12 @@ impl Service {
         let sent =
             Interface::process_restarted(&self.emitter, old_pid, new_pid, exe, restarts).await;
         self.note("ProcessRestarted", sent);
+    }
+
+    /// Emits `ProcessFailed`.
+    pub async fn process_failed(&self, pid: i32, exe: &str, crashes: u32) {
+        let sent = Interface::process_failed(&self.emitter, pid, exe, crashes).await;
+        self.note("ProcessFailed", sent);
     }
 
     /// Logs a failed emission: a warning the first time, then at debug level
@@ -462,6 +527,12 @@ pub trait Armourd {
         exe: String,
         restarts: u32,
     ) -> zbus::Result<()>;
+    /// Returns how many instances were reset.
+    fn reset(&self, exe_or_pid: &str) -> zbus::Result<u32>;
+    /// Returns the configuration's errors; empty when it was applied.
+    fn reload(&self) -> zbus::Result<Vec<String>>;
+    #[zbus(signal)]
+    fn process_failed(&self, pid: i32, exe: String, crashes: u32) -> zbus::Result<()>;
     #[zbus(property)]
     fn backend(&self) -> zbus::Result<String>;
     #[zbus(property)]

@@ -24,6 +24,10 @@ struct Args {
     /// Message bus to answer on
     #[arg(long, value_enum, default_value = "system")]
     dbus: Bus,
+    /// Read the configuration, print each entry with its options and the
+    /// executables it matches now, and exit (0: fine, 2: errors)
+    #[arg(long)]
+    check_config: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -44,10 +48,10 @@ fn main() -> ExitCode {
     keep_heap_small();
     let args = Args::parse();
     init_logging(args.verbose);
-    let loaded = match &args.config {
-        Some(path) => config::load(path).map(Some),
-        None => config::load_default(),
-    };
+    let loaded = config::read(args.config.as_deref());
+    if args.check_config {
+        return check_config(loaded, args.config.as_deref());
+    }
     let config = match loaded {
         Ok(Some(config)) => config,
         Ok(None) => {
@@ -70,6 +74,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--check-config`: the report on stdout, or the error on stderr.
+fn check_config(
+    loaded: Result<Option<config::Config>, config::ConfigError>,
+    path: Option<&std::path::Path>,
+) -> ExitCode {
+    let file = path.unwrap_or(std::path::Path::new(config::DEFAULT_PATH));
+    match loaded {
+        Ok(Some(config)) => {
+            print!("{}", config::report(&config, file));
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            println!(
+                "{}: does not exist; armourd starts with no entries",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("armourd: {}", daemon::error_chain(&err));
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_io()
@@ -86,7 +115,7 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
         Bus::Session => Some(armourd::dbus::Bus::Session),
         Bus::None => None,
     };
-    runtime.block_on(daemon::run(config, choice, bus))?;
+    runtime.block_on(daemon::run(config, args.config.clone(), choice, bus))?;
     Ok(())
 }
 

@@ -292,6 +292,8 @@ mod tests {
             last_signal: libc::SIGABRT,
             last_core_dumped: false,
             since_us: 0,
+            crash_streak: 0,
+            next_restart_us: 0,
         };
         let out = table(&[p]);
         let lines: Vec<&str> = out.lines().collect();

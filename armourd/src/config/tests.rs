@@ -26,7 +26,7 @@ fn clean(entry: &Entry, wait_status: i32) -> bool {
 fn unknown_option_names_line_and_column() {
     let text = "# watched\n\n/usr/local/bin/food-server sucess=1\n";
     let error = parse(text, Path::new("armourd.conf")).unwrap_err();
-    let expected = "armourd.conf:3:28: unknown option 'sucess' (known: success, stop-timeout)";
+    let expected = "armourd.conf:3:28: unknown option 'sucess' (known: success, stop-timeout, restart-delay, backoff, stable-after, give-up, on-crash, recover, hook-timeout)";
     assert_eq!(error.to_string(), expected);
 }
 
@@ -156,7 +156,7 @@ fn errors_say_where_and_what_was_expected() {
         ),
         (
             "/x =3",
-            "1:4: expected an option name before '=' (known: success, stop-timeout)",
+            "1:4: expected an option name before '=' (known: success, stop-timeout, restart-delay, backoff, stable-after, give-up, on-crash, recover, hook-timeout)",
         ),
         (
             "/x success",
