@@ -244,8 +244,14 @@ impl Daemon {
             }) if ended.is_some_and(|(ended, _)| ended == *pid) => Some(*will_restart),
             _ => None,
         });
-        if let (Some((pid, _)), None | Some(false)) = (ended, notice) {
-            self.latencies.forget(pid);
+        if let Some((pid, _)) = ended {
+            // A restart that waits for its backoff is no measure of latency.
+            let waits = actions.iter().any(|action| {
+                matches!(action, Action::Notify(Notice::BackingOff { pid: p, .. }) if *p == pid)
+            });
+            if waits || matches!(notice, None | Some(false)) {
+                self.latencies.forget(pid);
+            }
         }
         self.apply(actions);
         if let (Some((pid, status)), None) = (ended, notice) {

@@ -231,3 +231,89 @@ fn log_lines(output: impl Read, label: &str) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{path::PathBuf, sync::Arc, time::Duration};
+
+    use nix::sys::wait::{waitpid, WaitStatus};
+
+    use super::*;
+    use crate::supervisor::{HookEvent, Supervisor};
+
+    fn run(pid: u32, command: String, timeout: Duration) -> HookRun {
+        // An InstanceId only comes from a supervisor.
+        let mut s = Supervisor::new(Vec::new());
+        let exec = crate::supervisor::Exec {
+            proc: crate::supervisor::ProcId { pid, start: None },
+            entry: None,
+            spec: crate::launch::LaunchSpec::minimal("/bin/true".into(), Vec::new()),
+            leads_group: false,
+            adopted: true,
+        };
+        s.exec(exec, Instant::now());
+        let instance = s.instances().next().unwrap().id;
+        HookRun {
+            kind: HookKind::OnCrash,
+            instance,
+            key: Arc::from("/usr/sbin/food"),
+            command: Arc::from(command),
+            timeout,
+            event: HookEvent::Crashed,
+            exe: PathBuf::from("/usr/sbin/food"),
+            pid,
+            status: ExitStatus::Exited(3),
+            restarts: 0,
+        }
+    }
+
+    /// Waits for the one running hook to end and reports it.
+    fn finish_one(hooks: &mut Hooks) -> WaitStatus {
+        let pid = *hooks.running.keys().next().expect("a hook runs");
+        let status = waitpid(Pid::from_raw(pid as i32), None).unwrap();
+        let ended = match status {
+            WaitStatus::Exited(_, code) => ExitStatus::Exited(code as u8),
+            _ => ExitStatus::Unknown,
+        };
+        hooks.reaped(pid, ended, Instant::now());
+        status
+    }
+
+    #[test]
+    fn events_during_a_hook_wait_and_are_coalesced_into_the_latest() {
+        let out = std::env::temp_dir().join(format!("armourd-hooks-{}", std::process::id()));
+        let _ = std::fs::remove_file(&out);
+        let command = format!(
+            "echo $ARMOURD_EVENT $ARMOURD_PID $ARMOURD_EXIT_CODE $ARMOURD_COALESCED >> {}",
+            out.display()
+        );
+        let mut hooks = Hooks::default();
+        let now = Instant::now();
+        for pid in [1, 2, 3] {
+            hooks.run(run(pid, command.clone(), Duration::from_secs(30)), now);
+        }
+        assert_eq!(hooks.running.len(), 1, "one at a time");
+        finish_one(&mut hooks);
+        assert_eq!(hooks.running.len(), 1, "the waiting event runs next");
+        finish_one(&mut hooks);
+        assert!(hooks.running.is_empty() && hooks.busy.is_empty());
+        let text = std::fs::read_to_string(&out).unwrap();
+        let _ = std::fs::remove_file(&out);
+        assert_eq!(text, "crashed 1 3 0\ncrashed 3 3 1\n");
+    }
+
+    #[test]
+    fn a_hook_past_its_timeout_is_killed_with_its_group() {
+        let mut hooks = Hooks::default();
+        let now = Instant::now();
+        let hang = run(1, "sleep 100 & sleep 100".into(), Duration::ZERO);
+        hooks.run(hang, now);
+        assert_eq!(hooks.next_deadline(), Some(now));
+        hooks.expire(now);
+        assert_eq!(hooks.next_deadline(), None, "killed once");
+        assert!(matches!(
+            finish_one(&mut hooks),
+            WaitStatus::Signaled(_, Signal::SIGKILL, _)
+        ));
+    }
+}
