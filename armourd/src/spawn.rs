@@ -54,12 +54,17 @@ pub enum SpawnError {
 #[derive(Debug, Default)]
 pub struct ChildSlot {
     tid: AtomicI32,
+    /// The pid again, kept after the spawning thread took it: the child's
+    /// exec (and its end, for a program that exits at once) may reach the
+    /// event loop before the spawn's outcome does.
+    spawned: AtomicI32,
 }
 
 impl ChildSlot {
     /// The child's pid while its spawn is under way.
     pub fn pid(&self) -> Option<u32> {
         positive(self.tid.load(Ordering::Acquire))
+            .or_else(|| positive(self.spawned.load(Ordering::Acquire)))
     }
 
     /// Takes the child away from its spawn, to kill it: its spawn then fails
@@ -119,6 +124,7 @@ pub fn spawn(spec: &LaunchSpec, slot: &ChildSlot) -> Result<u32, SpawnError> {
     })?;
     // Whoever takes the pid from the slot decides: a killer that took it
     // first kills the child; once taken here, it is the restart's.
+    slot.spawned.store(pid, Ordering::Release);
     let taken_by_killer = slot.take().is_none();
     if pid < 0 {
         return Err(SpawnError::Fork(clone_error));

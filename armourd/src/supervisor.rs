@@ -377,6 +377,13 @@ impl Supervisor {
         let Some(instance) = self.instances.get_mut(&id) else {
             return Vec::new();
         };
+        if instance.state != State::Restarting
+            || matches!(result, Ok(pid) if pid == instance.last_pid)
+        {
+            // The outcome of a spawn that was taken over at its exec already
+            // (and may have ended since): nothing new.
+            return Vec::new();
+        }
         let exe = instance.spec.exe.clone();
         match result {
             Ok(pid) => {

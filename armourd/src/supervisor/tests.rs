@@ -603,3 +603,20 @@ fn reload_lets_a_failed_instance_start_again() {
     let actions = s.reconfigure(vec![give_up], &[Some(0)], t);
     assert_eq!(spawns(&actions).len(), 1);
 }
+
+#[test]
+fn a_spawn_outcome_after_its_process_came_and_went_changes_nothing() {
+    let mut s = supervisor();
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    let id = spawns(&s.exit(100, Some(7), SEGV, t))[0];
+    // Its exec was reported first, then it crashed at once.
+    s.spawned(id, Ok(200), t);
+    s.exit(200, None, SEGV, t);
+    // The spawn's own outcome arrives late.
+    assert!(s.spawned(id, Ok(200), t).is_empty());
+    assert!(!s.is_watched(200));
+    let view = s.instances().next().unwrap();
+    assert_eq!(view.restarts, 1);
+    assert!(matches!(view.state, State::Backoff { .. }));
+}
