@@ -13,7 +13,7 @@ use armourd_tests::{
 };
 
 backend_tests!(
-    crash_loop_backs_off_gives_up_and_reset_brings_it_back,
+    crash_loop_backs_off_gives_up_until_reset,
     on_crash_hook_sees_the_crash_and_its_output_is_logged,
     hanging_hook_is_killed_at_its_timeout_and_does_not_hold_the_restart,
     recover_command_replaces_the_restart,
@@ -69,7 +69,7 @@ fn state_of(bus: &Bus, pid: i32) -> Option<(String, u32)> {
     Some((state, streak))
 }
 
-fn crash_loop_backs_off_gives_up_and_reset_brings_it_back(backend: Backend) {
+fn crash_loop_backs_off_gives_up_until_reset(backend: Backend) {
     let sb = Sandbox::new();
     let bus = Bus::start(&sb);
     let svc = sb.testee("svc");
