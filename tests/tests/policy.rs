@@ -77,6 +77,7 @@ fn crash_loop_backs_off_gives_up_until_reset(backend: Backend) {
     sb.write_config(&format!("{} give-up=5/1m stable-after=2s\n", svc.display()));
     let (mut daemon, _) = bus.daemon(&sb, backend);
     let pid = start_looping_svc(&sb, &daemon, &svc, &report);
+    let monitor = bus.monitor();
 
     // From now on every start exits 3 at once.
     fs::remove_file(sb.path("run")).unwrap();
@@ -100,8 +101,22 @@ fn crash_loop_backs_off_gives_up_until_reset(backend: Backend) {
     }
     let last = starts.last().unwrap().pid;
     assert_eq!(state_of(&bus, last).map(|s| s.0).as_deref(), Some("failed"));
+    let failed = monitor.wait_signal("ProcessFailed", |args| {
+        args.first() == Some(&Value::Int32(last))
+    });
+    assert_eq!(failed[2], Value::Uint32(5), "crashes: {failed:?}");
     let status = run(&mut bus.armourctl(&["status"]));
     assert!(status.stdout.contains("failed after"), "{}", status.stdout);
+    let json = run(&mut bus.armourctl(&["status", "--json"]));
+    let fields = [
+        format!("\"pid\":{last},"),
+        "\"state\":\"failed\"".to_owned(),
+    ];
+    assert!(
+        fields.iter().all(|f| json.stdout.contains(f.as_str())),
+        "{}",
+        json.stdout
+    );
 
     // A reset with the program fixed brings it back.
     fs::write(sb.path("run"), "").unwrap();
