@@ -7,7 +7,7 @@ use std::{fs, path::Path, process::Command, time::Duration};
 
 use armourd_tests::{
     backend_tests,
-    bus::{run, Bus},
+    bus::{run, Bus, ARMOURD, OBJECT_PATH},
     process, wait_until, Backend, Daemon, Report, Sandbox, Start, Value, EVENT_TIMEOUT,
     QUIET_WINDOW,
 };
@@ -29,8 +29,6 @@ fn check_config_prints_entries_options_and_matches() {
         check_config,
     );
 }
-
-const ARMOURD: &str = "com.github.Armourd";
 
 /// Starts a testee `svc` in `TESTEE_MODE=exit` that runs while the file
 /// `run` exists, waits until armourd watches it; returns its pid.
@@ -326,6 +324,16 @@ fn broken_file_is_rejected_whole_on_sighup_and_reload(backend: Backend) {
     let ctl = run(&mut bus.armourctl(&["reload"]));
     assert_eq!(ctl.code, Some(1));
     assert!(ctl.stderr.contains(error), "{}", ctl.stderr);
+    // Reload and Reset are root's.
+    for (method, args) in [("Reload", &[][..]), ("Reset", &["string:1"][..])] {
+        let method = format!("{ARMOURD}.{method}");
+        let reply = bus.send(Some(65534), ARMOURD, OBJECT_PATH, &method, args);
+        assert_eq!(
+            reply.error_name().as_deref(),
+            Some("com.github.Armourd.Error.AccessDenied"),
+            "{method}: {reply:?}"
+        );
+    }
 
     // The old configuration is in force: svc is still restarted.
     assert!(process::kill(pid, libc::SIGSEGV));
