@@ -12,12 +12,89 @@ pub const ARGS_MAX: usize = 4096;
 pub const ENV_MAX: usize = 4096;
 /// Bytes of the file name given to `execve` (used for scripts).
 pub const FILENAME_MAX: usize = 256;
-/// Entries of the map of watched thread-group ids.
+/// Entries of each of the two maps of watched thread-group ids (one per
+/// [`PidClass`]).
 pub const MAX_WATCHED_PIDS: u32 = 16384;
 /// Entries of the map of watched executables.
 pub const MAX_WATCHED_FILES: u32 = 4096;
 /// Size of the ring buffer, in bytes (a power of two, a multiple of the page size).
 pub const RING_BUF_BYTES: u32 = 1 << 18;
+
+/// Which of the two maps of watched processes holds a process. Processes
+/// whose real uid is 0 have a map of their own, so that no unprivileged
+/// user, whatever they watch or fork, can use up the room root's processes
+/// need. The real uid is the one a user cannot change at will (a setuid
+/// program still runs with the caller's).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PidClass {
+    /// Real uid 0.
+    Root = 0,
+    /// Every other real uid.
+    User = 1,
+}
+
+impl PidClass {
+    /// The class of a process with real uid `uid`.
+    pub const fn of_uid(uid: u32) -> Self {
+        if uid == 0 {
+            Self::Root
+        } else {
+            Self::User
+        }
+    }
+
+    /// For the log: whose map it is.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Root => "root",
+            Self::User => "unprivileged",
+        }
+    }
+}
+
+/// A failure of the kernel half that user space must hear of, the index of
+/// its per-CPU counter in the `FAILURES` map. Whatever failed concerns
+/// watched processes or files; nothing else is counted.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// A record did not fit into the ring buffer: lost, reconcile with /proc.
+    RingFull = 0,
+    /// A read of kernel memory failed: a record is lost, reconcile with /proc.
+    ReadFailed = 1,
+    /// The map of root's processes was full: a process is not watched.
+    RootMapFull = 2,
+    /// The map of unprivileged processes was full: a process is not watched.
+    UserMapFull = 3,
+}
+
+/// Entries of the `FAILURES` map: one per [`Failure`].
+pub const FAILURE_KINDS: u32 = 4;
+
+impl Failure {
+    /// Every kind, in index order.
+    pub const ALL: [Self; FAILURE_KINDS as usize] = [
+        Self::RingFull,
+        Self::ReadFailed,
+        Self::RootMapFull,
+        Self::UserMapFull,
+    ];
+
+    /// The map-full failure of `class`.
+    pub const fn map_full(class: PidClass) -> Self {
+        match class {
+            PidClass::Root => Self::RootMapFull,
+            PidClass::User => Self::UserMapFull,
+        }
+    }
+
+    /// Whether records were lost (else a process was left unwatched, and
+    /// the records about it were written).
+    pub const fn loses_records(self) -> bool {
+        matches!(self, Self::RingFull | Self::ReadFailed)
+    }
+}
 
 /// The kind of a record, the first field of every [`Header`].
 #[repr(u32)]
@@ -223,6 +300,25 @@ mod tests {
         let key = FileKey::new(7, 8, 1);
         assert_eq!(key.dev, (8 << 20) | 1);
         assert_eq!(key.ino, 7);
+    }
+
+    #[test]
+    fn only_real_uid_0_is_in_roots_class() {
+        assert_eq!(PidClass::of_uid(0), PidClass::Root);
+        assert_eq!(PidClass::of_uid(1), PidClass::User);
+        assert_eq!(PidClass::of_uid(65534), PidClass::User);
+        assert_eq!(PidClass::of_uid(u32::MAX), PidClass::User);
+    }
+
+    #[test]
+    fn failures_are_indexed_in_order_and_full_maps_lose_no_records() {
+        for (index, failure) in Failure::ALL.iter().enumerate() {
+            assert_eq!(*failure as usize, index);
+        }
+        assert_eq!(Failure::map_full(PidClass::Root), Failure::RootMapFull);
+        assert_eq!(Failure::map_full(PidClass::User), Failure::UserMapFull);
+        assert!(Failure::RingFull.loses_records() && Failure::ReadFailed.loses_records());
+        assert!(!Failure::RootMapFull.loses_records() && !Failure::UserMapFull.loses_records());
     }
 
     #[test]

@@ -8,9 +8,22 @@
 //! offsets come from user space in [`OFFSETS`] and every kernel structure is
 //! read with `bpf_probe_read_kernel`. The tracepoint signatures are in
 //! <https://github.com/torvalds/linux/blob/master/include/trace/events/sched.h>.
+//!
+//! Watched processes are kept in two maps by the class of their real uid
+//! ([`PidClass`]): root's and everyone else's, so that no user can fill the
+//! room root's processes need. Whatever goes wrong about a watched process
+//! (a full map, a full ring buffer, a failed read) is counted in
+//! [`FAILURES`] for user space to reconcile, and logged (aya-log) rarely;
+//! nothing on the common path logs.
 #![no_std]
 #![no_main]
 
+use armourd_common::{
+    EventKind, ExecRecord, ExitRecord, Failure, FileKey, ForkRecord, Header, Offsets, PidClass,
+    ARGS_MAX, ENV_MAX, EXEC_ARGS_TRUNCATED, EXEC_ENV_TRUNCATED, EXEC_INTERPRETER, EXEC_WAS_WATCHED,
+    EXEC_WATCHED_FILE, FAILURE_KINDS, FILE_INTERPRETER, FILE_WATCHED, MAX_WATCHED_FILES,
+    MAX_WATCHED_PIDS, RING_BUF_BYTES, SIGNAL_GROUP_EXIT,
+};
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{
@@ -21,20 +34,20 @@ use aya_ebpf::{
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
-use armourd_common::{
-    EventKind, ExecRecord, ExitRecord, FileKey, ForkRecord, Header, Offsets, ARGS_MAX, ENV_MAX,
-    EXEC_ARGS_TRUNCATED, EXEC_ENV_TRUNCATED, EXEC_INTERPRETER, EXEC_WAS_WATCHED,
-    EXEC_WATCHED_FILE, FILE_INTERPRETER, FILE_WATCHED, MAX_WATCHED_FILES, MAX_WATCHED_PIDS,
-    RING_BUF_BYTES, SIGNAL_GROUP_EXIT,
-};
+use aya_log_ebpf::warn;
 
 /// Member offsets of the running kernel, set by the loader.
 #[unsafe(no_mangle)]
 static OFFSETS: Offsets = unsafe { core::mem::zeroed() };
 
-/// Thread-group ids of watched processes (value unused).
+/// Thread-group ids of watched processes of [`PidClass::Root`] (value unused).
 #[map]
-static WATCHED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_WATCHED_PIDS, 0);
+static ROOT_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_WATCHED_PIDS, 0);
+
+/// Thread-group ids of watched processes of [`PidClass::User`]: what any
+/// user can fill by forking, kept apart from root's.
+#[map]
+static USER_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(MAX_WATCHED_PIDS, 0);
 
 /// Watched executables and interpreters of watched scripts.
 #[map]
@@ -44,9 +57,9 @@ static WATCHED_FILES: HashMap<FileKey, u32> = HashMap::with_max_entries(MAX_WATC
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(RING_BUF_BYTES, 0);
 
-/// Records that did not fit into [`EVENTS`], per CPU.
+/// How often each [`Failure`] happened, per CPU.
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static FAILURES: PerCpuArray<u64> = PerCpuArray::with_max_entries(FAILURE_KINDS, 0);
 
 macro_rules! off {
     ($field:ident) => {
@@ -62,10 +75,73 @@ fn read<T>(base: *const u8, offset: usize) -> Result<T, i32> {
     unsafe { bpf_probe_read_kernel(base.wrapping_add(offset) as *const T) }
 }
 
-fn count_lost() {
-    if let Some(counter) = LOST.get_ptr_mut(0) {
-        // SAFETY: a per-CPU slot, so nothing else writes it concurrently.
-        unsafe { *counter += 1 };
+/// Whether either map holds `tgid`.
+#[inline(always)]
+fn watched(tgid: u32) -> bool {
+    ROOT_PIDS.get_ptr(&tgid).is_some() || USER_PIDS.get_ptr(&tgid).is_some()
+}
+
+/// Puts `tgid` into the map of `class`; fails when that map is full.
+#[inline(always)]
+fn hold(tgid: u32, class: PidClass) -> Result<(), i32> {
+    match class {
+        PidClass::Root => ROOT_PIDS.insert(&tgid, &0, BPF_ANY as u64),
+        PidClass::User => USER_PIDS.insert(&tgid, &0, BPF_ANY as u64),
+    }
+}
+
+/// Takes `tgid` out of whichever map holds it; false if none did.
+#[inline(always)]
+fn release(tgid: u32) -> bool {
+    ROOT_PIDS.remove(&tgid).is_ok() || USER_PIDS.remove(&tgid).is_ok()
+}
+
+/// The real uid of `task`.
+#[inline(always)]
+fn real_uid(task: *const u8) -> Result<u32, i32> {
+    let cred: *const u8 = read(task, off!(task_real_cred))?;
+    read(cred, off!(cred_uid))
+}
+
+/// Counts `failure` about `pid` for user space, which reconciles. Logs it
+/// the 1st, 2nd, 4th, 8th… time on this CPU only: a user who can cause one
+/// at will (a full map) cannot flood the log.
+#[inline(always)]
+fn fail(ctx: &RawTracePointContext, failure: Failure, pid: u32) {
+    let Some(counter) = FAILURES.get_ptr_mut(failure as u32) else {
+        return;
+    };
+    // SAFETY: a per-CPU slot, so nothing else writes it concurrently.
+    let count = unsafe {
+        *counter += 1;
+        *counter
+    };
+    if count & (count - 1) != 0 {
+        return;
+    }
+    match failure {
+        Failure::RingFull => warn!(
+            ctx,
+            "ring buffer full: a record about pid {} is lost ({} on this CPU so far)", pid, count
+        ),
+        Failure::ReadFailed => warn!(
+            ctx,
+            "a kernel read failed: a record about pid {} is lost ({} on this CPU so far)",
+            pid,
+            count
+        ),
+        Failure::RootMapFull => warn!(
+            ctx,
+            "the map of root's watched processes is full: pid {} is not watched ({} on this CPU so far)",
+            pid,
+            count
+        ),
+        Failure::UserMapFull => warn!(
+            ctx,
+            "the map of unprivileged watched processes is full: pid {} is not watched ({} on this CPU so far)",
+            pid,
+            count
+        ),
     }
 }
 
@@ -87,21 +163,43 @@ pub fn sched_process_exit(ctx: RawTracePointContext) -> i32 {
 
 /// `sched_process_exit(struct task_struct *p, ...)` runs for every ending
 /// thread; the one that finds `signal->live` at zero reports the process.
+/// Everything the record needs is read before the map changes, so that a
+/// failed read is counted, never silently lost.
 fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<(), i32> {
     let task: *const u8 = ctx.arg(0);
     let tgid: u32 = read(task, off!(task_tgid))?;
-    if WATCHED_PIDS.get_ptr(&tgid).is_none() {
+    if !watched(tgid) {
         return Ok(());
     }
-    let signal: *const u8 = read(task, off!(task_signal))?;
-    let live: i32 = read(signal, off!(signal_live))?;
+    let signal: Result<*const u8, i32> = read(task, off!(task_signal));
+    let live: Result<i32, i32> = signal.and_then(|signal| read(signal, off!(signal_live)));
+    let (Ok(signal), Ok(live)) = (signal, live) else {
+        // Whether this was the last thread is unknown; it stays in the map
+        // until user space, reconciling, finds the process gone.
+        fail(ctx, Failure::ReadFailed, tgid);
+        return Ok(());
+    };
     if live != 0 {
         return Ok(());
     }
+    let record = exit_record(task, signal, tgid);
     // Removal is atomic: of threads ending at once, exactly one reports.
-    if WATCHED_PIDS.remove(&tgid).is_err() {
+    if !release(tgid) {
         return Ok(());
     }
+    match record {
+        Ok(record) => {
+            if EVENTS.output::<ExitRecord>(&record, 0).is_err() {
+                fail(ctx, Failure::RingFull, tgid);
+            }
+        }
+        Err(_) => fail(ctx, Failure::ReadFailed, tgid),
+    }
+    Ok(())
+}
+
+#[inline(always)]
+fn exit_record(task: *const u8, signal: *const u8, tgid: u32) -> Result<ExitRecord, i32> {
     let leader: *const u8 = read(task, off!(task_group_leader))?;
     let flags: u32 = read(signal, off!(signal_flags))?;
     let status: i32 = if flags & SIGNAL_GROUP_EXIT != 0 {
@@ -110,15 +208,11 @@ fn try_sched_process_exit(ctx: &RawTracePointContext) -> Result<(), i32> {
         read(leader, off!(task_exit_code))?
     };
     let start: u64 = read(leader, off!(task_start_boottime))?;
-    let record = ExitRecord {
+    Ok(ExitRecord {
         header: header(EventKind::Exit, tgid, start),
         status: status as u32,
         _pad: 0,
-    };
-    if EVENTS.output::<ExitRecord>(&record, 0).is_err() {
-        count_lost();
-    }
-    Ok(())
+    })
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_fork")]
@@ -128,29 +222,50 @@ pub fn sched_process_fork(ctx: RawTracePointContext) -> i32 {
 }
 
 /// `sched_process_fork(struct task_struct *parent, struct task_struct *child)`
-/// runs before the child first runs, so the child is watched from its start.
+/// runs before the child first runs, so the child is watched from its start,
+/// in the map of its real uid's class (its parent's, copied at fork).
 fn try_sched_process_fork(ctx: &RawTracePointContext) -> Result<(), i32> {
     let parent: *const u8 = ctx.arg(0);
     let child: *const u8 = ctx.arg(1);
     let parent_tgid: u32 = read(parent, off!(task_tgid))?;
-    if WATCHED_PIDS.get_ptr(&parent_tgid).is_none() {
+    if !watched(parent_tgid) {
         return Ok(());
     }
+    let (record, class) = match fork_record(child, parent_tgid) {
+        Ok(Some(forked)) => forked,
+        Ok(None) => return Ok(()), // a new thread, not a new process
+        Err(_) => {
+            fail(ctx, Failure::ReadFailed, parent_tgid);
+            return Ok(());
+        }
+    };
+    let child_tgid = record.header.tgid;
+    // Reported even when its map is full: user space then fails to hold
+    // it too, and knows it is not watched.
+    if hold(child_tgid, class).is_err() {
+        fail(ctx, Failure::map_full(class), child_tgid);
+    }
+    if EVENTS.output::<ForkRecord>(&record, 0).is_err() {
+        fail(ctx, Failure::RingFull, child_tgid);
+    }
+    Ok(())
+}
+
+/// The record of a new process and its class; `None` for a new thread.
+#[inline(always)]
+fn fork_record(child: *const u8, parent_tgid: u32) -> Result<Option<(ForkRecord, PidClass)>, i32> {
     let child_tgid: u32 = read(child, off!(task_tgid))?;
     if child_tgid == parent_tgid {
-        return Ok(()); // a new thread, not a new process
+        return Ok(None);
     }
-    let _ = WATCHED_PIDS.insert(&child_tgid, &0, BPF_ANY as u64);
     let start: u64 = read(child, off!(task_start_boottime))?;
+    let uid = real_uid(child)?;
     let record = ForkRecord {
         header: header(EventKind::Fork, child_tgid, start),
         parent_tgid,
         _pad: 0,
     };
-    if EVENTS.output::<ForkRecord>(&record, 0).is_err() {
-        count_lost();
-    }
-    Ok(())
+    Ok(Some((record, PidClass::of_uid(uid))))
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
@@ -166,15 +281,31 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i32> {
     let task: *const u8 = ctx.arg(0);
     let bprm: *const u8 = ctx.arg(2);
     let tgid: u32 = read(task, off!(task_tgid))?;
-    let file = file_key(bprm)?;
+    let Ok(file) = file_key(bprm) else {
+        // The file may have been a watched one.
+        fail(ctx, Failure::ReadFailed, tgid);
+        return Ok(());
+    };
     // SAFETY: the value is a plain u32.
     let mark = unsafe { WATCHED_FILES.get(&file) }.copied().unwrap_or(0);
-    let was_watched = WATCHED_PIDS.get_ptr(&tgid).is_some();
+    let was_watched = watched(tgid);
     let mut flags = if was_watched { EXEC_WAS_WATCHED } else { 0 };
     match mark {
         FILE_WATCHED => {
             flags |= EXEC_WATCHED_FILE;
-            let _ = WATCHED_PIDS.insert(&tgid, &0, BPF_ANY as u64);
+            // One already watched stays in the map it is in.
+            if !was_watched {
+                match real_uid(task) {
+                    Ok(uid) => {
+                        let class = PidClass::of_uid(uid);
+                        if hold(tgid, class).is_err() {
+                            fail(ctx, Failure::map_full(class), tgid);
+                        }
+                    }
+                    // Reported unwatched; user space tries to hold it.
+                    Err(_) => fail(ctx, Failure::ReadFailed, tgid),
+                }
+            }
         }
         FILE_INTERPRETER => flags |= EXEC_INTERPRETER,
         // Still watched: user space, which knows which files are watched
@@ -183,7 +314,7 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i32> {
         _ => return Ok(()),
     }
     let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
-        count_lost();
+        fail(ctx, Failure::RingFull, tgid);
         return Ok(());
     };
     let record = entry.as_mut_ptr();
@@ -193,7 +324,7 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i32> {
         Ok(()) => entry.submit(0),
         Err(_) => {
             entry.discard(0);
-            count_lost();
+            fail(ctx, Failure::ReadFailed, tgid);
         }
     }
     Ok(())

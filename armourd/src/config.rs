@@ -2,10 +2,13 @@
 //!
 //! [`parse`] is pure and reports the first error with its file, line and
 //! column; [`load`] reads the file, parses it and canonicalises every path so
-//! that it compares equal to `/proc/PID/exe`.
+//! that it compares equal to `/proc/PID/exe`. Reading never blocks and never
+//! takes more than [`MAX_SIZE`] bytes, whatever the path names (a FIFO,
+//! `/dev/zero`, a huge file), and errors quote at most [`QUOTE_MAX`]
+//! characters of what they found.
 
 use std::{
-    fmt, fs, io,
+    fmt, io,
     path::{Path, PathBuf},
     time::Duration,
 };
@@ -13,7 +16,7 @@ use std::{
 use glob::MatchOptions;
 
 use crate::{
-    files,
+    files::{self, ReadError},
     status::{self, SuccessSet},
     supervisor::RestartPolicy,
 };
@@ -24,6 +27,18 @@ pub use options::{describe, report, DEFAULT_HOOK_TIMEOUT};
 
 /// Where the daemon looks when no `-c/--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/armourd.conf";
+
+/// The largest configuration file armourd reads: a list of paths and
+/// globs never comes near it, and a bound keeps a wrong `-c` (a log, a
+/// device) from filling memory.
+pub const MAX_SIZE: u64 = 1024 * 1024;
+
+/// The most characters of a token an error message quotes.
+pub const QUOTE_MAX: usize = 60;
+
+/// The longest path the kernel accepts, in bytes, its final NUL included
+/// (`PATH_MAX`).
+const PATH_MAX: usize = libc::PATH_MAX as usize;
 
 /// `stop-timeout` when none is given.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -125,11 +140,32 @@ pub enum ConfigError {
         #[source]
         source: io::Error,
     },
+    /// The path names something other than a regular file.
+    #[error(
+        "configuration file {} is a {kind}, not a regular file: armourd reads its configuration \
+         only from a text file (make it one, or name one with -c)",
+        file.display()
+    )]
+    NotRegular { file: PathBuf, kind: &'static str },
+    /// The file holds more than `limit` bytes.
+    #[error(
+        "configuration file {} is larger than {} KiB, the most armourd reads: check that it \
+         is the right file (a configuration lists paths and globs, one per line)",
+        file.display(),
+        limit / 1024
+    )]
+    TooLarge { file: PathBuf, limit: u64 },
 }
 
 /// What is wrong at the position a [`ConfigError::Syntax`] names.
 #[derive(thiserror::Error, Debug, Clone, PartialEq, Eq)]
 pub enum SyntaxError {
+    #[error("the file is not UTF-8 text (invalid byte 0x{byte:02x})")]
+    NotUtf8 { byte: u8 },
+    #[error("NUL byte: the file must be plain text (remove it)")]
+    Nul,
+    #[error("path of {length} bytes, longer than the kernel accepts (at most {} bytes)", PATH_MAX - 1)]
+    PathTooLong { length: usize },
     #[error("unterminated quote (expected a closing \")")]
     UnterminatedQuote,
     #[error("expected an absolute path or glob, like /usr/sbin/food, found '{found}'")]
@@ -184,7 +220,9 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     // What a `defaults` line set, for the entries after it.
     let mut defaults = Entry::new(Pattern::Path(PathBuf::from("/")), 0);
     for (line, text) in (1..).zip(text.lines()) {
-        let entry = tokenize(text).and_then(|tokens| parse_line(&tokens, line, &mut defaults));
+        let entry = reject_nul(text)
+            .and_then(|()| tokenize(text))
+            .and_then(|tokens| parse_line(&tokens, line, &mut defaults));
         match entry {
             Ok(Some(entry)) => entries.push(entry),
             Ok(None) => {}
@@ -201,14 +239,38 @@ pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     Ok(Config { entries })
 }
 
+/// The text of the configuration file `file` (named in errors) whose
+/// content is `bytes`; pure, like [`parse`]. Bytes that are not UTF-8 are
+/// an error at their line and column.
+pub fn decode(bytes: Vec<u8>, file: &Path) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|error| {
+        let bytes = error.as_bytes();
+        let valid = &bytes[..error.utf8_error().valid_up_to()];
+        let line_start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+        // The valid part is UTF-8: its characters give the column.
+        let before = std::str::from_utf8(&valid[line_start..]).unwrap_or_default();
+        ConfigError::Syntax {
+            file: file.to_path_buf(),
+            line: valid.iter().filter(|b| **b == b'\n').count() + 1,
+            column: before.chars().count() + 1,
+            message: SyntaxError::NotUtf8 {
+                byte: bytes[valid.len()],
+            },
+        }
+    })
+}
+
 /// Reads and parses the file at `path`, then canonicalises every entry's
 /// path. A path that does not exist yet is logged, not an error: it may be
 /// installed later.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        file: path.to_path_buf(),
-        source,
+    let file = path.to_path_buf();
+    let bytes = files::read_regular(path, MAX_SIZE).map_err(|error| match error {
+        ReadError::NotRegular { kind } => ConfigError::NotRegular { file, kind },
+        ReadError::TooLarge { limit } => ConfigError::TooLarge { file, limit },
+        ReadError::Io(source) => ConfigError::Read { file, source },
     })?;
+    let text = decode(bytes, path)?;
     let mut config = parse(&text, path)?;
     for entry in &mut config.entries {
         files::canonicalise(entry, path);
@@ -242,6 +304,32 @@ fn load_if_exists(path: &Path) -> Result<Option<Config>, ConfigError> {
     }
 }
 
+/// `text` as an error quotes it: at most [`QUOTE_MAX`] characters, with an
+/// ellipsis when there were more, control characters escaped.
+fn excerpt(text: &str) -> String {
+    let mut quoted = String::new();
+    for c in text.chars().take(QUOTE_MAX) {
+        if c.is_control() {
+            quoted.extend(c.escape_default());
+        } else {
+            quoted.push(c);
+        }
+    }
+    if text.chars().nth(QUOTE_MAX).is_some() {
+        quoted.push('…');
+    }
+    quoted
+}
+
+/// The column of the first NUL in `line`: a text file has none, and a
+/// path could not hold one.
+fn reject_nul(line: &str) -> Result<(), Located> {
+    match line.chars().position(|c| c == '\0') {
+        Some(index) => Err((index + 1, SyntaxError::Nul)),
+        None => Ok(()),
+    }
+}
+
 /// One blank-separated word of a line with its quotes removed. Each
 /// character keeps its source column so errors can point inside the word.
 struct Token {
@@ -255,6 +343,11 @@ struct Token {
 impl Token {
     fn text(&self) -> String {
         self.chars.iter().map(|(c, _)| c).collect()
+    }
+
+    /// The word as an error quotes it.
+    fn excerpt(&self) -> String {
+        excerpt(&self.text())
     }
 }
 
@@ -365,7 +458,14 @@ fn parse_line(
 fn parse_pattern(token: &Token) -> Result<Pattern, Located> {
     let text = token.text();
     if !text.starts_with('/') {
-        return Err((token.column, SyntaxError::RelativePath { found: text }));
+        let found = excerpt(&text);
+        return Err((token.column, SyntaxError::RelativePath { found }));
+    }
+    // Checked here: resolving a path of many components costs one look-up
+    // per ancestor, each as long as the path.
+    if text.len() >= PATH_MAX {
+        let length = text.len();
+        return Err((token.column, SyntaxError::PathTooLong { length }));
     }
     if !text.contains(['*', '?', '[']) {
         return Ok(Pattern::Path(PathBuf::from(text)));
@@ -373,7 +473,7 @@ fn parse_pattern(token: &Token) -> Result<Pattern, Located> {
     glob::Pattern::new(&text).map(Pattern::Glob).map_err(|e| {
         let column = token.chars.get(e.pos).map_or(token.column, |(_, col)| *col);
         let message = SyntaxError::BadGlob {
-            pattern: text,
+            pattern: excerpt(&text),
             reason: e.msg,
         };
         (column, message)
@@ -389,7 +489,7 @@ fn apply_option(
         return Err((
             token.column,
             SyntaxError::MissingEquals {
-                found: token.text(),
+                found: token.excerpt(),
             },
         ));
     };
@@ -398,7 +498,9 @@ fn apply_option(
         let message = if name.is_empty() {
             SyntaxError::EmptyOptionName
         } else {
-            SyntaxError::UnknownOption { name }
+            SyntaxError::UnknownOption {
+                name: excerpt(&name),
+            }
         };
         return Err((token.column, message));
     };
@@ -457,14 +559,15 @@ fn add_success_item(set: &mut SuccessSet, text: &str) -> Result<(), SyntaxError>
         return Err(SyntaxError::EmptyListItem);
     }
     if text.starts_with(|c: char| c.is_ascii_digit() || c == '-' || c == '+') {
-        let code = text
-            .parse()
-            .map_err(|_| SyntaxError::BadExitCode { found: text.into() })?;
+        let code = text.parse().map_err(|_| SyntaxError::BadExitCode {
+            found: excerpt(text),
+        })?;
         set.add_code(code);
         return Ok(());
     }
-    let signal = status::signal_number(text)
-        .ok_or_else(|| SyntaxError::UnknownSignal { found: text.into() })?;
+    let signal = status::signal_number(text).ok_or_else(|| SyntaxError::UnknownSignal {
+        found: excerpt(text),
+    })?;
     set.add_signal(signal);
     Ok(())
 }
@@ -472,7 +575,9 @@ fn add_success_item(set: &mut SuccessSet, text: &str) -> Result<(), SyntaxError>
 /// `5s`, `500ms`, `2m`, `1h`, `1.5s`. A unit is required: a bare `5` could
 /// mean seconds or milliseconds, and guessing wrong is silent.
 fn parse_duration(text: &str) -> Result<Duration, SyntaxError> {
-    let bad = || SyntaxError::BadDuration { found: text.into() };
+    let bad = || SyntaxError::BadDuration {
+        found: excerpt(text),
+    };
     let split = text
         .find(|c: char| !c.is_ascii_digit() && c != '.')
         .unwrap_or(text.len());
@@ -486,11 +591,17 @@ fn parse_duration(text: &str) -> Result<Duration, SyntaxError> {
         "s" => 1_000_000_000,
         "m" => 60_000_000_000,
         "h" => 3_600_000_000_000,
-        "" => return Err(SyntaxError::DurationWithoutUnit { found: text.into() }),
+        "" => {
+            return Err(SyntaxError::DurationWithoutUnit {
+                found: excerpt(text),
+            })
+        }
         _ => return Err(bad()),
     };
     // Exact decimal arithmetic, so 1.1s is 1_100_000_000ns and not a float's guess.
-    let too_long = || SyntaxError::DurationTooLong { found: text.into() };
+    let too_long = || SyntaxError::DurationTooLong {
+        found: excerpt(text),
+    };
     let mantissa: u128 = format!("{whole}{fraction}")
         .parse()
         .map_err(|_| too_long())?;

@@ -21,12 +21,17 @@ mod latency;
 mod reload;
 mod requests;
 mod spawner;
+mod unheld;
 
+pub use requests::DEFAULT_MAX_USER_WATCHES;
+
+use armourd_common::PidClass;
 use latency::{monotonic_ns, Latencies};
 use spawner::{Done, Job, Spawner};
+use unheld::Unheld;
 
 use crate::{
-    backend::{Event, ExecEvent},
+    backend::{Event, ExecEvent, FilterError},
     config::Config,
     engine::Engine,
     launch::LaunchSpec,
@@ -69,6 +74,8 @@ pub struct Daemon {
     latencies: Latencies,
     /// Restarts under way, off the event loop.
     spawner: Spawner,
+    /// Watches the kernel had no room for, and when to look for them again.
+    unheld: Unheld,
     /// `on-crash` and `recover` commands that run.
     hooks: hooks::Hooks,
     /// The file given with `-c`, read again at each reload.
@@ -78,7 +85,8 @@ pub struct Daemon {
     bus: Option<requests::Bus>,
 }
 
-/// Runs armourd until SIGTERM or SIGINT, answering on `bus` if given;
+/// Runs armourd until SIGTERM or SIGINT, answering on `bus` if given,
+/// where a uid other than root may hold `max_user_watches` watches;
 /// `config` was read from `config_path` (`None`: the default file), which
 /// a reload reads again. Must run inside a tokio runtime.
 pub async fn run(
@@ -86,10 +94,11 @@ pub async fn run(
     config_path: Option<PathBuf>,
     choice: BackendChoice,
     bus: Option<crate::dbus::Bus>,
+    max_user_watches: usize,
 ) -> Result<(), DaemonError> {
     let engine = Engine::start(choice)?;
     let bus = match bus {
-        Some(bus) => requests::start(bus, engine.kind()).await,
+        Some(bus) => requests::start(bus, engine.kind(), max_user_watches).await,
         None => None,
     };
     let mut daemon = Daemon {
@@ -99,6 +108,7 @@ pub async fn run(
         config,
         latencies: Latencies::default(),
         spawner: Spawner::new(),
+        unheld: Unheld::default(),
         hooks: hooks::Hooks::default(),
         config_path,
         entries_changed: false,
@@ -147,6 +157,7 @@ impl Daemon {
             let deadline = [
                 self.supervisor.next_deadline(),
                 self.spawner.next_deadline(),
+                self.unheld.due(),
                 self.hooks.next_deadline(),
             ]
             .into_iter()
@@ -155,6 +166,13 @@ impl Daemon {
             let sleep = async {
                 match deadline {
                     Some(d) => tokio::time::sleep_until(d.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let rescan_due = dirs.get_ref().rescan_due();
+            let rescan = async {
+                match rescan_due {
+                    Some(at) => tokio::time::sleep_until(at.into()).await,
                     None => std::future::pending().await,
                 }
             };
@@ -169,14 +187,19 @@ impl Daemon {
                 done = self.spawner.done() => self.spawn_done(done),
                 _ = chld.recv() => self.reap(),
                 Some(request) = requests::next(&mut self.bus) => self.request(request),
+                // Before the notifications: a stream of them must not hold
+                // the rescan off for ever.
+                () = rescan => {
+                    let began = Instant::now();
+                    self.rescan_files();
+                    dirs.get_mut().update(&self.config);
+                    dirs.get_mut().rescanned(began);
+                }
                 ready = dirs.readable() => {
                     if let Ok(mut guard) = ready {
                         guard.clear_ready();
                     }
-                    if dirs.get_ref().drain() {
-                        self.rescan_files();
-                        dirs.get_mut().update(&self.config);
-                    }
+                    dirs.get_mut().drain();
                 }
                 () = sleep => {
                     let now = Instant::now();
@@ -184,6 +207,10 @@ impl Daemon {
                     self.hooks.expire(now);
                     let actions = self.supervisor.tick(now);
                     self.apply(actions);
+                    if self.unheld.take_due(now) {
+                        log::info!("looking again for processes the kernel had no room to watch");
+                        self.adopt(None);
+                    }
                 }
                 _ = usr1.recv() => self.log_status(),
                 _ = usr2.recv() => log::info!("SIGUSR2 ignored (SIGUSR1 logs a status summary)"),
@@ -232,8 +259,16 @@ impl Daemon {
                 self.supervisor.exit(pid, start, status, now)
             }
             Event::Lost { count } => {
-                log::warn!("{count} kernel events were lost (buffer full); reconciling with /proc");
+                log::warn!(
+                    "{count} kernel events were lost (a full buffer or a failed read); reconciling with /proc"
+                );
                 self.adopt(None);
+                Vec::new()
+            }
+            Event::Unheld { .. } => {
+                // The kernel logged it; holding them from here is tried
+                // (and refused, logged) as their records come.
+                self.unheld.kernel_refused(now);
                 Vec::new()
             }
         };
@@ -263,7 +298,7 @@ impl Daemon {
         let pid = exec.pid;
         if !self.supervisor.is_watched(pid) {
             // A restart reaching its program before its worker said so.
-            if let Some((instance, began)) = self.spawner.child_of(pid) {
+            if let Some((instance, began)) = self.spawner.claim(pid) {
                 self.latencies.spawned(pid, began);
                 let actions = self.supervisor.spawned(instance, Ok(pid), now);
                 self.apply(actions);
@@ -317,13 +352,21 @@ impl Daemon {
     }
 
     /// Adopts running processes of watched files (of `only`, if given).
+    /// Once the kernel refuses a watch for want of room, no more processes
+    /// of that class are tried.
     fn adopt(&mut self, only: Option<&[armourd_common::FileKey]>) {
         let now = Instant::now();
-        let found = self.watchlist.scan(only);
+        // Each is watched before the next is looked at (a refusal stops
+        // the rest of its class), so the scan must not borrow the list.
+        let found: Vec<_> = (self.watchlist.scan(only).into_iter())
+            .map(|(pid, stat, Match { file, script_argv }, argv)| {
+                (pid, stat, file.entry, file.path.clone(), script_argv, argv)
+            })
+            .collect();
         let mut adopted: Vec<(u32, procfs::Stat, usize)> = Vec::new();
-        let mut actions = Vec::new();
-        for (pid, stat, Match { file, script_argv }, argv) in found {
-            if self.supervisor.is_watched(pid) {
+        self.unheld.begin();
+        for (pid, stat, entry, path, script_argv, argv) in found {
+            if self.supervisor.is_watched(pid) || self.unheld_class(pid) {
                 continue;
             }
             let start = Some(stat.start_ticks);
@@ -331,9 +374,10 @@ impl Daemon {
             // part of that instance.
             let parent = adopted
                 .iter()
-                .find(|(p, s, e)| *p == stat.ppid && *e == file.entry && s.pgrp == stat.pgrp);
+                .find(|(p, s, e)| *p == stat.ppid && *e == entry && s.pgrp == stat.pgrp);
             if let Some((parent, _, _)) = parent {
-                actions.extend(self.supervisor.fork(*parent, ProcId { pid, start }));
+                let actions = self.supervisor.fork(*parent, ProcId { pid, start });
+                self.apply(actions);
                 continue;
             }
             let argv = strip_interpreter(argv, script_argv);
@@ -341,18 +385,21 @@ impl Daemon {
                 argv: Some(argv.clone()),
                 ..procfs::Known::default()
             };
-            let (spec, leads_group) = capture(pid, file.path.clone(), known, argv);
+            let (spec, leads_group) = capture(pid, path, known, argv);
             let exec = Exec {
                 proc: ProcId { pid, start },
-                entry: Some(file.entry),
+                entry: Some(entry),
                 spec,
                 leads_group,
                 adopted: true,
             };
-            actions.extend(self.supervisor.exec(exec, now));
-            adopted.push((pid, stat, file.entry));
+            let actions = self.supervisor.exec(exec, now);
+            self.apply(actions);
+            if self.supervisor.is_watched(pid) {
+                adopted.push((pid, stat, entry));
+            }
         }
-        self.apply(actions);
+        self.unheld.end(Instant::now());
         // A process that ended between the scan and its watch, or while
         // events were lost, was not seen ending: its status is unknown.
         for proc in self.supervisor.watched() {
@@ -403,8 +450,36 @@ impl Daemon {
     fn install_marks(&mut self) {
         for (key, mark) in self.watchlist.marks() {
             if let Err(err) = self.engine.set_file(key, mark) {
-                log::warn!("cannot watch executable {key:?} in the kernel filter: {err}");
+                log::warn!(
+                    "cannot watch executable {key:?} in the kernel filter: {}",
+                    error_chain(&err)
+                );
             }
+        }
+    }
+
+    /// Whether `pid`'s class was refused in this adoption (no use trying).
+    fn unheld_class(&self, pid: u32) -> bool {
+        let full = |class| self.unheld.is_full(class);
+        if !full(PidClass::Root) && !full(PidClass::User) {
+            return false;
+        }
+        procfs::status(pid).is_ok_and(|status| full(PidClass::of_uid(status.uid)))
+    }
+
+    /// Logs, at a rate no user can turn into a flood, that the kernel
+    /// refused to hold `pid`, and has it looked for again later.
+    fn refused(&mut self, pid: u32, err: &FilterError) {
+        let class = match err {
+            FilterError::Full { class, .. } => Some(*class),
+            _ => None,
+        };
+        if let Some(total) = self.unheld.refused(class, Instant::now()) {
+            log::warn!(
+                "pid {pid} is NOT watched: {}; {total} watches refused so far (logged at powers of two); \
+                 armourd looks for the configured processes it could not watch again later",
+                error_chain(err)
+            );
         }
     }
 
@@ -415,6 +490,7 @@ impl Daemon {
         let mut notices = Vec::new();
         let mut hooks = Vec::new();
         let mut sent = Vec::new();
+        let mut refused = Vec::new();
         while let Some(action) = queue.pop_front() {
             match action {
                 Action::Spawn {
@@ -427,11 +503,20 @@ impl Daemon {
                     configured,
                 }),
                 Action::Signal { target, signal } => sent.extend(send(target, signal)),
-                Action::Watch(pid) => {
-                    if let Err(err) = self.engine.watch(pid) {
-                        log::warn!("cannot watch pid {pid} in the kernel filter: {err}");
+                Action::Watch(pid) => match self.engine.watch(pid) {
+                    Ok(()) => {}
+                    // The proc connector holds it; its filter follows later.
+                    Err(err @ FilterError::ProcConnector(_)) => log::warn!(
+                        "cannot watch pid {pid} in the kernel filter: {}",
+                        error_chain(&err)
+                    ),
+                    // Not watched, so never reported as watched.
+                    Err(err) => {
+                        self.refused(pid, &err);
+                        refused.push(pid);
+                        queue.extend(self.supervisor.unheld(pid));
                     }
-                }
+                },
                 Action::Unwatch(pid) => self.engine.unwatch(pid),
                 Action::Notify(notice) => notices.push(notice),
                 Action::Hook(run) => hooks.push(run),
@@ -449,15 +534,16 @@ impl Daemon {
             log::debug!("sent {signal} to {target}");
         }
         for notice in notices {
-            self.notify(notice);
+            match notice {
+                Notice::Watching { pid, .. } if refused.contains(&pid) => {}
+                notice => self.notify(notice),
+            }
         }
     }
 
     /// A restart's spawn is over.
     fn spawn_done(&mut self, done: Done) {
         let result = match done.result {
-            // Taken over at its exec already.
-            Ok(pid) if self.supervisor.is_watched(pid) => return,
             Ok(pid) => {
                 self.latencies.spawned(pid, done.began_ns);
                 Ok(pid)

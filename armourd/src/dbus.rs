@@ -7,21 +7,36 @@
 //! through [`Service::process_exited`] and [`Service::process_restarted`].
 //! Introspectable, Properties and Peer come from zbus, which also answers
 //! unknown methods and mistyped arguments with a D-Bus error at once.
+//!
+//! What callers can make armourd hold is bounded at each step: zbus queues
+//! at most 64 incoming method calls, then stops reading the socket and the
+//! bus holds the rest (within its own limits); the interface's calls are
+//! served one at a time, each to the end of writing its reply, so no task,
+//! request or reply piles up however fast calls come; a call beyond its
+//! uid's share (see [`gate`]) is answered `LimitsExceeded` at once, so a
+//! flood costs little and root's calls behind it come soon; root's
+//! requests and everyone else's reach the event loop in two bounded queues,
+//! root's taken first; calls that expect no reply and only read are not
+//! served. The caller's uid is asked on a second connection, whose replies
+//! do not wait behind the calls queued on the first.
 
 use std::{
     collections::HashMap,
     fmt,
     sync::atomic::{AtomicBool, Ordering},
+    time::Instant,
 };
 
 use tokio::sync::{mpsc, oneshot};
 use zbus::{
-    connection, fdo::DBusProxy, interface, message::Header, names::BusName,
-    object_server::SignalEmitter, proxy, Connection, OwnedVariant, Variant,
+    connection, interface, message::Header, names::UniqueName, object_server::SignalEmitter, proxy,
+    Connection, OwnedVariant, Variant,
 };
 
+mod gate;
 mod process_info;
 
+pub use gate::{Gate, Refused};
 pub use process_info::{group_by_exe, Pids, ProcessInfo, STATES};
 
 /// The well-known name armourd owns.
@@ -52,17 +67,20 @@ impl fmt::Display for Bus {
 /// A request from a D-Bus caller, answered by the daemon's event loop.
 #[derive(Debug)]
 pub enum Request {
-    /// `WatchProcess`: start watching a running process.
+    /// `Watch` and `WatchProcess`: start watching a running process.
     Watch {
         pid: i32,
         caller_uid: u32,
-        reply: oneshot::Sender<WatchResult>,
+        /// The caller gets only a number (`WatchProcess`): the reason goes to the log.
+        code_only: bool,
+        reply: oneshot::Sender<Result<(), Refusal>>,
     },
-    /// `UnwatchProcess`: stop watching a process.
+    /// `Unwatch` and `UnwatchProcess`: stop watching a process.
     Unwatch {
         pid: i32,
         caller_uid: u32,
-        reply: oneshot::Sender<WatchResult>,
+        code_only: bool,
+        reply: oneshot::Sender<Result<(), Refusal>>,
     },
     /// `ListProcesses` and `GetProcesses`: every watched process.
     Processes {
@@ -79,26 +97,74 @@ pub enum Request {
     Reload { reply: oneshot::Sender<Vec<String>> },
 }
 
-/// The answer to `WatchProcess` and `UnwatchProcess`, with the C daemon's numbers.
+/// Why a watch or unwatch was refused.
+#[derive(thiserror::Error, Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    #[error("no process {pid}: it has ended or never existed; check the pid")]
+    NoSuchProcess { pid: i32 },
+    #[error(
+        "process {pid} belongs to uid {owner}: only root may watch or unwatch \
+         another user's process"
+    )]
+    AccessDenied { pid: i32, owner: u32 },
+    #[error("process {pid} is already watched; nothing to do")]
+    AlreadyWatched { pid: i32 },
+    #[error("process {pid} is not watched; nothing to unwatch")]
+    NotWatched { pid: i32 },
+    #[error(
+        "uid {uid} already holds {limit} watches, the most a user may \
+         (armourd --max-user-watches); unwatch one first"
+    )]
+    QuotaExceeded { uid: u32, limit: usize },
+    #[error("cannot watch process {pid}: {reason}")]
+    Failed { pid: i32, reason: String },
+}
+
+impl Refusal {
+    /// The error's last name, as in `com.github.Armourd.Error.NAME`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::NoSuchProcess { .. } => "NoSuchProcess",
+            Self::AccessDenied { .. } => "AccessDenied",
+            Self::AlreadyWatched { .. } => "AlreadyWatched",
+            Self::NotWatched { .. } => "NotWatched",
+            Self::QuotaExceeded { .. } => "QuotaExceeded",
+            Self::Failed { .. } => "Failed",
+        }
+    }
+}
+
+/// The answer to `WatchProcess` and `UnwatchProcess`: the C daemon's
+/// numbers, the only ones its clients know.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WatchResult {
     Ok = 0,
+    /// Only `WatchProcess` answers this.
     AlreadyWatched = 1,
-    /// Kept for compatibility with the C daemon's clients.
+    /// Every other reason; it is in armourd's log.
     Failed = 2,
-    NoSuchProcess = 3,
-    PermissionDenied = 4,
 }
 
 impl WatchResult {
-    const ALL: [Self; 5] = [
-        Self::Ok,
-        Self::AlreadyWatched,
-        Self::Failed,
-        Self::NoSuchProcess,
-        Self::PermissionDenied,
-    ];
+    const ALL: [Self; 3] = [Self::Ok, Self::AlreadyWatched, Self::Failed];
+
+    /// What `WatchProcess` answers for `result`.
+    pub fn of_watch(result: &Result<(), Refusal>) -> Self {
+        match result {
+            Ok(()) => Self::Ok,
+            Err(Refusal::AlreadyWatched { .. }) => Self::AlreadyWatched,
+            Err(_) => Self::Failed,
+        }
+    }
+
+    /// What `UnwatchProcess` answers for `result`.
+    pub fn of_unwatch(result: &Result<(), Refusal>) -> Self {
+        match result {
+            Ok(()) => Self::Ok,
+            Err(_) => Self::Failed,
+        }
+    }
 
     /// The number on the wire.
     pub fn code(self) -> u32 {
@@ -108,19 +174,6 @@ impl WatchResult {
     /// The result a number on the wire stands for.
     pub fn from_code(code: u32) -> Option<Self> {
         Self::ALL.into_iter().find(|r| r.code() == code)
-    }
-
-    /// What the result means, for people.
-    pub fn description(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::AlreadyWatched => "already watched",
-            Self::Failed => "failed",
-            Self::NoSuchProcess => "no such process",
-            Self::PermissionDenied => {
-                "permission denied (a process of another user needs a root caller)"
-            }
-        }
     }
 }
 
@@ -180,7 +233,8 @@ fn builder(bus: Bus) -> connection::Builder<'static> {
     }
 }
 
-/// Errors a D-Bus caller can get beyond zbus's own (unknown method, bad arguments).
+/// Errors a D-Bus caller can get beyond zbus's own (unknown method, bad
+/// arguments); each carries a message that says what and what to do.
 #[derive(Debug, zbus::DBusError)]
 #[zbus(prefix = "com.github.Armourd.Error")]
 pub enum CallError {
@@ -190,40 +244,178 @@ pub enum CallError {
     Unavailable(String),
     /// The bus would not tell the caller's uid.
     UnknownCaller(String),
-    /// The method is for root only.
+    /// The caller has its share of calls in flight (see [`gate`]).
+    LimitsExceeded(String),
+    NoSuchProcess(String),
     AccessDenied(String),
+    AlreadyWatched(String),
+    NotWatched(String),
+    QuotaExceeded(String),
+    Failed(String),
 }
 
-/// Refuses a caller that is not root.
-async fn root_only(conn: &Connection, header: &Header<'_>, method: &str) -> Result<(), CallError> {
-    match caller_uid(conn, header).await? {
-        0 => Ok(()),
-        uid => Err(CallError::AccessDenied(format!(
-            "{method} is for root only (the caller is uid {uid})"
-        ))),
+impl From<Refusal> for CallError {
+    fn from(refusal: Refusal) -> Self {
+        let text = refusal.to_string();
+        match refusal {
+            Refusal::NoSuchProcess { .. } => Self::NoSuchProcess(text),
+            Refusal::AccessDenied { .. } => Self::AccessDenied(text),
+            Refusal::AlreadyWatched { .. } => Self::AlreadyWatched(text),
+            Refusal::NotWatched { .. } => Self::NotWatched(text),
+            Refusal::QuotaExceeded { .. } => Self::QuotaExceeded(text),
+            Refusal::Failed { .. } => Self::Failed(text),
+        }
+    }
+}
+
+impl From<Refused> for CallError {
+    fn from(refused: Refused) -> Self {
+        Self::LimitsExceeded(refused.to_string())
+    }
+}
+
+/// Where the interface sends its requests: root's and everyone else's
+/// apart, so that the event loop can take root's first.
+#[derive(Clone, Debug)]
+pub struct Queues {
+    root: mpsc::Sender<Request>,
+    users: mpsc::Sender<Request>,
+}
+
+/// The event loop's end of [`Queues`].
+#[derive(Debug)]
+pub struct Incoming {
+    root: mpsc::Receiver<Request>,
+    users: mpsc::Receiver<Request>,
+}
+
+/// Requests waiting for the event loop in each queue; a full queue makes
+/// the next one wait.
+const QUEUE: usize = 16;
+
+/// Two bounded queues: root's and unprivileged callers'.
+pub fn queues() -> (Queues, Incoming) {
+    let (root, root_rx) = mpsc::channel(QUEUE);
+    let (users, users_rx) = mpsc::channel(QUEUE);
+    (
+        Queues { root, users },
+        Incoming {
+            root: root_rx,
+            users: users_rx,
+        },
+    )
+}
+
+impl Incoming {
+    /// The next request, root's first; `None` once no caller can send any.
+    pub async fn next(&mut self) -> Option<Request> {
+        tokio::select! {
+            biased;
+            Some(request) = self.root.recv() => Some(request),
+            Some(request) = self.users.recv() => Some(request),
+            else => None,
+        }
     }
 }
 
 /// The object served at [`OBJECT_PATH`].
 struct Interface {
     backend: &'static str,
-    requests: mpsc::Sender<Request>,
+    queues: Queues,
+    gate: Gate,
+    /// Where callers' uids are asked for.
+    lookup: Connection,
 }
 
 impl Interface {
-    /// Sends a request to the daemon and waits for its answer.
+    /// Sends a request of `caller_uid` to the daemon and waits for its answer.
     async fn ask<T>(
         &self,
+        caller_uid: u32,
         request: impl FnOnce(oneshot::Sender<T>) -> Request,
     ) -> Result<T, CallError> {
         let unavailable = || CallError::Unavailable("armourd is shutting down".into());
         let (reply, answer) = oneshot::channel();
-        self.requests
+        let queue = if caller_uid == 0 {
+            &self.queues.root
+        } else {
+            &self.queues.users
+        };
+        queue
             .send(request(reply))
             .await
             .map_err(|_| unavailable())?;
         answer.await.map_err(|_| unavailable())
     }
+
+    /// The caller's uid (asked of the bus once per connection), if its
+    /// share of calls has room for this one.
+    async fn admit(&self, header: &Header<'_>) -> Result<u32, CallError> {
+        let sender = header
+            .sender()
+            .ok_or_else(|| CallError::UnknownCaller("the call has no sender".into()))?;
+        let uid = match self.gate.uid_of(sender.as_str()) {
+            Some(uid) => uid,
+            None => {
+                let uid = caller_uid(&self.lookup, sender).await?;
+                self.gate.remember(sender.as_str(), uid);
+                uid
+            }
+        };
+        self.gate.admit(uid, Instant::now())?;
+        Ok(uid)
+    }
+
+    async fn watch(
+        &self,
+        pid: i32,
+        code_only: bool,
+        header: &Header<'_>,
+    ) -> Result<Result<(), Refusal>, CallError> {
+        let caller_uid = self.admit(header).await?;
+        self.ask(caller_uid, |reply| Request::Watch {
+            pid,
+            caller_uid,
+            code_only,
+            reply,
+        })
+        .await
+    }
+
+    async fn unwatch(
+        &self,
+        pid: i32,
+        code_only: bool,
+        header: &Header<'_>,
+    ) -> Result<Result<(), Refusal>, CallError> {
+        let caller_uid = self.admit(header).await?;
+        self.ask(caller_uid, |reply| Request::Unwatch {
+            pid,
+            caller_uid,
+            code_only,
+            reply,
+        })
+        .await
+    }
+
+    /// Every watched process; nothing for a call that expects no reply.
+    async fn processes(&self, header: &Header<'_>) -> Result<Vec<ProcessInfo>, CallError> {
+        no_arguments(header)?;
+        if !wants_reply(header) {
+            return Ok(Vec::new());
+        }
+        let uid = self.admit(header).await?;
+        self.ask(uid, |reply| Request::Processes { reply }).await
+    }
+}
+
+/// Whether the caller waits for a reply: a call that only reads is not
+/// worth serving otherwise.
+fn wants_reply(header: &Header<'_>) -> bool {
+    !header
+        .primary()
+        .flags()
+        .contains(zbus::message::Flags::NO_REPLY_EXPECTED)
 }
 
 /// Rejects arguments to a method that takes none (zbus does not check).
@@ -237,62 +429,84 @@ fn no_arguments(header: &Header<'_>) -> Result<(), CallError> {
     ))))
 }
 
-/// The uid of the connection that sent `header`'s message.
-async fn caller_uid(conn: &Connection, header: &Header<'_>) -> Result<u32, CallError> {
-    let sender = header
-        .sender()
-        .ok_or_else(|| CallError::UnknownCaller("the call has no sender".into()))?;
-    let dbus = DBusProxy::new(conn).await?;
-    dbus.get_connection_unix_user(BusName::from(sender.clone()))
-        .await
-        .map_err(|e| CallError::UnknownCaller(format!("cannot learn the uid of {sender}: {e}")))
+/// Refuses a caller that is not root; root's uid.
+fn root_only(uid: u32, method: &str) -> Result<u32, CallError> {
+    match uid {
+        0 => Ok(0),
+        uid => Err(CallError::AccessDenied(format!(
+            "{method} is for root only (the caller is uid {uid})"
+        ))),
+    }
 }
 
-#[interface(name = "com.github.Armourd")]
+/// The uid of the connection `sender`, as the bus knows it.
+async fn caller_uid(conn: &Connection, sender: &UniqueName<'_>) -> Result<u32, CallError> {
+    let reply = conn
+        .call_method(
+            Some("org.freedesktop.DBus"),
+            "/org/freedesktop/DBus",
+            Some("org.freedesktop.DBus"),
+            "GetConnectionUnixUser",
+            sender,
+        )
+        .await
+        .and_then(|m| m.body().deserialize::<u32>());
+    reply.map_err(|e| CallError::UnknownCaller(format!("cannot learn the uid of {sender}: {e}")))
+}
+
+/// One call at a time (`spawn = false`): see the module's documentation.
+#[interface(name = "com.github.Armourd", spawn = false)]
 impl Interface {
     /// Executable path → pid (`i`), or pids (`ai`) when several instances run.
     async fn list_processes(
         &self,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<HashMap<String, Variant<'static>>, CallError> {
-        no_arguments(&header)?;
-        let processes = self.ask(|reply| Request::Processes { reply }).await?;
+        let processes = self.processes(&header).await?;
         Ok(group_by_exe(&processes)
             .into_iter()
             .map(|(exe, pids)| (exe, pids.into()))
             .collect())
     }
 
-    /// Watches a running process; returns a [`WatchResult`] code.
+    /// Watches a running process; returns a [`WatchResult`] code (0, 1 or 2).
     async fn watch_process(
         &self,
         pid: i32,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<u32, CallError> {
-        let caller_uid = caller_uid(conn, &header).await?;
-        let result = self.ask(|reply| Request::Watch {
-            pid,
-            caller_uid,
-            reply,
-        });
-        Ok(result.await?.code())
+        let result = self.watch(pid, true, &header).await?;
+        Ok(WatchResult::of_watch(&result).code())
     }
 
-    /// Stops watching a process; returns a [`WatchResult`] code.
+    /// Stops watching a process; returns a [`WatchResult`] code (0 or 2).
     async fn unwatch_process(
         &self,
         pid: i32,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<u32, CallError> {
-        let caller_uid = caller_uid(conn, &header).await?;
-        let result = self.ask(|reply| Request::Unwatch {
-            pid,
-            caller_uid,
-            reply,
-        });
-        Ok(result.await?.code())
+        let result = self.unwatch(pid, true, &header).await?;
+        Ok(WatchResult::of_unwatch(&result).code())
+    }
+
+    /// Watches a running process; a refusal is a named error (see [`Refusal`]).
+    #[zbus(name = "Watch")]
+    async fn watch_method(
+        &self,
+        pid: i32,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), CallError> {
+        Ok(self.watch(pid, false, &header).await??)
+    }
+
+    /// Stops watching a process; a refusal is a named error (see [`Refusal`]).
+    #[zbus(name = "Unwatch")]
+    async fn unwatch_method(
+        &self,
+        pid: i32,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<(), CallError> {
+        Ok(self.unwatch(pid, false, &header).await??)
     }
 
     /// One `a{sv}` per watched process (see [`ProcessInfo::to_dict`]).
@@ -300,8 +514,7 @@ impl Interface {
         &self,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<Vec<HashMap<&'static str, Variant<'static>>>, CallError> {
-        no_arguments(&header)?;
-        let processes = self.ask(|reply| Request::Processes { reply }).await?;
+        let processes = self.processes(&header).await?;
         Ok(processes.iter().map(ProcessInfo::to_dict).collect())
     }
 
@@ -311,11 +524,10 @@ impl Interface {
     async fn reset(
         &self,
         exe_or_pid: String,
-        #[zbus(connection)] conn: &Connection,
         #[zbus(header)] header: Header<'_>,
     ) -> Result<u32, CallError> {
-        root_only(conn, &header, "Reset").await?;
-        self.ask(|reply| Request::Reset {
+        let uid = root_only(self.admit(&header).await?, "Reset")?;
+        self.ask(uid, |reply| Request::Reset {
             target: exe_or_pid,
             reply,
         })
@@ -324,14 +536,10 @@ impl Interface {
 
     /// Reads the configuration file again (root only). Returns its errors;
     /// empty when the new configuration is in force.
-    async fn reload(
-        &self,
-        #[zbus(connection)] conn: &Connection,
-        #[zbus(header)] header: Header<'_>,
-    ) -> Result<Vec<String>, CallError> {
+    async fn reload(&self, #[zbus(header)] header: Header<'_>) -> Result<Vec<String>, CallError> {
         no_arguments(&header)?;
-        root_only(conn, &header, "Reload").await?;
-        self.ask(|reply| Request::Reload { reply }).await
+        let uid = root_only(self.admit(&header).await?, "Reload")?;
+        self.ask(uid, |reply| Request::Reload { reply }).await
     }
 
     /// The event source: `ebpf` or `proc-connector`.
@@ -389,13 +597,14 @@ pub struct Service {
 impl Service {
     /// Connects to `bus`, serves the object and requests [`BUS_NAME`]
     /// (without taking it from another owner). `backend` is the `Backend`
-    /// property; method calls become [`Request`]s on `requests`.
+    /// property; method calls become [`Request`]s on `queues`.
     pub async fn start(
         bus: Bus,
         backend: &'static str,
-        requests: mpsc::Sender<Request>,
+        queues: Queues,
     ) -> Result<Service, DbusError> {
-        serve(connect(bus).await?, bus, backend, requests).await
+        let lookup = connect(bus).await?;
+        serve(connect(bus).await?, lookup, bus, backend, queues).await
     }
 
     /// The bus the service is on.
@@ -452,15 +661,22 @@ impl Service {
     }
 }
 
-/// Serves the object on `conn` and requests [`BUS_NAME`]; `bus` names the bus in messages.
+/// Serves the object on `conn` and requests [`BUS_NAME`]; callers' uids
+/// are asked on `lookup`; `bus` names the bus in messages.
 async fn serve(
     conn: Connection,
+    lookup: Connection,
     bus: Bus,
     backend: &'static str,
-    requests: mpsc::Sender<Request>,
+    queues: Queues,
 ) -> Result<Service, DbusError> {
     let failed = |source| DbusError::Serve { bus, source };
-    let iface = Interface { backend, requests };
+    let iface = Interface {
+        backend,
+        queues,
+        gate: Gate::default(),
+        lookup,
+    };
     conn.object_server()
         .at(OBJECT_PATH, iface)
         .await
@@ -507,6 +723,10 @@ pub trait Armourd {
     fn watch_process(&self, pid: i32) -> zbus::Result<u32>;
     /// Returns a [`WatchResult`] code.
     fn unwatch_process(&self, pid: i32) -> zbus::Result<u32>;
+    /// A refusal comes back as the [`CallError`] it was sent as.
+    fn watch(&self, pid: i32) -> Result<(), CallError>;
+    /// A refusal comes back as the [`CallError`] it was sent as.
+    fn unwatch(&self, pid: i32) -> Result<(), CallError>;
     /// Entries for [`ProcessInfo::from_dict`].
     fn get_processes(&self) -> zbus::Result<Vec<HashMap<String, OwnedVariant>>>;
     #[zbus(signal)]

@@ -9,7 +9,7 @@ use crate::{
     backend::{
         ebpf::{EbpfBackend, EbpfError},
         proc_connector::{ProcConnectorBackend, ProcConnectorError},
-        Event, FileMark, Kind,
+        Event, FileMark, FilterError, Kind,
     },
     daemon::{error_chain, BackendChoice},
 };
@@ -72,11 +72,14 @@ impl Engine {
         }
     }
 
-    /// Reports events about `pid` from now on.
-    pub fn watch(&mut self, pid: u32) -> Result<(), String> {
+    /// Reports events about `pid` from now on. [`FilterError::Full`]: the
+    /// kernel has no room for it, so it is not watched; a watch asked for
+    /// must then be refused (no user can fill the room of root's processes:
+    /// they have a map of their own).
+    pub fn watch(&mut self, pid: u32) -> Result<(), FilterError> {
         match self {
-            Self::Ebpf(b) => b.watch(pid).map_err(|e| error_chain(&e)),
-            Self::ProcConnector(b) => b.watch(pid).map_err(|e| error_chain(&e)),
+            Self::Ebpf(b) => b.watch(pid),
+            Self::ProcConnector(b) => Ok(b.watch(pid)?),
         }
     }
 
@@ -89,10 +92,10 @@ impl Engine {
     }
 
     /// Marks executions of `file`.
-    pub fn set_file(&mut self, file: FileKey, mark: FileMark) -> Result<(), String> {
+    pub fn set_file(&mut self, file: FileKey, mark: FileMark) -> Result<(), FilterError> {
         match self {
-            Self::Ebpf(b) => b.set_file(file, mark).map_err(|e| error_chain(&e)),
-            Self::ProcConnector(b) => b.set_file(file, mark).map_err(|e| error_chain(&e)),
+            Self::Ebpf(b) => b.set_file(file, mark),
+            Self::ProcConnector(b) => Ok(b.set_file(file, mark)?),
         }
     }
 

@@ -1,23 +1,31 @@
 //! Which files on disk the configured entries name (SPEC §2): the
 //! executables to watch with their keys as the kernel sees them, the
 //! interpreters of watched scripts, and the directories whose changes can
-//! change that list.
+//! change that list. Globs are walked within bounds and never through a
+//! symlinked directory (see `walk`), so that whoever owns a folder a glob
+//! covers cannot make armourd hang or grow. Also the bounded, non-blocking
+//! read of a whole file that the configuration is loaded with.
 
 use std::{
-    collections::HashSet,
+    collections::{BTreeSet, HashSet},
     ffi::OsStr,
     fs::{self, Metadata, OpenOptions},
     io::{self, Read},
     os::unix::{
         ffi::OsStrExt,
-        fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
+        fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt},
     },
     path::{Path, PathBuf},
+    sync::{Mutex, PoisonError},
 };
 
-use armourd_common::FileKey;
+use armourd_common::{FileKey, MAX_WATCHED_FILES};
 
-use crate::config::{Config, Entry, Pattern, GLOB_OPTIONS};
+use crate::config::{Config, Entry, Pattern};
+
+mod walk;
+
+use walk::{Bound, Limits, Walk};
 
 /// How much of a file the kernel reads to find `#!` (`BINPRM_BUF_SIZE`).
 const HEAD_LEN: u64 = 256;
@@ -36,15 +44,25 @@ pub struct WatchedFile {
     pub interpreter: Option<PathBuf>,
 }
 
-/// Every existing regular file with an execute bit that an entry names.
-/// A file named by several entries belongs to the first one.
+/// Every existing regular file with an execute bit that an entry names,
+/// as many as the kernel filter holds with their interpreters
+/// ([`MAX_WATCHED_FILES`]). A file named by several entries belongs to the
+/// first one, and earlier entries are served first.
 pub fn expand(config: &Config) -> Vec<WatchedFile> {
     let mut seen = HashSet::new();
+    let mut interpreters = HashSet::new();
     let mut files = Vec::new();
     for (index, entry) in config.entries.iter().enumerate() {
         for path in candidates(entry) {
+            if seen.len() + interpreters.len() >= MAX_WATCHED_FILES as usize {
+                warn_full(entry, &path);
+                return files;
+            }
             match inspect(index, &path) {
-                Ok(Some(file)) if seen.insert(file.key) => files.push(file),
+                Ok(Some(file)) if seen.insert(file.key) => {
+                    interpreters.extend(file.interpreter.clone());
+                    files.push(file);
+                }
                 Ok(_) => {}
                 Err(e) => log::debug!("skipping {}: {e}", path.display()),
             }
@@ -65,34 +83,90 @@ fn candidates(entry: &Entry) -> Vec<PathBuf> {
                 Vec::new()
             }
         },
-        Pattern::Glob(glob) => glob_paths(glob.as_str())
+        Pattern::Glob(glob) => walk_glob(entry, glob)
+            .files
             .into_iter()
-            .filter_map(|path| match fs::canonicalize(&path) {
-                Ok(canonical) => Some(canonical),
-                Err(e) => {
-                    log::debug!("skipping {}: {e}", path.display());
-                    None
-                }
-            })
-            // A symlink in a globbed directory to a file elsewhere is not
-            // watched: the glob must match the path processes will show.
-            .filter(|canonical| entry.matches(canonical))
+            // A symlink in a globbed directory is never a match (its target
+            // is, where the glob reaches it); a prefix that became a symlink
+            // since loading leads elsewhere: the glob must match the path
+            // processes will show.
+            .filter(|path| entry.matches(path))
             .collect(),
     }
 }
 
-/// What `glob` lists for `pattern`; unreadable directories are skipped.
-fn glob_paths(pattern: &str) -> Vec<PathBuf> {
-    let paths = match glob::glob_with(pattern, GLOB_OPTIONS) {
-        Ok(paths) => paths,
-        Err(e) => {
-            log::debug!("invalid glob {pattern}: {e}");
-            return Vec::new();
-        }
+/// Walks a glob entry from its literal prefix, canonical now, within
+/// [`Limits::DEFAULT`], and warns (once per entry and limit) when a limit
+/// cut the walk short.
+fn walk_glob(entry: &Entry, glob: &glob::Pattern) -> Walk {
+    let (prefix, rest) = split_glob(glob.as_str());
+    let Ok(start) = fs::canonicalize(prefix) else {
+        return Walk::default();
     };
-    paths
-        .filter_map(|path| path.map_err(|e| log::debug!("skipping {e}")).ok())
-        .collect()
+    let walk = walk::walk(&start, rest, Limits::DEFAULT);
+    for bound in &walk.bounds {
+        warn_bound(entry, glob, &start, *bound);
+    }
+    walk
+}
+
+/// A warning that every rescan would repeat.
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Warning {
+    /// A glob's walk reached a bound.
+    Bound { glob: String, bound: Bound },
+    /// More executables match than the kernel filter holds.
+    Full,
+}
+
+/// Whether `warning` is logged for the first time. Rescans run after every
+/// change in a watched directory, which whoever owns it can cause at will:
+/// each warning is logged once, not once per rescan.
+fn first_time(warning: Warning) -> bool {
+    static WARNED: Mutex<BTreeSet<Warning>> = Mutex::new(BTreeSet::new());
+    let mut warned = WARNED.lock().unwrap_or_else(PoisonError::into_inner);
+    warned.insert(warning)
+}
+
+/// Warns, once, that `bound` cut the walk of `entry`'s glob short.
+fn warn_bound(entry: &Entry, glob: &glob::Pattern, start: &Path, bound: Bound) {
+    let glob_text = glob.as_str().to_string();
+    if !first_time(Warning::Bound {
+        glob: glob_text,
+        bound,
+    }) {
+        return;
+    }
+    let start = start.display();
+    let reached = match bound {
+        Bound::Depth => format!(
+            "folders deeper than {} levels below {start} are not looked at",
+            Limits::DEFAULT.depth
+        ),
+        Bound::Visits => format!(
+            "the walk stopped after {} files and folders below {start}",
+            Limits::DEFAULT.visits
+        ),
+    };
+    log::warn!(
+        "line {} ({glob}): {reached}; the executables found are watched, others there are not \
+         (narrow the glob; symlinked folders are never followed)",
+        entry.line,
+    );
+}
+
+/// Warns, once, that `path` of `entry` and what follows it find no room.
+fn warn_full(entry: &Entry, path: &Path) {
+    if first_time(Warning::Full) {
+        log::warn!(
+            "line {} ({}): more than {MAX_WATCHED_FILES} executables and interpreters match the \
+             configuration, the most the kernel filter holds; {} and the ones after it are not \
+             watched (narrow the globs)",
+            entry.line,
+            entry.pattern,
+            path.display()
+        );
+    }
 }
 
 /// The watched file at canonical `path`, or `None` when it is not a
@@ -195,6 +269,76 @@ fn resolve(path: &Path) -> (PathBuf, Option<io::Error>) {
     (path.to_path_buf(), Some(error))
 }
 
+/// Why a file could not be read whole.
+#[derive(thiserror::Error, Debug)]
+pub enum ReadError {
+    /// It is a FIFO, a device, a directory, a socket: reading it could block,
+    /// never end, or fail.
+    #[error("it is a {kind}, not a regular file")]
+    NotRegular { kind: &'static str },
+    #[error("it is larger than {limit} bytes")]
+    TooLarge { limit: u64 },
+    #[error(transparent)]
+    Io(#[from] io::Error),
+}
+
+/// The bytes of the regular file at `path`, if it holds at most `limit`.
+/// Opened non-blocking, so that a FIFO without a writer cannot hang, and
+/// read only after its type and size were checked on the opened file.
+pub fn read_regular(path: &Path, limit: u64) -> Result<Vec<u8>, ReadError> {
+    let not_regular = |metadata: &Metadata| ReadError::NotRegular {
+        kind: kind_of(metadata),
+    };
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|source| match fs::metadata(path) {
+            // Opening a socket fails (ENXIO); its type says more.
+            Ok(metadata) if !metadata.is_file() => not_regular(&metadata),
+            _ => ReadError::Io(source),
+        })?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(not_regular(&metadata));
+    }
+    if metadata.len() > limit {
+        return Err(ReadError::TooLarge { limit });
+    }
+    // Bounded again: the file may grow after fstat, and some files (in
+    // /proc, say) report no size at all.
+    read_bounded(file, limit)?.ok_or(ReadError::TooLarge { limit })
+}
+
+/// Reads all of `reader` if it holds at most `limit` bytes, else `None`,
+/// having read no more than `limit + 1` bytes: an endless stream is never
+/// read to its end.
+pub fn read_bounded(reader: impl Read, limit: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut bytes = Vec::new();
+    reader
+        .take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= limit).then_some(bytes))
+}
+
+/// What a file that is not a regular file is, for [`ReadError::NotRegular`].
+fn kind_of(metadata: &Metadata) -> &'static str {
+    let kind = metadata.file_type();
+    if kind.is_dir() {
+        "directory"
+    } else if kind.is_fifo() {
+        "FIFO (named pipe)"
+    } else if kind.is_char_device() {
+        "character device"
+    } else if kind.is_block_device() {
+        "block device"
+    } else if kind.is_socket() {
+        "socket"
+    } else {
+        "special file"
+    }
+}
+
 /// Splits a glob before its first component with a metacharacter:
 /// `/usr/local/*/bin/x*` is `("/usr/local", "*/bin/x*")`.
 fn split_glob(pattern: &str) -> (&str, &str) {
@@ -259,17 +403,17 @@ fn escape_dir(dir: &str) -> String {
 }
 
 /// Existing directories whose changes (files created, renamed over,
-/// removed) may change what [`expand`] returns, canonical and without
-/// duplicates.
+/// removed) may change what [`expand`] returns, canonical, sorted and
+/// without duplicates. A glob's are bounded like its expansion.
 pub fn watch_dirs(config: &Config) -> Vec<PathBuf> {
-    let mut dirs = Vec::new();
+    let mut dirs = BTreeSet::new();
     for entry in &config.entries {
         match &entry.pattern {
-            Pattern::Path(path) => push_new(&mut dirs, nearest_dir(path.parent().unwrap_or(path))),
-            Pattern::Glob(glob) => glob_dirs(glob.as_str(), &mut dirs),
+            Pattern::Path(path) => dirs.extend(nearest_dir(path.parent().unwrap_or(path))),
+            Pattern::Glob(glob) => glob_dirs(entry, glob, &mut dirs),
         }
     }
-    dirs
+    dirs.into_iter().collect()
 }
 
 /// The canonical directory `path`, or its nearest existing ancestor: the
@@ -279,39 +423,14 @@ fn nearest_dir(path: &Path) -> Option<PathBuf> {
         .find_map(|ancestor| fs::canonicalize(ancestor).ok().filter(|dir| dir.is_dir()))
 }
 
-/// The directories of a glob: its literal prefix, then every directory
-/// matching each wildcard level above the file name, since a directory
-/// created at any level can bring new matches (`/opt/*/bin/*`: `/opt`,
-/// `/opt/*` and `/opt/*/bin`).
-fn glob_dirs(pattern: &str, dirs: &mut Vec<PathBuf>) {
-    let (prefix, rest) = split_glob(pattern);
-    push_new(dirs, nearest_dir(Path::new(prefix)));
-    let levels: Vec<&str> = rest.split('/').collect();
-    for depth in 1..levels.len() {
-        let level = format!(
-            "{}/{}",
-            prefix.trim_end_matches('/'),
-            levels[..depth].join("/")
-        );
-        let Ok(level_pattern) = glob::Pattern::new(&level) else {
-            continue;
-        };
-        for path in glob_paths(&level) {
-            let dir = fs::canonicalize(path).ok().filter(|dir| dir.is_dir());
-            // As for files, a symlinked directory leading elsewhere cannot
-            // hold canonical matches.
-            push_new(
-                dirs,
-                dir.filter(|dir| level_pattern.matches_path_with(dir, GLOB_OPTIONS)),
-            );
-        }
-    }
-}
-
-fn push_new(dirs: &mut Vec<PathBuf>, dir: Option<PathBuf>) {
-    if let Some(dir) = dir.filter(|dir| !dirs.contains(dir)) {
-        dirs.push(dir);
-    }
+/// The directories of a glob entry: its literal prefix (or its nearest
+/// existing ancestor), then every directory the walk looked into, since a
+/// file or directory created in any of them can bring new matches
+/// (`/opt/*/bin/*`: `/opt`, `/opt/*` and `/opt/*/bin`).
+fn glob_dirs(entry: &Entry, glob: &glob::Pattern, dirs: &mut BTreeSet<PathBuf>) {
+    let (prefix, _) = split_glob(glob.as_str());
+    dirs.extend(nearest_dir(Path::new(prefix)));
+    dirs.extend(walk_glob(entry, glob).dirs);
 }
 
 #[cfg(test)]

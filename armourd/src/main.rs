@@ -24,6 +24,9 @@ struct Args {
     /// Message bus to answer on
     #[arg(long, value_enum, default_value = "system")]
     dbus: Bus,
+    /// Watches a user other than root may make over D-Bus
+    #[arg(long, value_name = "N", default_value_t = daemon::DEFAULT_MAX_USER_WATCHES)]
+    max_user_watches: usize,
     /// Read the configuration, print each entry with its options and the
     /// executables it matches now, and exit (0: fine, 2: errors)
     #[arg(long)]
@@ -115,7 +118,13 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
         Bus::Session => Some(armourd::dbus::Bus::Session),
         Bus::None => None,
     };
-    runtime.block_on(daemon::run(config, args.config.clone(), choice, bus))?;
+    runtime.block_on(daemon::run(
+        config,
+        args.config.clone(),
+        choice,
+        bus,
+        args.max_user_watches,
+    ))?;
     Ok(())
 }
 

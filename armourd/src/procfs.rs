@@ -258,12 +258,15 @@ pub struct Status {
     /// Supplementary groups.
     pub groups: Vec<u32>,
     pub umask: u32,
+    /// The thread group (`Tgid:`): the pid of the process a thread id
+    /// belongs to, the pid itself for a whole process.
+    pub tgid: Option<u32>,
 }
 
 /// Parses the text of `/proc/PID/status`. Kernels before 4.7 have no
 /// `Umask:` line; then the usual 022 is assumed.
 pub fn parse_status(text: &str) -> Option<Status> {
-    let (mut uid, mut gid, mut groups, mut umask) = (None, None, None, 0o022);
+    let (mut uid, mut gid, mut groups, mut umask, mut tgid) = (None, None, None, 0o022, None);
     for line in text.lines() {
         let Some((key, value)) = line.split_once(':') else {
             continue;
@@ -278,6 +281,7 @@ pub fn parse_status(text: &str) -> Option<Status> {
                 groups = Some(list.ok()?);
             }
             "Umask" => umask = u32::from_str_radix(value.trim(), 8).ok()?,
+            "Tgid" => tgid = Some(first()?),
             _ => {}
         }
     }
@@ -286,6 +290,7 @@ pub fn parse_status(text: &str) -> Option<Status> {
         gid: gid?,
         groups: groups.unwrap_or_default(),
         umask,
+        tgid,
     })
 }
 
@@ -458,7 +463,8 @@ mod tests {
 
     #[test]
     fn parse_status_takes_real_ids_groups_and_octal_umask() {
-        let text = "Name:\tfoo\nUmask:\t0027\nState:\tS (sleeping)\nUid:\t1000\t0\t0\t0\n\
+        let text =
+            "Name:\tfoo\nUmask:\t0027\nState:\tS (sleeping)\nTgid:\t41\nUid:\t1000\t0\t0\t0\n\
                     Gid:\t100\t5\t5\t5\nFDSize:\t64\nGroups:\t4 24 27 \n";
         let status = parse_status(text).unwrap();
         assert_eq!(
@@ -467,9 +473,27 @@ mod tests {
                 uid: 1000,
                 gid: 100,
                 groups: vec![4, 24, 27],
-                umask: 0o027
+                umask: 0o027,
+                tgid: Some(41),
             }
         );
+    }
+
+    #[test]
+    fn status_of_a_thread_names_its_process() {
+        let pid = std::process::id();
+        assert_eq!(status(pid).unwrap().tgid, Some(pid));
+        // SAFETY: gettid has no preconditions.
+        let tid = unsafe { libc::gettid() } as u32;
+        let thread = std::thread::spawn(move || {
+            // SAFETY: as above.
+            let own = unsafe { libc::gettid() } as u32;
+            (own, status(own).map(|s| s.tgid))
+        });
+        let (own, tgid) = thread.join().unwrap();
+        assert_ne!(own, pid, "a thread has an id of its own");
+        assert_eq!(tgid.unwrap(), Some(pid));
+        assert_eq!(status(tid).unwrap().tgid, Some(pid));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::{
     os::unix::ffi::OsStrExt,
     path::PathBuf,
     ptr,
-    sync::atomic::{AtomicI32, Ordering},
+    sync::atomic::{AtomicI32, AtomicU8, Ordering},
 };
 
 use crate::launch::{LaunchSpec, StdioTarget};
@@ -49,34 +49,35 @@ pub enum SpawnError {
 }
 
 /// The child of a spawn under way, as other threads see it: its pid, which
-/// the kernel stores before the child first runs, until the spawning
-/// thread or a killer takes it.
+/// the kernel stores before the child first runs, and who decides its fate
+/// (the spawning thread once the child executed, or a killer before that).
 #[derive(Debug, Default)]
 pub struct ChildSlot {
     tid: AtomicI32,
-    /// The pid again, kept after the spawning thread took it: the child's
-    /// exec (and its end, for a program that exits at once) may reach the
-    /// event loop before the spawn's outcome does.
-    spawned: AtomicI32,
+    owner: AtomicU8,
 }
 
+const UNDECIDED: u8 = 0;
+const SPAWNED: u8 = 1;
+const KILLED: u8 = 2;
+
 impl ChildSlot {
-    /// The child's pid while its spawn is under way.
+    /// The child's pid, once it exists.
     pub fn pid(&self) -> Option<u32> {
-        positive(self.tid.load(Ordering::Acquire))
-            .or_else(|| positive(self.spawned.load(Ordering::Acquire)))
+        u32::try_from(self.tid.load(Ordering::Acquire))
+            .ok()
+            .filter(|&pid| pid > 0)
     }
 
     /// Takes the child away from its spawn, to kill it: its spawn then fails
     /// as [`SpawnError::Hung`]. `None` when the spawn is over (or not begun):
     /// the pid is no longer the taker's to kill.
     pub fn take(&self) -> Option<u32> {
-        positive(self.tid.swap(0, Ordering::AcqRel))
+        let pid = self.pid()?;
+        let taken =
+            (self.owner).compare_exchange(UNDECIDED, KILLED, Ordering::AcqRel, Ordering::Acquire);
+        taken.is_ok().then_some(pid)
     }
-}
-
-fn positive(pid: i32) -> Option<u32> {
-    u32::try_from(pid).ok().filter(|&pid| pid > 0)
 }
 
 /// Starts a process as `spec` says and returns its pid once it executes
@@ -100,6 +101,7 @@ pub fn spawn(spec: &LaunchSpec, slot: &ChildSlot) -> Result<u32, SpawnError> {
             failure: None,
         };
         slot.tid.store(0, Ordering::Release);
+        slot.owner.store(UNDECIDED, Ordering::Release);
         // SAFETY: `child_main` only reads `shared` but for writing
         // `shared.failure`, and `shared` outlives the call: CLONE_VFORK
         // suspends this thread until the child has executed the program or
@@ -122,10 +124,11 @@ pub fn spawn(spec: &LaunchSpec, slot: &ChildSlot) -> Result<u32, SpawnError> {
         let failure = unsafe { ptr::read_volatile(ptr::addr_of!(shared.failure)) };
         Ok::<_, SpawnError>((pid, clone_error, failure))
     })?;
-    // Whoever takes the pid from the slot decides: a killer that took it
-    // first kills the child; once taken here, it is the restart's.
-    slot.spawned.store(pid, Ordering::Release);
-    let taken_by_killer = slot.take().is_none();
+    // Whoever takes the slot first decides: a killer kills the child; once
+    // taken here, the child is the restart.
+    let taken_by_killer = (slot.owner)
+        .compare_exchange(UNDECIDED, SPAWNED, Ordering::AcqRel, Ordering::Acquire)
+        .is_err();
     if pid < 0 {
         return Err(SpawnError::Fork(clone_error));
     }

@@ -226,6 +226,20 @@ impl Supervisor {
     /// A watched process executed a file that is not watched: it is no
     /// longer the program it was, so it leaves its instance.
     pub fn exec_other(&mut self, pid: u32) -> Vec<Action> {
+        self.leave(pid, Some("it executed another program"))
+    }
+
+    /// The kernel cannot hold the watch of `pid` (no room): it leaves its
+    /// instance as if it had executed another program, and is not reported
+    /// as watched. No notice: the shell logs such refusals at a rate that
+    /// no user can turn into a flood.
+    pub fn unheld(&mut self, pid: u32) -> Vec<Action> {
+        self.leave(pid, None)
+    }
+
+    /// Takes `pid` out of its instance; a leader's leaving is noticed with
+    /// `reason`, if given.
+    fn leave(&mut self, pid: u32, reason: Option<&'static str>) -> Vec<Action> {
         let Some(id) = self.by_pid.remove(&pid) else {
             return Vec::new();
         };
@@ -235,11 +249,13 @@ impl Supervisor {
             return actions;
         }
         instance.leader = None;
-        actions.push(Action::Notify(Notice::Unwatched {
-            pid,
-            exe: instance.spec.exe.clone(),
-            reason: "it executed another program",
-        }));
+        if let Some(reason) = reason {
+            actions.push(Action::Notify(Notice::Unwatched {
+                pid,
+                exe: instance.spec.exe.clone(),
+                reason,
+            }));
+        }
         self.forget_if_idle(id, &mut actions);
         actions
     }

@@ -3,15 +3,16 @@
 //! script, the interpreter plus the script's path on its command line.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     ffi::{OsStr, OsString},
     os::fd::{AsFd, AsRawFd, RawFd},
     os::unix::ffi::OsStrExt,
     path::{Path, PathBuf},
+    time::Instant,
 };
 
 use armourd_common::FileKey;
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify, WatchDescriptor};
 
 use crate::{
     backend::FileMark,
@@ -195,54 +196,200 @@ impl WatchList {
 /// configuration's entries and globs name.
 pub struct DirWatch {
     inotify: Inotify,
-    watched: Vec<PathBuf>,
+    /// Exactly the directories the configuration depends on now, so that
+    /// directories created and removed again never pile up.
+    watched: HashMap<PathBuf, WatchDescriptor>,
+    /// Whether a directory that could not be watched was logged already.
+    warned: bool,
+    pace: Pace,
 }
+
+/// When rescans run: as soon as a watched directory changed, but after a
+/// rescan that took `t`, not before [`Pace::PAUSE_FACTOR`] × `t` has
+/// passed. Whoever owns a folder a glob covers can change it without
+/// pause; a rescan is bounded (see `files`), and this bounds the share of
+/// armourd's time that rescans take, while ordinary ones (well under a
+/// millisecond) still run at once.
+#[derive(Debug)]
+pub struct Pace {
+    /// A change was seen and not rescanned yet.
+    pending: bool,
+    not_before: Instant,
+}
+
+impl Pace {
+    /// Rescans take at most 1 / (1 + PAUSE_FACTOR) of the time.
+    pub const PAUSE_FACTOR: u32 = 4;
+
+    pub fn new(now: Instant) -> Self {
+        Self {
+            pending: false,
+            not_before: now,
+        }
+    }
+
+    /// A watched directory changed.
+    pub fn changed(&mut self) {
+        self.pending = true;
+    }
+
+    /// When the next rescan is due, if one is.
+    pub fn due(&self) -> Option<Instant> {
+        self.pending.then_some(self.not_before)
+    }
+
+    /// A rescan ran from `began` to `now`.
+    pub fn rescanned(&mut self, began: Instant, now: Instant) {
+        self.pending = false;
+        self.not_before = now + now.saturating_duration_since(began) * Self::PAUSE_FACTOR;
+    }
+}
+
+/// Notifications read in one [`DirWatch::drain`]: whoever owns a watched
+/// directory can make them without end, and the event loop has other work.
+const DRAIN_MAX_READS: usize = 64;
 
 impl DirWatch {
     /// An inotify instance (non-blocking, close-on-exec) without watches.
     pub fn new() -> nix::Result<Self> {
         Ok(Self {
             inotify: Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?,
-            watched: Vec::new(),
+            watched: HashMap::new(),
+            warned: false,
+            pace: Pace::new(Instant::now()),
         })
     }
 
-    /// Watches every directory `config` depends on (adds the new ones).
+    /// Watches every directory `config` depends on now, and no other.
     pub fn update(&mut self, config: &Config) {
+        let wanted: HashSet<PathBuf> = files::watch_dirs(config).into_iter().collect();
+        // Removed first: a directory renamed to another wanted path keeps
+        // its watch descriptor, which must then be added again, not lost.
+        let kept: HashSet<WatchDescriptor> = self
+            .watched
+            .iter()
+            .filter(|(dir, _)| wanted.contains(*dir))
+            .map(|(_, wd)| *wd)
+            .collect();
+        let inotify = &self.inotify;
+        self.watched.retain(|dir, wd| {
+            let keep = wanted.contains(dir);
+            if !keep && !kept.contains(wd) {
+                // Fails for a directory already gone, whose watch went with it.
+                let _ = inotify.rm_watch(*wd);
+            }
+            keep
+        });
         let flags = AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_MOVED_TO
             | AddWatchFlags::IN_CLOSE_WRITE
             | AddWatchFlags::IN_ATTRIB
             | AddWatchFlags::IN_ONLYDIR;
-        for dir in files::watch_dirs(config) {
-            if self.watched.contains(&dir) {
+        let mut failed = Vec::new();
+        for dir in wanted {
+            if self.watched.contains_key(&dir) {
                 continue;
             }
             match self.inotify.add_watch(&dir, flags) {
-                Ok(_) => self.watched.push(dir),
-                Err(err) => log::warn!(
-                    "cannot watch {} for new executables ({err}); binaries installed there are found at the next rescan",
-                    dir.display()
-                ),
+                Ok(wd) => {
+                    self.watched.insert(dir, wd);
+                }
+                Err(err) => failed.push((dir, err)),
             }
+        }
+        // One line, once: the same failures recur at every rescan.
+        if let Some((dir, err)) = failed.first() {
+            let level = if self.warned {
+                log::Level::Debug
+            } else {
+                log::Level::Warn
+            };
+            self.warned = true;
+            log::log!(
+                level,
+                "cannot watch {} directories for new executables, e.g. {} ({err}); binaries installed there are found at the next rescan",
+                failed.len(),
+                dir.display()
+            );
         }
     }
 
-    /// Reads pending notifications; true if there were any.
-    pub fn drain(&self) -> bool {
+    /// When the files should be rescanned, if a watched directory changed
+    /// (see [`Pace`]).
+    pub fn rescan_due(&self) -> Option<Instant> {
+        self.pace.due()
+    }
+
+    /// Records a rescan that ran from `began` until now.
+    pub fn rescanned(&mut self, began: Instant) {
+        self.pace.rescanned(began, Instant::now());
+    }
+
+    /// Reads pending notifications; when there were any, a rescan is due. A
+    /// directory whose watch the kernel dropped (it was removed) is
+    /// forgotten, so it is watched again should it come back.
+    pub fn drain(&mut self) {
         let mut any = false;
-        while let Ok(events) = self.inotify.read_events() {
+        let mut dropped = HashSet::new();
+        for _ in 0..DRAIN_MAX_READS {
+            let Ok(events) = self.inotify.read_events() else {
+                break;
+            };
             if events.is_empty() {
                 break;
             }
             any = true;
+            let ignored = events
+                .iter()
+                .filter(|e| e.mask.contains(AddWatchFlags::IN_IGNORED));
+            dropped.extend(ignored.map(|e| e.wd));
         }
-        any
+        if !dropped.is_empty() {
+            self.watched.retain(|_, wd| !dropped.contains(wd));
+        }
+        if any {
+            self.pace.changed();
+        }
     }
 }
 
 impl AsRawFd for DirWatch {
     fn as_raw_fd(&self) -> RawFd {
         self.inotify.as_fd().as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn rescan_is_due_only_after_a_change() {
+        let now = Instant::now();
+        let mut pace = Pace::new(now);
+        assert_eq!(pace.due(), None);
+        pace.changed();
+        assert_eq!(pace.due(), Some(now));
+        pace.rescanned(now, now);
+        assert_eq!(pace.due(), None);
+    }
+
+    #[test]
+    fn costly_rescan_delays_the_next_by_a_multiple_of_its_time() {
+        let began = Instant::now();
+        let ended = began + Duration::from_millis(40);
+        let mut pace = Pace::new(began);
+        pace.changed();
+        pace.rescanned(began, ended);
+        pace.changed();
+        pace.changed();
+        assert_eq!(pace.due(), Some(ended + Duration::from_millis(160)));
+        // A cheap one lets the next run at once again.
+        let later = ended + Duration::from_secs(1);
+        pace.rescanned(later, later);
+        pace.changed();
+        assert_eq!(pace.due(), Some(later));
     }
 }

@@ -156,8 +156,10 @@ fn watch_process_watches_a_process_of_any_user(backend: Backend) {
     daemon.assert_running();
 }
 
-/// 1 already watched, 2 failed (a kernel thread has nothing to restart),
-/// 3 no such process (ended and reaped, beyond pid_max, 0, negative).
+/// The C daemon's codes only: 1 already watched, 2 for every failure (a
+/// kernel thread has nothing to restart; no such process: ended and
+/// reaped, beyond pid_max, 0, negative). `Watch` and `Unwatch` name the
+/// reason.
 fn watch_and_unwatch_result_codes(backend: Backend) {
     let sb = Sandbox::new();
     let bus = Bus::start(&sb);
@@ -185,9 +187,24 @@ fn watch_and_unwatch_result_codes(backend: Backend) {
     assert_eq!(bus.watch(kthread), 2, "kernel thread {kthread}");
     assert!(bus.process(kthread).is_none());
     for pid in [ended, i32::MAX, 0, -1] {
-        assert_eq!(bus.watch(pid), 3, "WatchProcess({pid})");
-        assert_eq!(bus.unwatch(pid), 3, "UnwatchProcess({pid})");
+        assert_eq!(bus.watch(pid), 2, "WatchProcess({pid})");
+        assert_eq!(bus.unwatch(pid), 2, "UnwatchProcess({pid})");
+        let arg = format!("int32:{pid}");
+        for method in ["Watch", "Unwatch"] {
+            let reply = bus.call(&format!("com.github.Armourd.{method}"), &[&arg]);
+            assert_eq!(
+                reply.error(),
+                "com.github.Armourd.Error.NoSuchProcess",
+                "{method}({pid})"
+            );
+        }
     }
+    let watch = |pid: i32| bus.call("com.github.Armourd.Watch", &[&format!("int32:{pid}")]);
+    assert_eq!(
+        watch(configured).error(),
+        "com.github.Armourd.Error.AlreadyWatched"
+    );
+    assert_eq!(watch(kthread).error(), "com.github.Armourd.Error.Failed");
     assert_eq!(bus.watch(configured), 1, "still watched");
     daemon.assert_running();
 }
@@ -221,7 +238,8 @@ fn unwatched_process_is_not_restarted(backend: Backend) {
 }
 
 /// A caller of uid 65534 may neither watch nor unwatch a process of
-/// root: 4; the process stays as it was.
+/// root: 2, or `AccessDenied` from `Watch` and `Unwatch`; the process
+/// stays as it was.
 fn caller_of_another_uid_is_denied(backend: Backend) {
     let sb = Sandbox::new();
     let bus = Bus::start(&sb);
@@ -236,8 +254,19 @@ fn caller_of_another_uid_is_denied(backend: Backend) {
     assert_eq!(watched, 1);
 
     let nobody = Some(NOBODY);
-    assert_eq!(bus.pid_call(nobody, "WatchProcess", free_pid), 4);
-    assert_eq!(bus.pid_call(nobody, "UnwatchProcess", watched_pid), 4);
+    assert_eq!(bus.pid_call(nobody, "WatchProcess", free_pid), 2);
+    assert_eq!(bus.pid_call(nobody, "UnwatchProcess", watched_pid), 2);
+    let denied = "com.github.Armourd.Error.AccessDenied";
+    for (method, pid) in [("Watch", free_pid), ("Unwatch", watched_pid)] {
+        let reply = bus.send(
+            nobody,
+            "com.github.Armourd",
+            "/com/github/armourd",
+            &format!("com.github.Armourd.{method}"),
+            &[&format!("int32:{pid}")],
+        );
+        assert_eq!(reply.error(), denied, "{method}({pid}) as uid {NOBODY}");
+    }
     assert!(bus.process(free_pid).is_none(), "not watched");
     wait_running(&bus, watched_pid);
 
@@ -246,7 +275,7 @@ fn caller_of_another_uid_is_denied(backend: Backend) {
     assert_eq!(restart.uid, [0; 3]);
     assert_eq!(
         bus.pid_call(nobody, "UnwatchProcess", restart.pid),
-        4,
+        2,
         "nor the restart"
     );
     daemon.assert_running();

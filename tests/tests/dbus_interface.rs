@@ -59,6 +59,8 @@ fn properties_introspection_and_ping(backend: Backend) {
         r#"<method name="WatchProcess">"#,
         r#"<arg name="pid" type="i" direction="in"/>"#,
         r#"<method name="UnwatchProcess">"#,
+        r#"<method name="Watch">"#,
+        r#"<method name="Unwatch">"#,
         r#"<method name="GetProcesses">"#,
         r#"<arg type="aa{sv}" direction="out"/>"#,
         r#"<signal name="ProcessExited">"#,
@@ -207,6 +209,9 @@ fn shipped_policy_lets_anyone_call_and_only_root_own(backend: Backend) {
         .contains(r#"<interface name="com.github.Armourd">"#));
     call("org.freedesktop.DBus.Peer.Ping", &[]).values();
     assert_eq!(bus.pid_call(nobody, "UnwatchProcess", pid), 0);
+    let pid_arg = format!("int32:{pid}");
+    assert_eq!(call("com.github.Armourd.Watch", &[&pid_arg]).values(), []);
+    assert_eq!(call("com.github.Armourd.Unwatch", &[&pid_arg]).values(), []);
 
     let denied = "org.freedesktop.DBus.Error.AccessDenied";
     let set = call(

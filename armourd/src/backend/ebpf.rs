@@ -12,6 +12,13 @@
 //! thread has entered `do_exit` is reported ended, with its zombie's wait
 //! status, unless its own record comes (it passed the tracepoint after the
 //! map held it).
+//!
+//! Watched pids live in two maps, root's and everyone else's (by the real
+//! uid, [`PidClass`]): a user who forks or watches thousands of processes
+//! fills only the second. A watch that no map can hold fails with
+//! [`FilterError::Full`]. What the kernel half could not do (a full map or
+//! ring buffer, a failed read) it counts per CPU, and logs through aya-log,
+//! whose records are read here too.
 
 use std::{
     ffi::OsStr,
@@ -21,17 +28,18 @@ use std::{
 };
 
 use armourd_common::{
-    EventKind, ExecRecord, ExitRecord, FileKey, ForkRecord, Header, EXEC_INTERPRETER,
-    FILE_INTERPRETER, FILE_WATCHED,
+    EventKind, ExecRecord, ExitRecord, Failure, FileKey, ForkRecord, Header, PidClass,
+    EXEC_INTERPRETER, FAILURE_KINDS, FILE_INTERPRETER, FILE_WATCHED, MAX_WATCHED_PIDS,
 };
 use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
     programs::{raw_trace_point::RawTracePointLink, ProgramError, RawTracePoint},
     EbpfLoader,
 };
+use aya_log::EbpfLogger;
 use tokio::io::unix::AsyncFd;
 
-use super::{Event, ExecEvent, FileMark};
+use super::{Event, ExecEvent, FileMark, FilterError};
 use crate::{
     btf,
     launch::split_nul,
@@ -58,6 +66,14 @@ const PROGRAMS: [&str; 3] = [
     "sched_process_fork",
     "sched_process_exec",
 ];
+
+/// Bytes of the ring buffer of the programs' log (aya-log's default is 128
+/// KiB; mapped here, it would add that twice to the resident set). Logs
+/// are rare and short (some 200 bytes each).
+const LOG_BYTES: u32 = 16 * 1024;
+
+/// The maps of watched pids, indexed by [`PidClass`].
+const PID_MAPS: [&str; 2] = ["ROOT_PIDS", "USER_PIDS"];
 
 /// Why the eBPF backend cannot run.
 #[derive(thiserror::Error, Debug)]
@@ -93,6 +109,8 @@ pub enum EbpfError {
     },
     #[error("cannot poll the ring buffer")]
     Poll(#[source] io::Error),
+    #[error("cannot read the log of the eBPF programs")]
+    Log(#[source] aya_log::Error),
 }
 
 /// A process whose watch began as it was ending.
@@ -109,10 +127,14 @@ pub struct EbpfBackend {
     /// Keep the programs attached; dropping them detaches them.
     _links: Vec<RawTracePointLink>,
     ring: AsyncFd<RingBuf<MapData>>,
-    pids: HashMap<MapData, u32, u32>,
+    /// What the programs log (rarely: failures), handed to `log`.
+    log: AsyncFd<EbpfLogger<&'static dyn log::Log>>,
+    /// Indexed by [`PidClass`].
+    pids: [HashMap<MapData, u32, u32>; 2],
     files: HashMap<MapData, FileKey, u32>,
-    lost: PerCpuArray<MapData, u64>,
-    lost_seen: u64,
+    failures: PerCpuArray<MapData, u64>,
+    /// The totals of [`Self::failures`] already reported, by [`Failure`].
+    failures_seen: [u64; FAILURE_KINDS as usize],
     ns_per_tick: u64,
     /// Watched as they were ending: reported ended unless the kernel does.
     late: Vec<Late>,
@@ -131,7 +153,11 @@ impl EbpfBackend {
         // these programs need none of it. Loading on a thread of its own
         // leaves that in the allocator's arena of that thread, to be given
         // back whole, not strewn among what the daemon keeps.
-        let Loaded { links, mut maps } = std::thread::scope(|scope| {
+        let Loaded {
+            links,
+            mut maps,
+            log,
+        } = std::thread::scope(|scope| {
             let loading = scope.spawn(|| load_object(object, &offsets));
             loading.join().unwrap_or(Err(EbpfError::LoaderPanicked))
         })?;
@@ -140,28 +166,30 @@ impl EbpfBackend {
             map: "EVENTS",
             source,
         })?;
-        let pids =
-            HashMap::try_from(take_map("WATCHED_PIDS")?).map_err(|source| EbpfError::Map {
-                map: "WATCHED_PIDS",
-                source,
-            })?;
+        let mut pid_map = |map| {
+            HashMap::try_from(take_map(map)?).map_err(|source| EbpfError::Map { map, source })
+        };
+        let pids = [pid_map(PID_MAPS[0])?, pid_map(PID_MAPS[1])?];
         let files =
             HashMap::try_from(take_map("WATCHED_FILES")?).map_err(|source| EbpfError::Map {
                 map: "WATCHED_FILES",
                 source,
             })?;
-        let lost = PerCpuArray::try_from(take_map("LOST")?).map_err(|source| EbpfError::Map {
-            map: "LOST",
-            source,
-        })?;
+        let failures =
+            PerCpuArray::try_from(take_map("FAILURES")?).map_err(|source| EbpfError::Map {
+                map: "FAILURES",
+                source,
+            })?;
         Ok(Self {
             _links: links,
             // SAFETY: the AsyncFd owns the ring buffer, which owns the map descriptor.
             ring: unsafe { AsyncFd::register(ring) }.map_err(|e| EbpfError::Poll(e.into()))?,
+            // SAFETY: as above, for the log's ring buffer.
+            log: unsafe { AsyncFd::register(log) }.map_err(|e| EbpfError::Poll(e.into()))?,
             pids,
             files,
-            lost,
-            lost_seen: 0,
+            failures,
+            failures_seen: [0; FAILURE_KINDS as usize],
             ns_per_tick: 1_000_000_000 / procfs::clock_ticks_per_second(),
             late: Vec::new(),
         })
@@ -191,37 +219,80 @@ impl EbpfBackend {
             let (late, ended) = settle(late, endings, &out[before..], Instant::now());
             self.late = late;
             out.extend(ended);
-            let lost = self.lost_total();
-            if lost > self.lost_seen {
-                out.push(Event::Lost {
-                    count: lost - self.lost_seen,
-                });
-                self.lost_seen = lost;
-            }
+            let totals = self.failure_totals();
+            out.extend(failure_events(&self.failures_seen, &totals));
+            self.failures_seen = totals;
             if out.len() > before {
                 return Ok(());
             }
             // Every record was read: the next one wakes the ring up.
             if self.late.is_empty() {
-                self.ring.readable_mut().await?.clear_ready();
-            } else if let Ok(guard) =
-                tokio::time::timeout(ENDING_POLL, self.ring.readable_mut()).await
-            {
-                guard?.clear_ready();
+                self.wait().await?;
+            } else if let Ok(woken) = tokio::time::timeout(ENDING_POLL, self.wait()).await {
+                woken?;
             }
         }
     }
 
-    fn lost_total(&self) -> u64 {
-        self.lost
-            .get(&0, 0)
-            .map(|per_cpu| per_cpu.iter().sum())
-            .unwrap_or(self.lost_seen)
+    /// Waits until the ring buffer has records; hands what the programs
+    /// logged meanwhile to `log`.
+    async fn wait(&mut self) -> io::Result<()> {
+        loop {
+            tokio::select! {
+                biased;
+                ready = self.ring.readable_mut() => {
+                    ready?.clear_ready();
+                    return Ok(());
+                }
+                ready = self.log.readable_mut() => {
+                    let mut guard = ready?;
+                    guard.get_inner_mut().flush();
+                    guard.clear_ready();
+                }
+            }
+        }
     }
 
-    /// Reports events about `pid` from now on.
-    pub fn watch(&mut self, pid: u32) -> Result<(), MapError> {
-        self.pids.insert(pid, 0, 0)?;
+    /// The totals of the failure counters, summed over the CPUs; what was
+    /// seen already for a counter that cannot be read.
+    fn failure_totals(&self) -> [u64; FAILURE_KINDS as usize] {
+        let mut totals = self.failures_seen;
+        for failure in Failure::ALL {
+            if let Ok(per_cpu) = self.failures.get(&(failure as u32), 0) {
+                totals[failure as usize] = per_cpu.iter().sum();
+            }
+        }
+        totals
+    }
+
+    /// Whether either map holds `pid`.
+    fn holds(&self, pid: u32) -> bool {
+        self.pids.iter().any(|map| map.get(&pid, 0).is_ok())
+    }
+
+    /// Reports events about `pid` from now on. One the kernel holds already
+    /// (a fork, an exec of a watched file) stays in the map it is in;
+    /// another goes into the map of its real uid's class.
+    pub fn watch(&mut self, pid: u32) -> Result<(), FilterError> {
+        if !self.holds(pid) {
+            // Gone: it is looked at below, as the least privileged.
+            let uid = procfs::status(pid).map_or(u32::MAX, |status| status.uid);
+            let class = PidClass::of_uid(uid);
+            let map = PID_MAPS[class as usize];
+            match self.pids[class as usize].insert(pid, 0, 0) {
+                Ok(()) => {}
+                Err(MapError::SyscallError(e))
+                    if e.io_error.raw_os_error() == Some(libc::E2BIG) =>
+                {
+                    return Err(FilterError::Full {
+                        pid,
+                        class,
+                        capacity: MAX_WATCHED_PIDS,
+                    })
+                }
+                Err(source) => return Err(FilterError::Map { map, source }),
+            }
+        }
         // Looked at once the map holds it: a thread not yet in `do_exit`
         // will pass the tracepoint with the map holding the process.
         let start = procfs::stat(pid).ok().map(|stat| stat.start_ticks);
@@ -236,23 +307,52 @@ impl EbpfBackend {
     /// Stops reporting events about `pid`.
     pub fn unwatch(&mut self, pid: u32) {
         // Absent already when the kernel removed it at its exit.
-        let _ = self.pids.remove(&pid);
+        for map in &mut self.pids {
+            let _ = map.remove(&pid);
+        }
         self.late.retain(|late| late.pid != pid);
     }
 
     /// Marks executions of `file` for reporting.
-    pub fn set_file(&mut self, file: FileKey, mark: FileMark) -> Result<(), MapError> {
+    pub fn set_file(&mut self, file: FileKey, mark: FileMark) -> Result<(), FilterError> {
         let value = match mark {
             FileMark::Watched => FILE_WATCHED,
             FileMark::Interpreter => FILE_INTERPRETER,
         };
-        self.files.insert(file, value, 0)
+        (self.files.insert(file, value, 0)).map_err(|source| FilterError::Map {
+            map: "WATCHED_FILES",
+            source,
+        })
     }
 
     /// Stops reporting executions of `file`.
     pub fn remove_file(&mut self, file: FileKey) {
         let _ = self.files.remove(&file);
     }
+}
+
+/// The events that the growth of the failure counters from `seen` to
+/// `totals` calls for: records lost (a full ring buffer, a failed read) and
+/// processes the kernel could not hold (a full map).
+fn failure_events(seen: &[u64], totals: &[u64]) -> Vec<Event> {
+    let (mut lost, mut unheld) = (0, 0);
+    for failure in Failure::ALL {
+        let i = failure as usize;
+        let new = totals[i].saturating_sub(seen[i]);
+        if failure.loses_records() {
+            lost += new;
+        } else {
+            unheld += new;
+        }
+    }
+    let mut events = Vec::new();
+    if lost > 0 {
+        events.push(Event::Lost { count: lost });
+    }
+    if unheld > 0 {
+        events.push(Event::Unheld { count: unheld });
+    }
+    events
 }
 
 /// What became of the processes found ending, given how far each is in
@@ -322,13 +422,18 @@ fn check_capabilities() -> Result<(), EbpfError> {
 struct Loaded {
     links: Vec<RawTracePointLink>,
     maps: Vec<(String, aya::maps::Map)>,
+    log: EbpfLogger<&'static dyn log::Log>,
 }
 
 /// Loads `object` with `offsets` and attaches its programs.
 fn load_object(object: &[u8], offsets: &armourd_common::Offsets) -> Result<Loaded, EbpfError> {
+    // SAFETY: sysconf has no preconditions.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    let log_bytes = u32::try_from(page).map_or(LOG_BYTES, |page| LOG_BYTES.max(page));
     let mut ebpf = EbpfLoader::new()
         .btf(None)
         .override_global("OFFSETS", offsets, true)
+        .map_max_entries("AYA_LOGS", log_bytes)
         .load(object)
         .map_err(EbpfError::Load)?;
     let mut links = Vec::new();
@@ -345,6 +450,7 @@ fn load_object(object: &[u8], offsets: &armourd_common::Offsets) -> Result<Loade
             .map_err(|source| EbpfError::Program { program, source })?;
         links.push(link);
     }
+    let log = EbpfLogger::init(&mut ebpf).map_err(EbpfError::Log)?;
     // The links hold the programs; the rest of the object goes.
     let maps = ebpf
         .maps_mut()
@@ -354,7 +460,7 @@ fn load_object(object: &[u8], offsets: &armourd_common::Offsets) -> Result<Loade
         .into_iter()
         .filter_map(|name| Some((name.clone(), ebpf.take_map(&name)?)))
         .collect();
-    Ok(Loaded { links, maps })
+    Ok(Loaded { links, maps, log })
 }
 
 fn take_map(
@@ -473,6 +579,19 @@ mod tests {
             ktime_ns: None,
         };
         assert_eq!(ended, [exit(1, sigkill), exit(2, ExitStatus::Unknown)]);
+    }
+
+    #[test]
+    fn full_maps_leave_processes_unheld_and_other_failures_lose_records() {
+        let seen = [1, 0, 0, 5];
+        let totals = [3, 1, 2, 9]; // ring full, read failed, root's map, users' map
+        assert_eq!(
+            failure_events(&seen, &totals),
+            [Event::Lost { count: 3 }, Event::Unheld { count: 6 }]
+        );
+        assert_eq!(failure_events(&totals, &totals), []);
+        // A counter read as lower than before (a CPU gone) reports nothing.
+        assert_eq!(failure_events(&[0, 0, 0, 7], &[0, 0, 0, 2]), []);
     }
 
     #[test]

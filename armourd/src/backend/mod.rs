@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 
-use armourd_common::FileKey;
+use armourd_common::{FileKey, PidClass};
 
 use crate::status::ExitStatus;
 
@@ -31,8 +31,38 @@ pub enum Event {
         /// CLOCK_MONOTONIC nanoseconds of the end, when the backend knows it.
         ktime_ns: Option<u64>,
     },
-    /// Events were lost (a full buffer): reconcile with /proc.
+    /// Events were lost (a full buffer, a failed read in the kernel):
+    /// reconcile with /proc.
     Lost { count: u64 },
+    /// The kernel could not hold `count` processes that were to be watched
+    /// (the map of their class was full); their records came anyway, and
+    /// holding them from user space fails too while the map stays full.
+    /// Reconcile once there may be room again.
+    Unheld { count: u64 },
+}
+
+/// Why the kernel filter did not take a watch or a mark.
+#[derive(thiserror::Error, Debug)]
+pub enum FilterError {
+    /// No room for another watched process of this class. A watch asked
+    /// for (D-Bus) is refused; any other is reconciled once there is room.
+    #[error(
+        "no room in the kernel: its map of {} watched processes is full ({capacity} entries)",
+        class.name()
+    )]
+    Full {
+        pid: u32,
+        class: PidClass,
+        capacity: u32,
+    },
+    #[error("eBPF map {map}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error(transparent)]
+    ProcConnector(#[from] proc_connector::ProcConnectorError),
 }
 
 /// A process executed a program; what the backend could capture at that moment.

@@ -12,8 +12,8 @@ use std::{
 
 use armourd::{
     dbus::{
-        self, ArmourdProxy, Bus, ProcessExited, ProcessFailed, ProcessInfo, ProcessRestarted,
-        WatchResult, BUS_NAME,
+        self, ArmourdProxy, Bus, CallError, ProcessExited, ProcessFailed, ProcessInfo,
+        ProcessRestarted, BUS_NAME,
     },
     status::signal_name,
 };
@@ -139,20 +139,8 @@ async fn run(bus: Bus, command: Command) -> Result<ExitCode, Failure> {
             }
             Ok(ExitCode::FAILURE)
         }
-        Command::Watch { pid } => {
-            let code = proxy
-                .watch_process(pid)
-                .await
-                .map_err(|e| call_failed("WatchProcess", e))?;
-            Ok(report("watch", pid, code))
-        }
-        Command::Unwatch { pid } => {
-            let code = proxy
-                .unwatch_process(pid)
-                .await
-                .map_err(|e| call_failed("UnwatchProcess", e))?;
-            Ok(report("unwatch", pid, code))
-        }
+        Command::Watch { pid } => report("watch", pid, proxy.watch(pid).await, bus),
+        Command::Unwatch { pid } => report("unwatch", pid, proxy.unwatch(pid).await, bus),
         Command::Monitor => monitor(bus, &proxy).await.map(|()| ExitCode::SUCCESS),
     }
 }
@@ -201,26 +189,36 @@ fn explain(bus: Bus, method: &str, e: zbus::Error) -> String {
     }
 }
 
-/// Prints what a watch or unwatch code means; success is code 0 only.
-fn report(verb: &str, pid: i32, code: u32) -> ExitCode {
-    match WatchResult::from_code(code) {
-        Some(WatchResult::Ok) => {
+/// Prints how a watch or unwatch went: `ok`, or armourd's reason.
+fn report(
+    verb: &str,
+    pid: i32,
+    result: Result<(), CallError>,
+    bus: Bus,
+) -> Result<ExitCode, Failure> {
+    let reason = match result {
+        Ok(()) => {
             println!("{verb} {pid}: ok");
-            ExitCode::SUCCESS
+            return Ok(ExitCode::SUCCESS);
         }
-        Some(WatchResult::Failed) if verb == "unwatch" => {
-            eprintln!("armourctl: unwatch {pid}: failed (it is not watched)");
-            ExitCode::FAILURE
+        Err(CallError::ZBus(e)) => {
+            let method = if verb == "watch" { "Watch" } else { "Unwatch" };
+            return Err(Failure(explain(bus, method, e)));
         }
-        Some(result) => {
-            eprintln!("armourctl: {verb} {pid}: {}", result.description());
-            ExitCode::FAILURE
-        }
-        None => {
-            eprintln!("armourctl: {verb} {pid}: unknown result code {code}");
-            ExitCode::FAILURE
-        }
-    }
+        Err(
+            CallError::NoSuchProcess(m)
+            | CallError::AccessDenied(m)
+            | CallError::AlreadyWatched(m)
+            | CallError::NotWatched(m)
+            | CallError::QuotaExceeded(m)
+            | CallError::Failed(m)
+            | CallError::LimitsExceeded(m)
+            | CallError::Unavailable(m)
+            | CallError::UnknownCaller(m),
+        ) => m,
+    };
+    eprintln!("armourctl: {verb} {pid}: {reason}");
+    Ok(ExitCode::FAILURE)
 }
 
 /// How a process ended last: `exit 3`, `SIGSEGV (core)`, or `-` when it has not.

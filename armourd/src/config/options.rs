@@ -3,7 +3,7 @@
 
 use std::{fmt::Write, path::Path, time::Duration};
 
-use super::{parse_duration, Config, Entry, SyntaxError};
+use super::{excerpt, parse_duration, Config, Entry, SyntaxError};
 use crate::{
     files,
     status::{self, SuccessSet},
@@ -50,14 +50,18 @@ fn parse_backoff(text: &str) -> Result<Option<Backoff>, SyntaxError> {
         .ok_or_else(|| SyntaxError::BadBackoff { found: text.into() })?;
     let (min, max) = (parse_duration(min)?, parse_duration(max)?);
     if min > max {
-        return Err(SyntaxError::BackoffReversed { found: text.into() });
+        return Err(SyntaxError::BackoffReversed {
+            found: excerpt(text),
+        });
     }
     Ok(Some(Backoff { min, max }))
 }
 
 /// `CRASHES/WINDOW`, CRASHES at least 1.
 fn parse_give_up(text: &str) -> Result<GiveUp, SyntaxError> {
-    let bad = || SyntaxError::BadGiveUp { found: text.into() };
+    let bad = || SyntaxError::BadGiveUp {
+        found: excerpt(text),
+    };
     let (crashes, window) = text.split_once('/').ok_or_else(bad)?;
     let crashes: u32 = crashes.parse().map_err(|_| bad())?;
     if crashes == 0 {

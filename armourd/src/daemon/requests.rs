@@ -1,20 +1,34 @@
 //! The daemon's side of D-Bus: answering requests from the event loop, and
 //! handing crash and restart notices to the task that emits the signals.
+//!
+//! What a user may watch: a whole process (not a thread) of its own that
+//! runs an executable, never armourd or a process armourd is starting, and
+//! at most `--max-user-watches` of them; root may watch any such process
+//! and is never counted. A watch the kernel filter cannot hold, or of a
+//! process that ended meanwhile, is not kept.
 
 use std::{
+    collections::HashSet,
     os::unix::ffi::OsStrExt,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
 use tokio::sync::mpsc;
 
-use super::{capture, Daemon};
+use super::{alive, capture, error_chain, Daemon};
 use crate::{
     backend::Kind,
-    dbus::{self, ProcessInfo, Request, Service, WatchResult},
+    dbus::{self, Incoming, ProcessInfo, Refusal, Request, Service},
     procfs,
-    supervisor::{Exec, InstanceView, ProcId, State},
+    supervisor::{Action, Exec, InstanceView, ProcId, State},
 };
+
+/// The default of `--max-user-watches`.
+pub const DEFAULT_MAX_USER_WATCHES: usize = 64;
+
+/// Signals waiting for the bus; beyond this, new ones are dropped (and
+/// counted in the log) rather than held while the bus is slow.
+const SIGNAL_QUEUE: usize = 256;
 
 /// A signal to emit on the bus.
 #[derive(Debug)]
@@ -43,14 +57,20 @@ pub enum BusSignal {
 /// The D-Bus connection as the event loop sees it: requests come in,
 /// signals go out to a task of their own so that no bus write delays a restart.
 pub struct Bus {
-    pub requests: mpsc::Receiver<Request>,
-    pub signals: mpsc::UnboundedSender<BusSignal>,
+    pub requests: Incoming,
+    pub signals: mpsc::Sender<BusSignal>,
+    /// Signals dropped because the queue was full.
+    dropped: u64,
+    quota: Quota,
+    /// Refusals already logged at info level, by caller and kind.
+    logged: HashSet<(u32, &'static str)>,
 }
 
 /// Serves armourd on `bus`; without a reachable bus, one warning and `None`.
-pub async fn start(bus: dbus::Bus, backend: Kind) -> Option<Bus> {
-    let (requests_tx, requests) = mpsc::channel(16);
-    let service = match Service::start(bus, backend.name(), requests_tx).await {
+/// A non-root uid may hold `max_user_watches` watches made over D-Bus.
+pub async fn start(bus: dbus::Bus, backend: Kind, max_user_watches: usize) -> Option<Bus> {
+    let (queues, requests) = dbus::queues();
+    let service = match Service::start(bus, backend.name(), queues).await {
         Ok(service) => service,
         Err(err) => {
             // zbus repeats its cause in its own text: one level is enough.
@@ -62,7 +82,7 @@ pub async fn start(bus: dbus::Bus, backend: Kind) -> Option<Bus> {
             return None;
         }
     };
-    let (signals, mut outgoing) = mpsc::unbounded_channel();
+    let (signals, mut outgoing) = mpsc::channel(SIGNAL_QUEUE);
     tokio::spawn(async move {
         while let Some(signal) = outgoing.recv().await {
             match signal {
@@ -94,14 +114,53 @@ pub async fn start(bus: dbus::Bus, backend: Kind) -> Option<Bus> {
             }
         }
     });
-    Some(Bus { requests, signals })
+    Some(Bus {
+        requests,
+        signals,
+        dropped: 0,
+        quota: Quota::new(max_user_watches),
+        logged: HashSet::new(),
+    })
 }
 
-/// Waits for the next request; forever without a bus.
+/// Waits for the next request, root's first; forever without a bus.
 pub async fn next(bus: &mut Option<Bus>) -> Option<Request> {
     match bus {
-        Some(bus) => bus.requests.recv().await,
+        Some(bus) => bus.requests.next().await,
         None => std::future::pending().await,
+    }
+}
+
+/// The per-uid bound on watches made over D-Bus.
+#[derive(Debug)]
+pub struct Quota {
+    limit: usize,
+    /// The uids whose refusal was logged: once each.
+    logged: HashSet<u32>,
+}
+
+impl Quota {
+    pub fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            logged: HashSet::new(),
+        }
+    }
+
+    /// Whether `uid`, holding `held` watches, may make one more; root may.
+    pub fn check(&self, uid: u32, held: usize) -> Result<(), Refusal> {
+        if uid == 0 || held < self.limit {
+            return Ok(());
+        }
+        Err(Refusal::QuotaExceeded {
+            uid,
+            limit: self.limit,
+        })
+    }
+
+    /// True the first time `uid` is refused: then it is logged.
+    pub fn first_refusal(&mut self, uid: u32) -> bool {
+        self.logged.insert(uid)
     }
 }
 
@@ -113,13 +172,23 @@ impl Daemon {
             Request::Watch {
                 pid,
                 caller_uid,
+                code_only,
                 reply,
-            } => drop(reply.send(self.watch_request(pid, caller_uid))),
+            } => {
+                let result = self.watch_request(pid, caller_uid);
+                self.note("watch", caller_uid, code_only, &result);
+                drop(reply.send(result));
+            }
             Request::Unwatch {
                 pid,
                 caller_uid,
+                code_only,
                 reply,
-            } => drop(reply.send(self.unwatch_request(pid, caller_uid))),
+            } => {
+                let result = self.unwatch_request(pid, caller_uid);
+                self.note("unwatch", caller_uid, code_only, &result);
+                drop(reply.send(result));
+            }
             Request::Processes { reply } => drop(reply.send(self.processes())),
             Request::Reset { target, reply } => drop(reply.send(self.reset(&target))),
             Request::Reload { reply } => {
@@ -129,65 +198,138 @@ impl Daemon {
         }
     }
 
-    fn watch_request(&mut self, pid: i32, caller_uid: u32) -> WatchResult {
-        let Some((pid, stat)) = existing(pid) else {
-            return WatchResult::NoSuchProcess;
+    /// Logs a refusal. A quota refusal is a warning once per uid. A caller
+    /// that gets only a code (`WatchProcess`) finds the reason in the log:
+    /// root's always, another uid's once per kind at info level, then at
+    /// debug level so that no caller can flood the log. A caller of
+    /// `Watch` gets the reason itself: debug level.
+    fn note(&mut self, verb: &str, caller_uid: u32, code_only: bool, result: &Result<(), Refusal>) {
+        let (Err(refusal), Some(bus)) = (result, self.bus.as_mut()) else {
+            return;
         };
-        if self.supervisor.is_watched(pid) {
-            return WatchResult::AlreadyWatched;
+        if let Refusal::QuotaExceeded { .. } = refusal {
+            if bus.quota.first_refusal(caller_uid) {
+                log::warn!(
+                    "{refusal}: further watches of uid {caller_uid} are refused (logged once per uid)"
+                );
+            } else {
+                log::debug!("{verb} refused to uid {caller_uid}: {refusal}");
+            }
+            return;
         }
-        let Ok(status) = procfs::status(pid) else {
-            return WatchResult::NoSuchProcess;
+        let first = caller_uid == 0 || bus.logged.insert((caller_uid, refusal.name()));
+        if code_only && first {
+            log::info!("{verb} refused to uid {caller_uid}: {refusal}");
+        } else {
+            log::debug!("{verb} refused to uid {caller_uid}: {refusal}");
+        }
+    }
+
+    fn watch_request(&mut self, pid: i32, caller_uid: u32) -> Result<(), Refusal> {
+        let no_such = Refusal::NoSuchProcess { pid };
+        let failed = |reason: &str| Refusal::Failed {
+            pid,
+            reason: reason.to_owned(),
         };
+        let (id, stat) = existing(pid).ok_or(no_such.clone())?;
+        let status = procfs::status(id).map_err(|_| no_such.clone())?;
+        let own = std::process::id();
+        if status.tgid == Some(own) {
+            return Err(failed("it is armourd itself; armourd never watches itself"));
+        }
+        if let Some(tgid) = status.tgid.filter(|&t| t != id) {
+            return Err(failed(&format!(
+                "it is a thread of process {tgid}; watch the process ({tgid}) instead"
+            )));
+        }
         if !dbus::authorize(caller_uid, status.uid) {
-            return WatchResult::PermissionDenied;
+            return Err(Refusal::AccessDenied {
+                pid,
+                owner: status.uid,
+            });
+        }
+        if self.supervisor.is_watched(id) {
+            return Err(Refusal::AlreadyWatched { pid });
+        }
+        if stat.ppid == own && procfs::exe_key(id).ok() == procfs::exe_key(own).ok() {
+            return Err(failed(
+                "armourd is starting it (it has not executed its program yet); try again",
+            ));
+        }
+        if let Some(bus) = &self.bus {
+            let held = self
+                .supervisor
+                .instances()
+                .filter(|i| i.entry.is_none() && i.spec.uid == caller_uid)
+                .count();
+            bus.quota.check(caller_uid, held)?;
         }
         // Kernel threads have no executable to restart.
-        let Ok(exe) = procfs::exe_path(pid) else {
-            return WatchResult::Failed;
+        let exe = procfs::exe_path(id)
+            .map_err(|_| failed("it has no executable to restart (a kernel thread?)"))?;
+        let proc = ProcId {
+            pid: id,
+            start: Some(stat.start_ticks),
         };
-        let argv = procfs::cmdline(pid).unwrap_or_default();
+        // The kernel filter first: a watch it cannot hold (no room left,
+        // `FilterError::Full`) is refused, never reported as held.
+        if let Err(err) = self.engine.watch(id) {
+            self.refused(id, &err);
+            return Err(failed(&format!(
+                "the kernel filter cannot hold it ({}); try again later",
+                error_chain(&err)
+            )));
+        }
+        let argv = procfs::cmdline(id).unwrap_or_default();
         let known = procfs::Known {
             argv: Some(argv.clone()),
             ..procfs::Known::default()
         };
-        let (spec, leads_group) = capture(pid, exe, known, argv);
+        let (spec, leads_group) = capture(id, exe, known, argv);
         let exec = Exec {
-            proc: ProcId {
-                pid,
-                start: Some(stat.start_ticks),
-            },
+            proc,
             entry: None,
             spec,
             leads_group,
             adopted: true,
         };
-        let actions = self.supervisor.exec(exec, Instant::now());
+        let mut actions = self.supervisor.exec(exec, Instant::now());
+        actions.retain(|a| !matches!(a, Action::Watch(p) if *p == id));
         self.apply(actions);
+        // Ended before the filter held it: its end was not seen, so the
+        // watch would linger.
+        if !alive(proc) {
+            if let Some(actions) = self.supervisor.unwatch(id) {
+                self.apply(actions);
+            }
+            return Err(no_such);
+        }
         log::info!("pid {pid} watched on request of uid {caller_uid}");
-        WatchResult::Ok
+        Ok(())
     }
 
-    fn unwatch_request(&mut self, pid: i32, caller_uid: u32) -> WatchResult {
-        let Ok(pid) = u32::try_from(pid) else {
-            return WatchResult::NoSuchProcess;
+    fn unwatch_request(&mut self, pid: i32, caller_uid: u32) -> Result<(), Refusal> {
+        let Some(id) = u32::try_from(pid).ok().filter(|&p| p > 0) else {
+            return Err(Refusal::NoSuchProcess { pid });
         };
-        let Some(view) = self.supervisor.instances().find(|i| i.pid == pid) else {
-            return match existing(pid as i32) {
-                Some(_) => WatchResult::Failed,
-                None => WatchResult::NoSuchProcess,
-            };
+        let Some(view) = self.supervisor.instances().find(|i| i.pid == id) else {
+            return Err(match existing(pid) {
+                Some(_) => Refusal::NotWatched { pid },
+                None => Refusal::NoSuchProcess { pid },
+            });
         };
         if !dbus::authorize(caller_uid, view.spec.uid) {
-            return WatchResult::PermissionDenied;
+            return Err(Refusal::AccessDenied {
+                pid,
+                owner: view.spec.uid,
+            });
         }
-        match self.supervisor.unwatch(pid) {
-            Some(actions) => {
-                self.apply(actions);
-                WatchResult::Ok
-            }
-            None => WatchResult::Failed,
-        }
+        let actions = self
+            .supervisor
+            .unwatch(id)
+            .ok_or(Refusal::NotWatched { pid })?;
+        self.apply(actions);
+        Ok(())
     }
 
     fn processes(&self) -> Vec<ProcessInfo> {
@@ -198,10 +340,24 @@ impl Daemon {
             .collect()
     }
 
-    /// Hands a notice to the bus, if there is one.
-    pub(super) fn emit(&self, signal: BusSignal) {
-        if let Some(bus) = &self.bus {
-            let _ = bus.signals.send(signal);
+    /// Hands a notice to the bus, if there is one; drops it if the bus is
+    /// that far behind.
+    pub(super) fn emit(&mut self, signal: BusSignal) {
+        let Some(bus) = &mut self.bus else {
+            return;
+        };
+        match bus.signals.try_send(signal) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                bus.dropped += 1;
+                if bus.dropped.is_power_of_two() {
+                    log::warn!(
+                        "the bus is slow: {} signals dropped so far (queue of {SIGNAL_QUEUE} full)",
+                        bus.dropped
+                    );
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 }
@@ -258,5 +414,35 @@ fn process_info(view: &InstanceView, (now, wall): (Instant, SystemTime)) -> Proc
         since_us: since,
         crash_streak: view.crash_streak,
         next_restart_us: view.next_restart.map_or(0, |at| unix_us(at, (now, wall))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_user_may_hold_up_to_the_quota_and_root_any_number() {
+        let quota = Quota::new(64);
+        assert_eq!(quota.check(1000, 0), Ok(()));
+        assert_eq!(quota.check(1000, 63), Ok(()), "the 64th watch");
+        assert_eq!(
+            quota.check(1000, 64),
+            Err(Refusal::QuotaExceeded {
+                uid: 1000,
+                limit: 64
+            }),
+            "the 65th"
+        );
+        assert_eq!(quota.check(0, 10_000), Ok(()), "root is not limited");
+        assert!(Quota::new(0).check(1000, 0).is_err(), "0 allows users none");
+    }
+
+    #[test]
+    fn a_quota_refusal_is_logged_once_per_uid() {
+        let mut quota = Quota::new(1);
+        assert!(quota.first_refusal(1000));
+        assert!(!quota.first_refusal(1000));
+        assert!(quota.first_refusal(1001), "each uid once");
     }
 }

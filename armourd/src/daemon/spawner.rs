@@ -87,6 +87,8 @@ struct Running {
     deadline: Instant,
     /// The child was killed at its deadline.
     killed: bool,
+    /// The child's exec was seen: the restart is done, whatever the worker says.
+    claimed: bool,
 }
 
 /// The restarts waiting and under way.
@@ -144,13 +146,14 @@ impl Spawner {
         !self.waiting.is_empty() || !self.running.is_empty()
     }
 
-    /// The instance whose restart is the child `pid`, and when its spawn
-    /// began, while the spawn is under way (the kernel may report the
-    /// child's exec before the worker reports the spawn).
-    pub fn child_of(&self, pid: u32) -> Option<(InstanceId, u64)> {
-        (self.running.iter())
-            .find(|r| r.slot.pid() == Some(pid))
-            .map(|r| (r.instance, r.began_ns))
+    /// Claims the child `pid` as restarted: the kernel reported its exec
+    /// before its worker reported the spawn. Returns its instance and when
+    /// its spawn began; the worker's report is then ignored.
+    pub fn claim(&mut self, pid: u32) -> Option<(InstanceId, u64)> {
+        let running =
+            (self.running.iter_mut()).find(|r| !r.claimed && r.slot.pid() == Some(pid))?;
+        running.claimed = true;
+        Some((running.instance, running.began_ns))
     }
 
     /// The next finished restart.
@@ -171,7 +174,10 @@ impl Spawner {
 
     /// When [`Spawner::expire`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
-        self.running.iter().map(|r| r.deadline).min()
+        (self.running.iter())
+            .filter(|r| !r.claimed)
+            .map(|r| r.deadline)
+            .min()
     }
 
     /// Kills children that hung past their deadline; gives up on those
@@ -179,7 +185,7 @@ impl Spawner {
     pub fn expire(&mut self, now: Instant) {
         let mut given_up = Vec::new();
         for (index, running) in self.running.iter_mut().enumerate() {
-            if running.deadline > now {
+            if running.deadline > now || running.claimed {
                 continue;
             }
             if running.killed {
@@ -227,6 +233,9 @@ impl Spawner {
             self.idle.push(running.worker);
         }
         self.dispatch();
+        if running.claimed {
+            return None;
+        }
         Some(Done {
             instance: running.instance,
             result: report.result,
@@ -273,6 +282,7 @@ impl Spawner {
                 began_ns: monotonic_ns(),
                 deadline: Instant::now() + SPAWN_TIMEOUT,
                 killed: false,
+                claimed: false,
             });
         }
     }

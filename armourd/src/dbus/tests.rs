@@ -63,14 +63,96 @@ fn root_or_the_owner_may_watch() {
 }
 
 #[test]
-fn watch_results_keep_the_c_daemons_numbers() {
-    let codes = WatchResult::ALL.map(WatchResult::code);
-    assert_eq!(codes, [0, 1, 2, 3, 4]);
+fn watch_process_answers_only_the_c_daemons_three_codes() {
+    let pid = 7;
+    let refusals = [
+        Refusal::NoSuchProcess { pid },
+        Refusal::AccessDenied { pid, owner: 0 },
+        Refusal::NotWatched { pid },
+        Refusal::QuotaExceeded {
+            uid: 1000,
+            limit: 64,
+        },
+        Refusal::Failed {
+            pid,
+            reason: "a kernel thread".into(),
+        },
+    ];
+    assert_eq!(WatchResult::of_watch(&Ok(())).code(), 0);
+    let already = Err(Refusal::AlreadyWatched { pid });
+    assert_eq!(WatchResult::of_watch(&already).code(), 1);
+    for refusal in refusals {
+        assert_eq!(WatchResult::of_watch(&Err(refusal)).code(), 2);
+    }
+    assert_eq!(WatchResult::ALL.map(WatchResult::code), [0, 1, 2]);
+    assert_eq!(WatchResult::from_code(3), None);
+}
+
+#[test]
+fn unwatch_process_answers_0_or_2() {
+    assert_eq!(WatchResult::of_unwatch(&Ok(())).code(), 0);
+    for refusal in [
+        Refusal::NoSuchProcess { pid: 7 },
+        Refusal::NotWatched { pid: 7 },
+        Refusal::AccessDenied { pid: 7, owner: 0 },
+    ] {
+        assert_eq!(WatchResult::of_unwatch(&Err(refusal)).code(), 2);
+    }
+}
+
+#[test]
+fn refusals_become_named_errors_that_say_what_to_do() {
+    use zbus::DBusError as _;
+    let cases = [
+        (
+            Refusal::NoSuchProcess { pid: 7 },
+            "NoSuchProcess",
+            "check the pid",
+        ),
+        (
+            Refusal::AccessDenied { pid: 7, owner: 0 },
+            "AccessDenied",
+            "only root may",
+        ),
+        (
+            Refusal::AlreadyWatched { pid: 7 },
+            "AlreadyWatched",
+            "nothing to do",
+        ),
+        (
+            Refusal::NotWatched { pid: 7 },
+            "NotWatched",
+            "nothing to unwatch",
+        ),
+        (
+            Refusal::QuotaExceeded { uid: 5, limit: 64 },
+            "QuotaExceeded",
+            "--max-user-watches",
+        ),
+        (
+            Refusal::Failed {
+                pid: 7,
+                reason: "it is armourd itself".into(),
+            },
+            "Failed",
+            "armourd itself",
+        ),
+    ];
+    for (refusal, name, advice) in cases {
+        assert_eq!(refusal.name(), name);
+        let error = CallError::from(refusal);
+        assert_eq!(
+            error.name().as_str(),
+            format!("com.github.Armourd.Error.{name}")
+        );
+        let text = error.description().unwrap_or_default().to_owned();
+        assert!(text.contains(advice), "{name}: {text}");
+    }
+    let limits = CallError::from(Refused::AllUsers);
     assert_eq!(
-        WatchResult::from_code(4),
-        Some(WatchResult::PermissionDenied)
+        limits.name().as_str(),
+        "com.github.Armourd.Error.LimitsExceeded"
     );
-    assert_eq!(WatchResult::from_code(5), None);
 }
 
 #[test]
@@ -185,12 +267,12 @@ impl Drop for TestBus {
 type Callers = mpsc::UnboundedReceiver<u32>;
 
 /// Answers requests as a daemon watching `processes` would; pid 1 belongs to
-/// root, other pids to uid 1000 (so a non-root caller gets code 4 for pid 1).
-fn fake_daemon(processes: Vec<ProcessInfo>) -> (mpsc::Sender<Request>, Callers) {
-    let (requests, mut incoming) = mpsc::channel(8);
+/// root, other pids to uid 1000 (so a non-root caller is denied pid 1).
+fn fake_daemon(processes: Vec<ProcessInfo>) -> (Queues, Callers) {
+    let (queues, mut incoming) = queues();
     let (callers, seen) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Some(request) = incoming.recv().await {
+        while let Some(request) = incoming.next().await {
             match request {
                 Request::Processes { reply } => {
                     let _ = reply.send(processes.clone());
@@ -199,22 +281,24 @@ fn fake_daemon(processes: Vec<ProcessInfo>) -> (mpsc::Sender<Request>, Callers) 
                     pid,
                     caller_uid,
                     reply,
+                    ..
                 }
                 | Request::Unwatch {
                     pid,
                     caller_uid,
                     reply,
+                    ..
                 } => {
                     callers.send(caller_uid).unwrap();
                     let owner = if pid == 1 { 0 } else { 1000 };
                     let result = if processes.iter().any(|p| p.pid == pid) {
-                        WatchResult::AlreadyWatched
+                        Err(Refusal::AlreadyWatched { pid })
                     } else if pid > 4_194_304 {
-                        WatchResult::NoSuchProcess
+                        Err(Refusal::NoSuchProcess { pid })
                     } else if !authorize(caller_uid, owner) {
-                        WatchResult::PermissionDenied
+                        Err(Refusal::AccessDenied { pid, owner })
                     } else {
-                        WatchResult::Ok
+                        Ok(())
                     };
                     let _ = reply.send(result);
                 }
@@ -227,15 +311,17 @@ fn fake_daemon(processes: Vec<ProcessInfo>) -> (mpsc::Sender<Request>, Callers) 
             }
         }
     });
-    (requests, seen)
+    (queues, seen)
 }
 
-async fn serve_on(bus: &TestBus, requests: mpsc::Sender<Request>) -> Result<Service, DbusError> {
+async fn serve_on(bus: &TestBus, queues: Queues) -> Result<Service, DbusError> {
+    let lookup = bus.connect().await;
     serve(
         bus.connect().await,
+        lookup,
         Bus::Session,
         "proc-connector",
-        requests,
+        queues,
     )
     .await
 }
@@ -266,8 +352,8 @@ fn error_of(output: &Output) -> String {
 #[tokio::test]
 async fn dbus_send_sees_methods_properties_and_errors() {
     let bus = TestBus::start();
-    let (requests, mut callers) = fake_daemon(processes());
-    let _service = serve_on(&bus, requests).await.unwrap();
+    let (queues, mut callers) = fake_daemon(processes());
+    let _service = serve_on(&bus, queues).await.unwrap();
     let iface = |member: &str| format!("{INTERFACE}.{member}");
 
     let list = flat(&stdout(&bus.send(&iface("ListProcesses"), &[]).await));
@@ -293,7 +379,19 @@ async fn dbus_send_sees_methods_properties_and_errors() {
         &bus.send(&iface("UnwatchProcess"), &["int32:99999999"])
             .await,
     );
-    assert!(unwatch.contains("uint32 3"), "{unwatch}");
+    assert!(unwatch.contains("uint32 2"), "{unwatch}");
+    let error = error_of(&bus.send(&iface("Watch"), &["int32:99999999"]).await);
+    assert!(
+        error.contains("com.github.Armourd.Error.NoSuchProcess: no process 99999999"),
+        "{error}"
+    );
+    let error = error_of(&bus.send(&iface("Unwatch"), &["int32:10"]).await);
+    assert!(
+        error.contains("com.github.Armourd.Error.AlreadyWatched"),
+        "{error}"
+    );
+    let ok = bus.send(&iface("Watch"), &["int32:77"]).await;
+    assert_eq!(stdout(&ok).lines().count(), 1, "no value: {ok:?}");
 
     let get = flat(&stdout(&bus.send(&iface("GetProcesses"), &[]).await));
     for needle in [
@@ -311,7 +409,11 @@ async fn dbus_send_sees_methods_properties_and_errors() {
     for needle in [
         r#"<interface name="com.github.Armourd">"#,
         r#"<method name="ListProcesses">"#,
+        r#"<method name="Watch">"#,
+        r#"<method name="Unwatch">"#,
         r#"<arg name="pid" type="i" direction="in"/>"#,
+        r#"<arg type="a{sv}" direction="out"/>"#,
+        r#"<arg type="aa{sv}" direction="out"/>"#,
         r#"<signal name="ProcessExited">"#,
         r#"<arg name="will_restart" type="b"/>"#,
         r#"<property name="Backend" type="s" access="read">"#,
@@ -379,8 +481,8 @@ print("ok")
 #[tokio::test]
 async fn python_dbus_client_gets_typed_answers() {
     let bus = TestBus::start();
-    let (requests, _callers) = fake_daemon(processes());
-    let _service = serve_on(&bus, requests).await.unwrap();
+    let (queues, _callers) = fake_daemon(processes());
+    let _service = serve_on(&bus, queues).await.unwrap();
     let args = vec!["-c".into(), PYTHON_CLIENT.into(), bus.address.clone()];
     let out = stdout(&bus.run("/usr/bin/python3", args).await);
     assert_eq!(out.trim(), "ok");
@@ -397,8 +499,8 @@ async fn next_within_5s<S: Stream + Unpin>(stream: &mut S) -> S::Item {
 #[tokio::test]
 async fn proxy_receives_signals_and_reads_processes() {
     let bus = TestBus::start();
-    let (requests, _callers) = fake_daemon(processes());
-    let service = serve_on(&bus, requests).await.unwrap();
+    let (queues, _callers) = fake_daemon(processes());
+    let service = serve_on(&bus, queues).await.unwrap();
     let client = bus.connect().await;
     let proxy = ArmourdProxy::new(&client).await.unwrap();
     let mut exited = proxy.receive_process_exited().await.unwrap();
@@ -440,9 +542,9 @@ async fn proxy_receives_signals_and_reads_processes() {
 #[tokio::test]
 async fn a_second_service_does_not_take_the_name() {
     let bus = TestBus::start();
-    let (requests, _callers) = fake_daemon(Vec::new());
-    let first = serve_on(&bus, requests.clone()).await.unwrap();
-    let second = serve_on(&bus, requests.clone()).await;
+    let (queues, _callers) = fake_daemon(Vec::new());
+    let first = serve_on(&bus, queues.clone()).await.unwrap();
+    let second = serve_on(&bus, queues.clone()).await;
     assert!(
         matches!(second, Err(DbusError::NameTaken { .. })),
         "{:?}",
@@ -450,13 +552,13 @@ async fn a_second_service_does_not_take_the_name() {
     );
     drop(first);
     // The name is free again once the first service is gone.
-    let mut third = serve_on(&bus, requests.clone()).await;
+    let mut third = serve_on(&bus, queues.clone()).await;
     for _ in 0..50 {
         if third.is_ok() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
-        third = serve_on(&bus, requests.clone()).await;
+        third = serve_on(&bus, queues.clone()).await;
     }
     third.unwrap();
 }
@@ -464,9 +566,9 @@ async fn a_second_service_does_not_take_the_name() {
 #[tokio::test]
 async fn calls_fail_at_once_when_the_daemon_is_gone() {
     let bus = TestBus::start();
-    let (requests, gone) = mpsc::channel(1);
+    let (queues, gone) = queues();
     drop(gone);
-    let _service = serve_on(&bus, requests).await.unwrap();
+    let _service = serve_on(&bus, queues).await.unwrap();
     let client = bus.connect().await;
     let proxy = ArmourdProxy::new(&client).await.unwrap();
     let err = proxy.list_processes().await.unwrap_err();

@@ -159,15 +159,104 @@ fn watch_dirs_cover_missing_parents_and_wildcard_levels() {
     let p = |name: &str| dir.path().join(name);
     let expected = [
         p(""),
-        p("apps/one/bin"),
         p("apps"),
         p("apps/one"),
+        p("apps/one/bin"),
         p("apps/two"),
     ];
     assert_eq!(
         watch_dirs(&config),
         expected.map(|p| p.components().collect::<PathBuf>())
     );
+}
+
+#[test]
+fn recursive_glob_never_follows_a_directory_symlink() {
+    let dir = TestDir::new();
+    let a = dir.file("bin/a", "\x7fELF", 0o755);
+    let b = dir.file("x/y/bin/b", "\x7fELF", 0o755);
+    symlink(".", dir.path().join("loop")).unwrap();
+    symlink("..", dir.path().join("x/up")).unwrap();
+    symlink("/", dir.path().join("root")).unwrap();
+    let config = dir.config("@/**/bin/*\n");
+    assert_eq!(paths(&expand(&config)), [a.as_path(), b.as_path()]);
+    let dirs = watch_dirs(&config);
+    let p = |name: &str| dir.path().join(name);
+    assert_eq!(dirs, [p(""), p("bin"), p("x"), p("x/y"), p("x/y/bin")]);
+}
+
+#[test]
+fn symlinked_directory_at_a_wildcard_level_is_not_entered() {
+    let dir = TestDir::new();
+    let real = dir.file("apps/real/bin/x", "\x7fELF", 0o755);
+    dir.file("elsewhere/bin/y", "\x7fELF", 0o755);
+    symlink(dir.path().join("elsewhere"), dir.path().join("apps/link")).unwrap();
+    symlink(
+        dir.path().join("elsewhere/bin"),
+        dir.path().join("apps/real/bin2"),
+    )
+    .unwrap();
+    let config = dir.config("@/apps/*/bin/*\n@/apps/*/bin2/*\n");
+    assert_eq!(paths(&expand(&config)), [real.as_path()]);
+    assert!(!watch_dirs(&config).contains(&dir.path().join("apps/link")));
+}
+
+#[test]
+fn walk_stops_at_its_depth_limit_and_keeps_what_it_found() {
+    let dir = TestDir::new();
+    let shallow = dir.file("a/bin/x", "\x7fELF", 0o755);
+    dir.file("a/b/c/d/bin/x", "\x7fELF", 0o755);
+    let limits = Limits {
+        depth: 3,
+        visits: 1000,
+    };
+    let walk = walk::walk(dir.path(), "**/bin/*", limits);
+    assert_eq!(walk.files, [shallow]);
+    assert_eq!(walk.bounds, [Bound::Depth]);
+    assert!(walk.dirs.contains(&dir.path().join("a/b/c")));
+    assert!(!walk.dirs.contains(&dir.path().join("a/b/c/d")));
+    // Deep enough: no bound.
+    let walk = walk::walk(dir.path(), "**/bin/*", Limits { depth: 5, ..limits });
+    assert_eq!(walk.files.len(), 2);
+    assert!(walk.bounds.is_empty());
+}
+
+#[test]
+fn walk_stops_after_its_visit_limit() {
+    let dir = TestDir::new();
+    for n in 0..20 {
+        dir.file(&format!("bin/x{n:02}"), "\x7fELF", 0o755);
+    }
+    let limits = Limits {
+        depth: 32,
+        visits: 10,
+    };
+    let walk = walk::walk(dir.path(), "bin/*", limits);
+    assert_eq!(walk.bounds, [Bound::Visits]);
+    // The literal `bin` is one visit.
+    assert_eq!(walk.files.len(), 9);
+    let walk = walk::walk(
+        dir.path(),
+        "bin/*",
+        Limits {
+            visits: 21,
+            ..limits
+        },
+    );
+    assert_eq!((walk.files.len(), walk.bounds), (20, vec![]));
+}
+
+#[test]
+fn trailing_recursive_wildcard_and_dot_components_match_nothing() {
+    let dir = TestDir::new();
+    dir.file("bin/a", "\x7fELF", 0o755);
+    let limits = Limits::DEFAULT;
+    assert!(walk::walk(dir.path(), "**", limits).files.is_empty());
+    assert!(walk::walk(dir.path(), "bin/../bin/*", limits)
+        .files
+        .is_empty());
+    assert!(walk::walk(dir.path(), "./bin/*", limits).files.is_empty());
+    assert_eq!(walk::walk(dir.path(), "**/**/a", limits).files.len(), 1);
 }
 
 #[test]
@@ -190,4 +279,12 @@ fn no_shebang_means_no_interpreter() {
     assert_eq!(parse_shebang(b"#! \n/bin/sh"), None);
     assert_eq!(parse_shebang(b"#!"), None);
     assert_eq!(parse_shebang(b" #!/bin/sh"), None);
+}
+
+#[test]
+fn bounded_read_never_reads_an_endless_stream_to_its_end() {
+    assert_eq!(read_bounded(io::repeat(b'x'), 10).unwrap(), None);
+    let exact = read_bounded(&b"0123456789"[..], 10).unwrap();
+    assert_eq!(exact.as_deref(), Some(&b"0123456789"[..]));
+    assert_eq!(read_bounded(&b"01234567890"[..], 10).unwrap(), None);
 }

@@ -308,3 +308,29 @@ fn the_program_and_the_caller_keep_the_callers_cpus() {
     assert_eq!(own(), before);
     fs::remove_dir_all(dir).unwrap();
 }
+
+#[test]
+fn once_spawned_the_child_is_no_killers_to_take() {
+    let slot = ChildSlot::default();
+    let pid = spawn(&as_root("/bin/true", &["true"]), &slot).unwrap();
+    assert_eq!(slot.pid(), Some(pid), "the pid stays visible");
+    assert_eq!(slot.take(), None, "too late to kill it as hung");
+    assert_eq!(wait(pid), 0);
+}
+
+#[test]
+fn a_fifo_in_place_of_a_log_file_becomes_dev_null() {
+    let dir = temp_dir("fifo");
+    let fifo = dir.join("out.log");
+    let path = std::ffi::CString::new(fifo.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o666) }, 0);
+    let mut spec = sh("x=$(readlink /proc/$$/fd/1); echo \"$x\" > \"$0\"");
+    let result = dir.join("result");
+    spec.argv.push(result.clone().into_os_string());
+    spec.stdio[1] = StdioTarget::File(fifo.clone());
+    spec.stdio[0] = StdioTarget::File(fifo);
+    let pid = spawn(&spec, &ChildSlot::default()).expect("no reader needed");
+    assert_eq!(wait(pid), 0);
+    assert_eq!(fs::read_to_string(result).unwrap().trim(), "/dev/null");
+}

@@ -283,6 +283,21 @@ fn member_executing_another_program_leaves_the_instance() {
 }
 
 #[test]
+fn a_process_the_kernel_cannot_hold_is_no_longer_watched() {
+    let mut s = supervisor();
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    s.fork(100, proc(101, 8));
+    // A member leaves its instance; the leader stays watched.
+    assert_eq!(s.unheld(101), [Action::Unwatch(101)]);
+    assert!(!s.is_watched(101) && s.is_watched(100));
+    // A leader leaves too, without a notice, and its idle instance goes.
+    assert_eq!(s.unheld(100), [Action::Unwatch(100)]);
+    assert_eq!(s.instances().count(), 0);
+    assert!(s.unheld(100).is_empty());
+}
+
+#[test]
 fn unknown_end_after_lost_events_counts_as_a_crash() {
     let mut s = supervisor();
     let t = Instant::now();
