@@ -29,6 +29,10 @@ pub struct Args {
     /// Watches a user other than root may make over D-Bus
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_USER_WATCHES)]
     pub max_user_watches: usize,
+    /// Read the configuration, print each entry with its options and the
+    /// executables it matches now, and exit (0: fine, 2: errors)
+    #[arg(long)]
+    pub check_config: bool,
     /// Detach from the terminal and run in the background; returns once watching
     #[arg(short, long)]
     pub daemon: bool,

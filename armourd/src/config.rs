@@ -18,7 +18,12 @@ use glob::MatchOptions;
 use crate::{
     files::{self, ReadError},
     status::{self, SuccessSet},
+    supervisor::RestartPolicy,
 };
+
+mod options;
+
+pub use options::{describe, report, DEFAULT_HOOK_TIMEOUT};
 
 /// Where the daemon looks when no `-c/--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/armourd.conf";
@@ -39,7 +44,22 @@ const PATH_MAX: usize = libc::PATH_MAX as usize;
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Options an entry may carry, in the order error messages list them.
-const KNOWN_OPTIONS: [&str; 4] = ["success", "stop-timeout", "critical", "critical-grace"];
+const KNOWN_OPTIONS: [&str; 11] = [
+    "success",
+    "stop-timeout",
+    "restart-delay",
+    "backoff",
+    "stable-after",
+    "give-up",
+    "on-crash",
+    "recover",
+    "hook-timeout",
+    "critical",
+    "critical-grace",
+];
+
+/// The first word of a line that sets options for the entries after it.
+const DEFAULTS: &str = "defaults";
 
 /// How a glob is matched, both here and when `files::expand` lists a
 /// directory: `*` never crosses a `/`, so `/opt/*` does not reach into
@@ -68,6 +88,14 @@ pub struct Entry {
     /// `critical` / `critical-grace=` (SPEC §12): when an instance gives up
     /// or stays down this long, the hardware watchdog is no longer fed.
     pub critical: Option<Duration>,
+    /// `restart-delay=`, `backoff=`, `stable-after=`, `give-up=` (SPEC §8).
+    pub restart: RestartPolicy,
+    /// `on-crash=`: a shell command run at every abnormal end.
+    pub on_crash: Option<String>,
+    /// `recover=`: a shell command run instead of the built-in restart.
+    pub recover: Option<String>,
+    /// `hook-timeout=`: how long `on-crash` and `recover` commands may run.
+    pub hook_timeout: Duration,
     /// 1-based line in the file, for log messages.
     pub line: usize,
 }
@@ -181,6 +209,12 @@ pub enum SyntaxError {
     DurationTooLong { found: String },
     #[error("bad value '{found}' for 'critical' (expected yes or no, or just the word critical)")]
     BadCritical { found: String },
+    #[error("bad backoff '{found}' (expected MIN..MAX like 100ms..30s, or none)")]
+    BadBackoff { found: String },
+    #[error("backoff '{found}' starts above its maximum (expected MIN..MAX with MIN <= MAX)")]
+    BackoffReversed { found: String },
+    #[error("bad give-up '{found}' (expected CRASHES/WINDOW like 5/60s, with CRASHES at least 1)")]
+    BadGiveUp { found: String },
 }
 
 /// A [`SyntaxError`] and the 1-based column it is at.
@@ -190,10 +224,12 @@ type Located = (usize, SyntaxError);
 /// errors). Pure: paths are taken as written, see [`load`].
 pub fn parse(text: &str, file: &Path) -> Result<Config, ConfigError> {
     let mut entries = Vec::new();
+    // What a `defaults` line set, for the entries after it.
+    let mut defaults = Entry::new(Pattern::Path(PathBuf::from("/")), 0);
     for (line, text) in (1..).zip(text.lines()) {
         let entry = reject_nul(text)
             .and_then(|()| tokenize(text))
-            .and_then(|tokens| parse_entry(&tokens, line));
+            .and_then(|tokens| parse_line(&tokens, line, &mut defaults));
         match entry {
             Ok(Some(entry)) => entries.push(entry),
             Ok(None) => {}
@@ -247,6 +283,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         files::canonicalise(entry, path);
     }
     Ok(config)
+}
+
+/// Reads the configuration armourd runs with: the file given with `-c`,
+/// else [`DEFAULT_PATH`], which may be missing (`Ok(None)`). Start-up and
+/// every reload go through here.
+pub fn read(path: Option<&Path>) -> Result<Option<Config>, ConfigError> {
+    match path {
+        Some(path) => load(path).map(Some),
+        None => load_default(),
+    }
 }
 
 /// Loads [`DEFAULT_PATH`]; `Ok(None)` when it does not exist, since armourd
@@ -369,17 +415,48 @@ fn read_quoted(
     Err((open, SyntaxError::UnterminatedQuote))
 }
 
-/// The entry on one line, or `None` for a blank or comment line.
-fn parse_entry(tokens: &[Token], line: usize) -> Result<Option<Entry>, Located> {
-    let Some((path, options)) = tokens.split_first() else {
+impl Entry {
+    /// An entry with every option at its default.
+    fn new(pattern: Pattern, line: usize) -> Self {
+        Self {
+            pattern,
+            success: SuccessSet::default(),
+            stop_timeout: DEFAULT_STOP_TIMEOUT,
+            critical: None,
+            restart: RestartPolicy::default(),
+            on_crash: None,
+            recover: None,
+            hook_timeout: DEFAULT_HOOK_TIMEOUT,
+            line,
+        }
+    }
+}
+
+/// The entry on one line, or `None` for a blank or comment line. A
+/// `defaults` line changes `defaults`, which every later entry starts from.
+fn parse_line(
+    tokens: &[Token],
+    line: usize,
+    defaults: &mut Entry,
+) -> Result<Option<Entry>, Located> {
+    let Some((first, options)) = tokens.split_first() else {
         return Ok(None);
     };
+    if first.equals.is_none() && first.text() == DEFAULTS {
+        let mut seen = Vec::new();
+        let mut critical = critical::Options::default();
+        for option in options {
+            if !critical.take(option)? {
+                apply_option(defaults, option, &mut seen)?;
+            }
+        }
+        defaults.critical = critical.finish(defaults.critical);
+        return Ok(None);
+    }
     let mut entry = Entry {
-        pattern: parse_pattern(path)?,
-        success: SuccessSet::default(),
-        stop_timeout: DEFAULT_STOP_TIMEOUT,
-        critical: None,
+        pattern: parse_pattern(first)?,
         line,
+        ..defaults.clone()
     };
     let mut seen = Vec::new();
     let mut critical = critical::Options::default();
@@ -388,7 +465,7 @@ fn parse_entry(tokens: &[Token], line: usize) -> Result<Option<Entry>, Located> 
             apply_option(&mut entry, option, &mut seen)?;
         }
     }
-    entry.critical = critical.finish();
+    entry.critical = critical.finish(entry.critical);
     Ok(Some(entry))
 }
 
@@ -451,18 +528,19 @@ fn apply_option(
     // Where the value starts, or would start when it is empty.
     let value_column = token.chars[equals].1 + 1;
     if value.is_empty() {
-        let expected = match option {
-            "success" => "exit codes and signal names, like 0,3,TERM",
-            _ => "a duration, like 5s or 500ms",
-        };
+        let expected = options::expected(option);
         return Err((value_column, SyntaxError::EmptyValue { option, expected }));
     }
-    if option == "success" {
-        let end_column = value.last().map_or(value_column, |(_, col)| col + 1);
-        entry.success = parse_success(value, end_column)?;
-    } else {
-        let text: String = value.iter().map(|(c, _)| c).collect();
-        entry.stop_timeout = parse_duration(&text).map_err(|e| (value_column, e))?;
+    let text: String = value.iter().map(|(c, _)| c).collect();
+    match option {
+        "success" => {
+            let end_column = value.last().map_or(value_column, |(_, col)| col + 1);
+            entry.success = parse_success(value, end_column)?;
+        }
+        "stop-timeout" => {
+            entry.stop_timeout = parse_duration(&text).map_err(|e| (value_column, e))?;
+        }
+        _ => options::apply(entry, option, text).map_err(|e| (value_column, e))?,
     }
     Ok(())
 }
@@ -597,11 +675,15 @@ mod critical {
             Ok(true)
         }
 
-        /// The grace of a critical entry, `None` for any other. A grace
+        /// The grace of a critical entry, `None` for any other; `default`
+        /// (from a `defaults` line) where neither option was given. A grace
         /// alone makes the entry critical too.
-        pub(super) fn finish(self) -> Option<Duration> {
-            let critical = self.critical.unwrap_or(self.grace.is_some());
-            critical.then(|| self.grace.unwrap_or(DEFAULT_GRACE))
+        pub(super) fn finish(self, default: Option<Duration>) -> Option<Duration> {
+            if self.critical.is_none() && self.grace.is_none() {
+                return default;
+            }
+            let critical = self.critical.unwrap_or(true);
+            critical.then(|| self.grace.or(default).unwrap_or(DEFAULT_GRACE))
         }
     }
 }

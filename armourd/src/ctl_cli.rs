@@ -27,4 +27,18 @@ pub enum Command {
     Unwatch { pid: i32 },
     /// Print armourd's signals as they arrive, until interrupted
     Monitor,
+    /// Show each watched process's state, restarts, last end and uptime
+    Status {
+        /// One JSON array for scripts
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget the crashes of an executable's or a pid's instances; those
+    /// that gave up start again (root only)
+    Reset {
+        /// An executable's path or a pid
+        target: String,
+    },
+    /// Have armourd read its configuration file again (root only)
+    Reload,
 }

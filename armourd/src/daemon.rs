@@ -2,7 +2,7 @@
 //! go into the [`Supervisor`]; the [`Action`]s it returns are carried out
 //! here, and only here.
 
-use std::{collections::VecDeque, ffi::OsString, io, time::Instant};
+use std::{collections::VecDeque, ffi::OsString, io, path::PathBuf, time::Instant};
 
 use nix::{
     sys::{
@@ -16,7 +16,9 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+mod hooks;
 mod latency;
+mod reload;
 mod requests;
 mod spawner;
 mod unheld;
@@ -38,7 +40,7 @@ use crate::{
     launch::LaunchSpec,
     pidfd, procfs,
     status::ExitStatus,
-    supervisor::{Action, Exec, Notice, Policy, ProcId, Supervisor, Target},
+    supervisor::{Action, Exec, Notice, ProcId, Supervisor, Target},
     watchdog::critical::View,
     watchlist::{DirWatch, Match, WatchList},
 };
@@ -78,27 +80,44 @@ pub struct Daemon {
     spawner: Spawner,
     /// Watches the kernel had no room for, and when to look for them again.
     unheld: Unheld,
+    /// `on-crash` and `recover` commands that run.
+    hooks: hooks::Hooks,
+    /// The file given with `-c`, read again at each reload.
+    config_path: Option<PathBuf>,
+    /// The entries changed: the directories watched for new files follow.
+    entries_changed: bool,
     bus: Option<requests::Bus>,
     /// The hardware watchdog and the service manager.
     upkeep: Upkeep,
 }
 
 /// Runs armourd until SIGTERM or SIGINT, answering on `bus` if given,
-/// where a uid other than root may hold `max_user_watches` watches.
-/// Must run inside a tokio runtime.
+/// where a uid other than root may hold `max_user_watches` watches;
+/// `config` was read from `config_path` (`None`: the default file), which
+/// a reload reads again. Must run inside a tokio runtime.
 pub async fn run(
     config: Config,
+    config_path: Option<PathBuf>,
     choice: BackendChoice,
     bus: Option<crate::dbus::Bus>,
     max_user_watches: usize,
 ) -> Result<(), DaemonError> {
-    run_service(config, choice, bus, max_user_watches, Service::default()).await
+    run_service(
+        config,
+        config_path,
+        choice,
+        bus,
+        max_user_watches,
+        Service::default(),
+    )
+    .await
 }
 
 /// [`run`] as a system service: feeding `service`'s watchdog, telling its
 /// service manager and the process that waits for `-d`.
 pub async fn run_service(
     config: Config,
+    config_path: Option<PathBuf>,
     choice: BackendChoice,
     bus: Option<crate::dbus::Bus>,
     max_user_watches: usize,
@@ -109,22 +128,17 @@ pub async fn run_service(
         Some(bus) => requests::start(bus, engine.kind(), max_user_watches).await,
         None => None,
     };
-    let policies = config
-        .entries
-        .iter()
-        .map(|e| Policy {
-            success: e.success,
-            stop_timeout: e.stop_timeout,
-        })
-        .collect();
     let mut daemon = Daemon {
         engine,
-        supervisor: Supervisor::new(policies),
+        supervisor: Supervisor::new(reload::policies(&config)),
         watchlist: WatchList::new(&config),
         config,
         latencies: Latencies::default(),
         spawner: Spawner::new(),
         unheld: Unheld::default(),
+        hooks: hooks::Hooks::default(),
+        config_path,
+        entries_changed: false,
         bus,
         upkeep: Upkeep::new(service, Instant::now()),
     };
@@ -180,6 +194,7 @@ impl Daemon {
                 self.spawner.next_deadline(),
                 self.unheld.due(),
                 self.upkeep.next_deadline(),
+                self.hooks.next_deadline(),
             ]
             .into_iter()
             .flatten()
@@ -206,7 +221,7 @@ impl Daemon {
                     }
                 }
                 done = self.spawner.done() => self.spawn_done(done),
-                _ = chld.recv() => reap(),
+                _ = chld.recv() => self.reap(),
                 Some(request) = requests::next(&mut self.bus) => self.request(request),
                 // Before the notifications: a stream of them must not hold
                 // the rescan off for ever.
@@ -225,6 +240,7 @@ impl Daemon {
                 () = sleep => {
                     let now = Instant::now();
                     self.spawner.expire(now);
+                    self.hooks.expire(now);
                     let actions = self.supervisor.tick(now);
                     self.apply(actions);
                     if self.unheld.take_due(now) {
@@ -234,11 +250,16 @@ impl Daemon {
                 }
                 _ = usr1.recv() => self.log_status(),
                 _ = usr2.recv() => log::info!("SIGUSR2 ignored (SIGUSR1 logs a status summary)"),
-                _ = hup.recv() => log::info!(
-                    "SIGHUP: reloading the configuration is not supported yet; restart armourd to apply changes"
-                ),
+                _ = hup.recv() => {
+                    log::info!("SIGHUP: reloading the configuration");
+                    // Errors are logged where they are found.
+                    let _ = self.reload();
+                }
                 _ = term.recv() => break,
                 _ = int.recv() => break,
+            }
+            if std::mem::take(&mut self.entries_changed) {
+                dirs.get_mut().update(&self.config);
             }
             // Here and not in the sleep arm, which a flood of events would starve.
             self.upkeep_tick();
@@ -297,8 +318,14 @@ impl Daemon {
             }) if ended.is_some_and(|(ended, _)| ended == *pid) => Some(*will_restart),
             _ => None,
         });
-        if let (Some((pid, _)), None | Some(false)) = (ended, notice) {
-            self.latencies.forget(pid);
+        if let Some((pid, _)) = ended {
+            // A restart that waits for its backoff is no measure of latency.
+            let waits = actions.iter().any(|action| {
+                matches!(action, Action::Notify(Notice::BackingOff { pid: p, .. }) if *p == pid)
+            });
+            if waits || matches!(notice, None | Some(false)) {
+                self.latencies.forget(pid);
+            }
         }
         self.apply(actions);
         if let (Some((pid, status)), None) = (ended, notice) {
@@ -500,6 +527,7 @@ impl Daemon {
     fn apply(&mut self, actions: Vec<Action>) {
         let mut queue = VecDeque::from(actions);
         let mut notices = Vec::new();
+        let mut hooks = Vec::new();
         let mut sent = Vec::new();
         let mut refused = Vec::new();
         while let Some(action) = queue.pop_front() {
@@ -530,6 +558,15 @@ impl Daemon {
                 },
                 Action::Unwatch(pid) => self.engine.unwatch(pid),
                 Action::Notify(notice) => notices.push(notice),
+                Action::Hook(run) => hooks.push(run),
+            }
+        }
+        // After every restart of the batch was handed to the spawner.
+        let now = Instant::now();
+        for run in hooks {
+            if let Some(instance) = self.hooks.run(run, now) {
+                let actions = self.supervisor.recover_ended(instance, now);
+                self.apply(actions);
             }
         }
         for (signal, target) in sent {
@@ -574,9 +611,7 @@ impl Daemon {
                     id: view.id,
                     exe: view.spec.exe.clone(),
                     running: matches!(view.state, crate::supervisor::State::Running),
-                    // HOOK (restart policy, SPEC §8): true once the instance
-                    // is `failed` (gave up); main has no such state yet.
-                    gave_up: false,
+                    gave_up: matches!(view.state, crate::supervisor::State::Failed),
                     grace: entry.critical?,
                 })
             })
@@ -661,12 +696,39 @@ impl Daemon {
             Notice::RestartFailed {
                 exe,
                 reason,
-                retry_in,
+                retry_in: Some(retry_in),
             } => log::error!(
                 "restarting {} failed: {reason}; trying again in {} s",
                 exe.display(),
                 retry_in.as_secs_f32()
             ),
+            Notice::RestartFailed {
+                exe,
+                reason,
+                retry_in: None,
+            } => log::error!("restarting {} failed: {reason}", exe.display()),
+            Notice::BackingOff {
+                pid,
+                exe,
+                delay,
+                streak,
+            } => log::info!(
+                "pid {pid} ({}) crashed {streak} times in a row; restarting in {} s",
+                exe.display(),
+                delay.as_secs_f32()
+            ),
+            Notice::Failed { pid, exe, crashes } => {
+                log::error!(
+                    "pid {pid} ({}): {crashes} crashes within the give-up window; giving up \
+                     (`armourctl reset {pid}` or a reload starts it again)",
+                    exe.display()
+                );
+                self.emit(requests::BusSignal::Failed {
+                    pid: pid as i32,
+                    exe: exe.display().to_string(),
+                    crashes,
+                });
+            }
             Notice::Unwatched { pid, exe, reason } => {
                 log::info!("stopped watching pid {pid} ({}): {reason}", exe.display())
             }
@@ -743,12 +805,32 @@ fn send(target: Target, signal: i32) -> Option<(Signal, String)> {
     None
 }
 
-/// Reaps every ended child (restarted processes are armourd's children).
-fn reap() {
-    loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::StillAlive) | Err(_) => break,
-            Ok(status) => log::trace!("reaped {status:?}"),
+impl Daemon {
+    /// Reaps every ended child: restarted processes and hooks are
+    /// armourd's children. A hook's end goes to the hooks.
+    fn reap(&mut self) {
+        loop {
+            let (pid, status) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(WaitStatus::Exited(pid, code)) => (pid, ExitStatus::Exited(code as u8)),
+                Ok(WaitStatus::Signaled(pid, signal, core_dumped)) => (
+                    pid,
+                    ExitStatus::Signaled {
+                        signal: signal as i32,
+                        core_dumped,
+                    },
+                ),
+                Ok(status) => {
+                    log::trace!("reaped {status:?}");
+                    continue;
+                }
+            };
+            log::trace!("reaped pid {pid}: {status}");
+            let now = Instant::now();
+            if let Some(instance) = self.hooks.reaped(pid.as_raw() as u32, status, now) {
+                let actions = self.supervisor.recover_ended(instance, now);
+                self.apply(actions);
+            }
         }
     }
 }

@@ -86,6 +86,15 @@ pub enum Request {
     Processes {
         reply: oneshot::Sender<Vec<ProcessInfo>>,
     },
+    /// `Reset` (root only, checked here): forget the crashes of the
+    /// instances of an executable path or pid; answers how many.
+    Reset {
+        target: String,
+        reply: oneshot::Sender<u32>,
+    },
+    /// `Reload` (root only, checked here): read the configuration file
+    /// again; answers its errors, none when it was applied.
+    Reload { reply: oneshot::Sender<Vec<String>> },
 }
 
 /// Why a watch or unwatch was refused.
@@ -420,6 +429,16 @@ fn no_arguments(header: &Header<'_>) -> Result<(), CallError> {
     ))))
 }
 
+/// Refuses a caller that is not root; root's uid.
+fn root_only(uid: u32, method: &str) -> Result<u32, CallError> {
+    match uid {
+        0 => Ok(0),
+        uid => Err(CallError::AccessDenied(format!(
+            "{method} is for root only (the caller is uid {uid})"
+        ))),
+    }
+}
+
 /// The uid of the connection `sender`, as the bus knows it.
 async fn caller_uid(conn: &Connection, sender: &UniqueName<'_>) -> Result<u32, CallError> {
     let reply = conn
@@ -499,6 +518,30 @@ impl Interface {
         Ok(processes.iter().map(ProcessInfo::to_dict).collect())
     }
 
+    /// Forgets the crashes of the instances of an executable path or a pid
+    /// (root only); those that gave up or wait for a backoff start again.
+    /// Returns how many instances were reset.
+    async fn reset(
+        &self,
+        exe_or_pid: String,
+        #[zbus(header)] header: Header<'_>,
+    ) -> Result<u32, CallError> {
+        let uid = root_only(self.admit(&header).await?, "Reset")?;
+        self.ask(uid, |reply| Request::Reset {
+            target: exe_or_pid,
+            reply,
+        })
+        .await
+    }
+
+    /// Reads the configuration file again (root only). Returns its errors;
+    /// empty when the new configuration is in force.
+    async fn reload(&self, #[zbus(header)] header: Header<'_>) -> Result<Vec<String>, CallError> {
+        no_arguments(&header)?;
+        let uid = root_only(self.admit(&header).await?, "Reload")?;
+        self.ask(uid, |reply| Request::Reload { reply }).await
+    }
+
     /// The event source: `ebpf` or `proc-connector`.
     #[zbus(property(emits_changed_signal = "const"))]
     fn backend(&self) -> String {
@@ -531,6 +574,15 @@ impl Interface {
         new_pid: i32,
         exe: &str,
         restarts: u32,
+    ) -> zbus::Result<()>;
+
+    /// A watched process crashed too often (`give-up`) and is not restarted.
+    #[zbus(signal)]
+    async fn process_failed(
+        emitter: &SignalEmitter<'_>,
+        pid: i32,
+        exe: &str,
+        crashes: u32,
     ) -> zbus::Result<()>;
 }
 
@@ -588,6 +640,12 @@ impl Service {
         let sent =
             Interface::process_restarted(&self.emitter, old_pid, new_pid, exe, restarts).await;
         self.note("ProcessRestarted", sent);
+    }
+
+    /// Emits `ProcessFailed`.
+    pub async fn process_failed(&self, pid: i32, exe: &str, crashes: u32) {
+        let sent = Interface::process_failed(&self.emitter, pid, exe, crashes).await;
+        self.note("ProcessFailed", sent);
     }
 
     /// Logs a failed emission: a warning the first time, then at debug level
@@ -689,6 +747,12 @@ pub trait Armourd {
         exe: String,
         restarts: u32,
     ) -> zbus::Result<()>;
+    /// Returns how many instances were reset.
+    fn reset(&self, exe_or_pid: &str) -> zbus::Result<u32>;
+    /// Returns the configuration's errors; empty when it was applied.
+    fn reload(&self) -> zbus::Result<Vec<String>>;
+    #[zbus(signal)]
+    fn process_failed(&self, pid: i32, exe: String, crashes: u32) -> zbus::Result<()>;
     #[zbus(property)]
     fn backend(&self) -> zbus::Result<String>;
     #[zbus(property)]

@@ -17,10 +17,10 @@ fn main() -> ExitCode {
     keep_heap_small();
     let args = Args::parse();
     logging::init(args.verbose);
-    let loaded = match &args.config {
-        Some(path) => config::load(path).map(Some),
-        None => config::load_default(),
-    };
+    let loaded = config::read(args.config.as_deref());
+    if args.check_config {
+        return check_config(loaded, args.config.as_deref());
+    }
     let config = match loaded {
         Ok(Some(config)) => config,
         Ok(None) => {
@@ -39,6 +39,31 @@ fn main() -> ExitCode {
         Err(err) => {
             log::error!("{err:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `--check-config`: the report on stdout, or the error on stderr.
+fn check_config(
+    loaded: Result<Option<config::Config>, config::ConfigError>,
+    path: Option<&std::path::Path>,
+) -> ExitCode {
+    let file = path.unwrap_or(std::path::Path::new(config::DEFAULT_PATH));
+    match loaded {
+        Ok(Some(config)) => {
+            print!("{}", config::report(&config, file));
+            ExitCode::SUCCESS
+        }
+        Ok(None) => {
+            println!(
+                "{}: does not exist; armourd starts with no entries",
+                file.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("armourd: {}", daemon::error_chain(&err));
+            ExitCode::from(2)
         }
     }
 }
@@ -107,6 +132,7 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
     };
     let result = runtime.block_on(daemon::run_service(
         config,
+        args.config.clone(),
         choice,
         bus,
         args.max_user_watches,

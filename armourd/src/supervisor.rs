@@ -9,161 +9,26 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    path::PathBuf,
     sync::Arc,
     time::{Duration, Instant},
 };
 
-use crate::{launch::LaunchSpec, status::ExitStatus, status::SuccessSet};
+use crate::{launch::LaunchSpec, status::ExitStatus};
 
-/// How long a failed restart waits before it is tried again.
+mod policy;
+mod restart;
+mod types;
+
+use policy::Crashes;
+pub use types::*;
+
+/// The shortest wait before a failed restart is tried again.
 pub const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// How long to wait for leftovers after SIGKILL before restarting anyway.
 pub const KILL_GRACE: Duration = Duration::from_secs(1);
-
-/// A process: its pid and its start time (clock ticks since boot, as in
-/// `/proc/PID/stat`), which together never name two processes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct ProcId {
-    pub pid: u32,
-    /// `None` until known (a process just spawned, or a backend that does not say).
-    pub start: Option<u64>,
-}
-
-impl ProcId {
-    /// Whether `start` may be the start time of this process.
-    fn same_start(&self, start: Option<u64>) -> bool {
-        match (self.start, start) {
-            (Some(a), Some(b)) => a == b,
-            _ => true,
-        }
-    }
-}
-
-/// Identifies an instance for as long as the supervisor runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct InstanceId(u64);
-
-#[cfg(test)]
-impl InstanceId {
-    /// An id made up by a test of another module.
-    pub(crate) fn for_tests(id: u64) -> Self {
-        Self(id)
-    }
-}
-
-/// What an entry of the configuration decides for its instances.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Policy {
-    pub success: SuccessSet,
-    pub stop_timeout: Duration,
-}
-
-impl Default for Policy {
-    fn default() -> Self {
-        Self {
-            success: SuccessSet::default(),
-            stop_timeout: Duration::from_secs(5),
-        }
-    }
-}
-
-/// Whom a signal is for: a process, or the process group it led; named
-/// with its start time so that the shell never signals a successor that
-/// took over the pid.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Target {
-    Process(ProcId),
-    Group(ProcId),
-}
-
-/// Something that happened, for the log and for D-Bus.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Notice {
-    Watching {
-        pid: u32,
-        exe: PathBuf,
-        adopted: bool,
-    },
-    Exited {
-        pid: u32,
-        exe: PathBuf,
-        status: ExitStatus,
-        will_restart: bool,
-    },
-    HandedOff {
-        from: u32,
-        to: u32,
-        exe: PathBuf,
-    },
-    Restarted {
-        old_pid: u32,
-        new_pid: u32,
-        exe: PathBuf,
-        restarts: u32,
-    },
-    RestartFailed {
-        exe: PathBuf,
-        reason: String,
-        retry_in: Duration,
-    },
-    Unwatched {
-        pid: u32,
-        exe: PathBuf,
-        reason: &'static str,
-    },
-}
-
-/// An effect for the shell to carry out.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Action {
-    /// Start the instance again; report the outcome with [`Supervisor::spawned`].
-    Spawn {
-        instance: InstanceId,
-        spec: Arc<LaunchSpec>,
-        /// Of a configuration entry, not watched on request: goes first.
-        configured: bool,
-    },
-    Signal {
-        target: Target,
-        signal: i32,
-    },
-    /// Report events about this pid from now on (kernel filter).
-    Watch(u32),
-    /// Stop reporting events about this pid.
-    Unwatch(u32),
-    Notify(Notice),
-}
-
-/// A process seen executing a watched file, with what it was started with.
-#[derive(Clone, Debug)]
-pub struct Exec {
-    pub proc: ProcId,
-    /// Index of the configuration entry; `None` for a process watched on request.
-    pub entry: Option<usize>,
-    pub spec: LaunchSpec,
-    /// It leads its own process group.
-    pub leads_group: bool,
-    /// It ran before armourd saw its exec (adopted at start-up or on request).
-    pub adopted: bool,
-}
-
-/// Where an instance is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum State {
-    Running,
-    /// The leader crashed; leftovers were sent SIGTERM (then SIGKILL once `killed`).
-    Stopping {
-        deadline: Instant,
-        killed: bool,
-    },
-    /// A restart was asked for and not yet reported.
-    Restarting,
-    /// The last restart failed; the next is due at the deadline.
-    Retrying {
-        deadline: Instant,
-    },
-}
+/// How long the process a `recover=` command started may take to execute
+/// the watched file after the command has ended.
+pub const RECOVER_GRACE: Duration = Duration::from_secs(2);
 
 #[derive(Clone, Debug)]
 struct Member {
@@ -191,23 +56,15 @@ struct Instance {
     /// `spec` was read from /proc after the leader started, not at its exec.
     adopted: bool,
     state: State,
+    /// What follows once the leftovers of a crash are gone.
+    then: Then,
     restarts: u32,
+    crashes: Crashes,
     last_exit: Option<ExitStatus>,
     last_pid: u32,
     since: Instant,
-}
-
-/// What D-Bus and the log may know about an instance.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct InstanceView {
-    pub id: InstanceId,
-    pub pid: u32,
-    pub entry: Option<usize>,
-    pub spec: Arc<LaunchSpec>,
-    pub state: State,
-    pub restarts: u32,
-    pub last_exit: Option<ExitStatus>,
-    pub since: Instant,
+    /// When the current leader started (or was adopted).
+    started: Option<Instant>,
 }
 
 /// The watchdog's whole state.
@@ -230,14 +87,9 @@ impl Supervisor {
         }
     }
 
-    /// Replaces the entries' policies (same indexes as the configuration).
-    pub fn set_policies(&mut self, policies: Vec<Policy>) {
-        self.policies = policies;
-    }
-
     fn policy(&self, entry: Option<usize>) -> Policy {
         entry
-            .and_then(|e| self.policies.get(e).copied())
+            .and_then(|e| self.policies.get(e).cloned())
             .unwrap_or_default()
     }
 
@@ -292,11 +144,19 @@ impl Supervisor {
             restarts: i.restarts,
             last_exit: i.last_exit,
             since: i.since,
+            crash_streak: i.crashes.streak(),
+            started: i.leader.and(i.started),
+            next_restart: match (i.state, i.then) {
+                (State::Backoff { deadline }, _) => Some(deadline),
+                (State::Stopping { .. }, Then::Restart { at }) => Some(at),
+                _ => None,
+            },
         })
     }
 
     /// A process executed a watched file (or was adopted): a new instance,
-    /// unless it is the restart of an instance armourd just spawned.
+    /// unless it is the restart of an instance armourd just spawned, or
+    /// the program a `recover=` command started.
     pub fn exec(&mut self, exec: Exec, now: Instant) -> Vec<Action> {
         let mut actions = Vec::new();
         let pid = exec.proc.pid;
@@ -327,6 +187,10 @@ impl Supervisor {
                 }
             }
         }
+        if let Some(id) = self.recovering(&exec) {
+            actions.extend(self.recovered(id, exec, now));
+            return actions;
+        }
         let id = InstanceId(self.next_id);
         self.next_id += 1;
         let spec = Arc::new(exec.spec);
@@ -346,10 +210,13 @@ impl Supervisor {
                 members: BTreeMap::new(),
                 adopted: exec.adopted,
                 state: State::Running,
+                then: Then::Restart { at: now },
                 restarts: 0,
+                crashes: Crashes::default(),
                 last_exit: None,
                 last_pid: pid,
                 since: now,
+                started: Some(now),
             },
         );
         self.by_pid.insert(pid, id);
@@ -452,7 +319,7 @@ impl Supervisor {
         let instance = self.instances.get_mut(&id).expect("indexed instance");
         if instance.members.remove(&pid).is_some() {
             if instance.members.is_empty() && matches!(instance.state, State::Stopping { .. }) {
-                actions.extend(self.restart(id));
+                actions.extend(self.proceed(id, now));
             }
             return actions;
         }
@@ -485,12 +352,8 @@ impl Supervisor {
             }
             return actions;
         }
-        actions.push(Action::Notify(Notice::Exited {
-            pid,
-            exe,
-            status,
-            will_restart: true,
-        }));
+        actions.extend(self.crashed(id, &policy, status, now));
+        let instance = self.instances.get_mut(&id).expect("indexed instance");
         for (&pid, member) in &instance.members {
             actions.push(Action::Signal {
                 target: Target::Process(member.proc(pid)),
@@ -510,7 +373,7 @@ impl Supervisor {
                 // the restart does not wait for processes it cannot see end.
                 self.group_kills.push((deadline, group));
             }
-            actions.extend(self.restart(id));
+            actions.extend(self.proceed(id, now));
         } else {
             instance.state = State::Stopping {
                 deadline,
@@ -530,6 +393,13 @@ impl Supervisor {
         let Some(instance) = self.instances.get_mut(&id) else {
             return Vec::new();
         };
+        if instance.state != State::Restarting
+            || matches!(result, Ok(pid) if pid == instance.last_pid)
+        {
+            // The outcome of a spawn that was taken over at its exec already
+            // (and may have ended since): nothing new.
+            return Vec::new();
+        }
         let exe = instance.spec.exe.clone();
         match result {
             Ok(pid) => {
@@ -541,6 +411,7 @@ impl Supervisor {
                 instance.state = State::Running;
                 instance.last_pid = pid;
                 instance.since = now;
+                instance.started = Some(now);
                 let restarts = instance.restarts;
                 self.by_pid.insert(pid, id);
                 vec![
@@ -553,23 +424,29 @@ impl Supervisor {
                     }),
                 ]
             }
-            Err(reason) => {
-                instance.state = State::Retrying {
-                    deadline: now + RETRY_DELAY,
-                };
-                vec![Action::Notify(Notice::RestartFailed {
-                    exe,
-                    reason,
-                    retry_in: RETRY_DELAY,
-                })]
-            }
+            Err(reason) => self.restart_failed(id, reason, now),
         }
     }
 
-    /// Stops watching the instance `pid` belongs to. Its processes keep running.
+    /// Stops watching the instance `pid` belongs to (or, for an instance
+    /// with no process, last belonged to). Its processes keep running.
     pub fn unwatch(&mut self, pid: u32) -> Option<Vec<Action>> {
-        let id = *self.by_pid.get(&pid)?;
-        let instance = self.instances.remove(&id)?;
+        let id = match self.by_pid.get(&pid) {
+            Some(&id) => id,
+            None => self
+                .instances
+                .iter()
+                .find(|(_, i)| i.leader.is_none() && i.last_pid == pid)
+                .map(|(&id, _)| id)?,
+        };
+        Some(self.let_go(id, pid, "asked to"))
+    }
+
+    /// Forgets an instance; its processes keep running.
+    fn let_go(&mut self, id: InstanceId, pid: u32, reason: &'static str) -> Vec<Action> {
+        let Some(instance) = self.instances.remove(&id) else {
+            return Vec::new();
+        };
         let mut actions = Vec::new();
         for p in instance
             .leader
@@ -583,16 +460,20 @@ impl Supervisor {
         actions.push(Action::Notify(Notice::Unwatched {
             pid,
             exe: instance.spec.exe.clone(),
-            reason: "asked to",
+            reason,
         }));
-        Some(actions)
+        actions
     }
 
     /// When [`Supervisor::tick`] has something to do next.
     pub fn next_deadline(&self) -> Option<Instant> {
         let states = self.instances.values().filter_map(|i| match i.state {
-            State::Stopping { deadline, .. } | State::Retrying { deadline } => Some(deadline),
-            State::Running | State::Restarting => None,
+            State::Stopping { deadline, .. }
+            | State::Backoff { deadline }
+            | State::Recovering {
+                deadline: Some(deadline),
+            } => Some(deadline),
+            _ => None,
         });
         states.chain(self.group_kills.iter().map(|(d, _)| *d)).min()
     }
@@ -614,7 +495,11 @@ impl Supervisor {
             .instances
             .iter()
             .filter(|(_, i)| match i.state {
-                State::Stopping { deadline, .. } | State::Retrying { deadline } => deadline <= now,
+                State::Stopping { deadline, .. }
+                | State::Backoff { deadline }
+                | State::Recovering {
+                    deadline: Some(deadline),
+                } => deadline <= now,
                 _ => false,
             })
             .map(|(&id, i)| (id, i.state))
@@ -642,26 +527,17 @@ impl Supervisor {
                 }
                 // Leftovers that survive SIGKILL (stuck in the kernel) do
                 // not hold the restart back any longer.
-                State::Stopping { killed: true, .. } | State::Retrying { .. } => {
-                    actions.extend(self.restart(id));
+                State::Stopping { killed: true, .. } => actions.extend(self.proceed(id, now)),
+                State::Backoff { .. } => actions.extend(self.restart(id)),
+                State::Recovering { .. } => {
+                    let exe = self.instances[&id].spec.exe.display().to_string();
+                    let reason = format!("the recover command left no process of {exe} running");
+                    actions.extend(self.restart_failed(id, reason, now));
                 }
-                State::Running | State::Restarting => {}
+                _ => {}
             }
         }
         actions
-    }
-
-    fn restart(&mut self, id: InstanceId) -> Vec<Action> {
-        let instance = self.instances.get_mut(&id).expect("instance to restart");
-        for pid in std::mem::take(&mut instance.members).into_keys() {
-            self.by_pid.remove(&pid);
-        }
-        instance.state = State::Restarting;
-        vec![Action::Spawn {
-            instance: id,
-            spec: Arc::clone(&instance.spec),
-            configured: instance.entry.is_some(),
-        }]
     }
 
     /// Drops an instance that has no process left and nothing pending.

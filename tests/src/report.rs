@@ -31,6 +31,8 @@ pub struct Start {
     pub exe: PathBuf,
     /// `$TESTEE_MARK`.
     pub mark: Option<OsString>,
+    /// `CLOCK_MONOTONIC` when it started, in ns (0 if not recorded).
+    pub mono_ns: u64,
     pub argv: Vec<OsString>,
     /// `KEY=VALUE` entries in the order the process got them.
     pub env: Vec<OsString>,
@@ -225,6 +227,7 @@ fn parse_start(line: &str) -> Option<Start> {
             "-" => None,
             m => Some(unhex(m.strip_prefix('x')?)?),
         },
+        mono_ns: field("mono_ns").and_then(|n| n.parse().ok()).unwrap_or(0),
         argv: strings("argc", "argv")?,
         env: strings("envc", "env")?,
     })

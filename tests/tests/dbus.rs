@@ -338,10 +338,12 @@ fn get_processes_describes_each_process(backend: Backend) {
     let entry = wait_running(&bus, pid);
     let keys = [
         "argv",
+        "crash_streak",
         "exe",
         "last_core_dumped",
         "last_exit_code",
         "last_signal",
+        "next_restart",
         "pid",
         "restarts",
         "since",

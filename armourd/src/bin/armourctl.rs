@@ -1,17 +1,20 @@
 //! `armourctl`: asks a running armourd over D-Bus which processes it
-//! watches, watches or unwatches one, or prints its signals as they come.
+//! watches, watches or unwatches one, resets one that gave up, has the
+//! configuration reloaded, or prints its signals as they come.
 
 use std::{
     future::poll_fn,
     io::{self, Write},
     pin::Pin,
     process::ExitCode,
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use armourd::ctl_cli::{Args, Command};
 use armourd::{
     dbus::{
-        self, ArmourdProxy, Bus, CallError, ProcessExited, ProcessInfo, ProcessRestarted, BUS_NAME,
+        self, ArmourdProxy, Bus, CallError, ProcessExited, ProcessFailed, ProcessInfo,
+        ProcessRestarted, BUS_NAME,
     },
     status::signal_name,
 };
@@ -58,22 +61,73 @@ async fn run(bus: Bus, command: Command) -> Result<ExitCode, Failure> {
     let call_failed = |method: &str, e: zbus::Error| Failure(explain(bus, method, e));
     match command {
         Command::List => {
-            let entries = proxy
-                .get_processes()
-                .await
-                .map_err(|e| call_failed("GetProcesses", e))?;
-            let processes = entries
-                .iter()
-                .map(ProcessInfo::from_dict)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| Failure(e.to_string()))?;
+            let processes = processes(&proxy).await.map_err(|e| e.in_call(bus))?;
             print!("{}", table(&processes));
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => {
+            let processes = processes(&proxy).await.map_err(|e| e.in_call(bus))?;
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default();
+            if json {
+                println!("{}", status_json(&processes, now));
+            } else {
+                print!("{}", status_table(&processes, now));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reset { target } => {
+            let count = proxy
+                .reset(&target)
+                .await
+                .map_err(|e| call_failed("Reset", e))?;
+            if count == 0 {
+                eprintln!("armourctl: reset {target}: no watched process matches");
+                return Ok(ExitCode::FAILURE);
+            }
+            println!("reset {target}: {count} instances");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Reload => {
+            let errors = proxy.reload().await.map_err(|e| call_failed("Reload", e))?;
+            if errors.is_empty() {
+                println!("reload: ok");
+                return Ok(ExitCode::SUCCESS);
+            }
+            for error in errors {
+                eprintln!("armourctl: reload rejected: {error}");
+            }
+            Ok(ExitCode::FAILURE)
         }
         Command::Watch { pid } => report("watch", pid, proxy.watch(pid).await, bus),
         Command::Unwatch { pid } => report("unwatch", pid, proxy.unwatch(pid).await, bus),
         Command::Monitor => monitor(bus, &proxy).await.map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// A `GetProcesses` call that failed, or an answer that could not be read.
+enum ProcessesError {
+    Call(zbus::Error),
+    Read(dbus::DbusError),
+}
+
+impl ProcessesError {
+    fn in_call(self, bus: Bus) -> Failure {
+        match self {
+            Self::Call(e) => Failure(explain(bus, "GetProcesses", e)),
+            Self::Read(e) => Failure(e.to_string()),
+        }
+    }
+}
+
+async fn processes(proxy: &ArmourdProxy<'_>) -> Result<Vec<ProcessInfo>, ProcessesError> {
+    let entries = proxy.get_processes().await.map_err(ProcessesError::Call)?;
+    entries
+        .iter()
+        .map(ProcessInfo::from_dict)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ProcessesError::Read)
 }
 
 fn source_of(e: &dyn std::error::Error) -> String {
@@ -157,14 +211,98 @@ fn table(processes: &[ProcessInfo]) -> String {
             last_exit(p.last_exit_code, p.last_signal, p.last_core_dumped),
         ]
     }));
-    let mut widths = [0; 5];
-    for row in &rows {
+    align(&rows)
+}
+
+/// A span of time for people: `45s`, `12m 5s`, `3h 12m`, `2d 4h`.
+fn human(d: Duration) -> String {
+    let s = d.as_secs();
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m {}s", s / 60, s % 60),
+        3600..86400 => format!("{}h {}m", s / 3600, s % 3600 / 60),
+        _ => format!("{}d {}h", s / 86400, s % 86400 / 3600),
+    }
+}
+
+fn since_epoch(us: u64) -> Duration {
+    Duration::from_micros(us)
+}
+
+/// The `status` table at `now` (since the Unix epoch): the state says how
+/// long a backoff still waits, the uptime is for running processes.
+fn status_table(processes: &[ProcessInfo], now: Duration) -> String {
+    let header = [
+        "PID",
+        "EXECUTABLE",
+        "STATE",
+        "RESTARTS",
+        "LAST END",
+        "UPTIME",
+    ];
+    let mut rows = vec![header.map(String::from)];
+    rows.extend(processes.iter().map(|p| {
+        let state = match p.state {
+            "backoff" if p.next_restart_us > 0 => {
+                let wait = since_epoch(p.next_restart_us).saturating_sub(now);
+                format!("backoff, restart in {:.1}s", wait.as_secs_f32())
+            }
+            "failed" => format!("failed after {} crashes", p.crash_streak),
+            state => state.to_owned(),
+        };
+        let uptime = match p.state {
+            "running" => human(now.saturating_sub(since_epoch(p.since_us))),
+            _ => "-".to_owned(),
+        };
+        [
+            p.pid.to_string(),
+            p.exe.clone(),
+            state,
+            p.restarts.to_string(),
+            last_exit(p.last_exit_code, p.last_signal, p.last_core_dumped),
+            uptime,
+        ]
+    }));
+    align(&rows)
+}
+
+/// The `status --json` array: every field `GetProcesses` gives, times in
+/// µs since the Unix epoch, plus `uptime_s` for running processes.
+fn status_json(processes: &[ProcessInfo], now: Duration) -> serde_json::Value {
+    processes
+        .iter()
+        .map(|p| {
+            let uptime = (p.state == "running")
+                .then(|| now.saturating_sub(since_epoch(p.since_us)).as_secs());
+            serde_json::json!({
+                "pid": p.pid,
+                "exe": p.exe,
+                "argv": p.argv,
+                "state": p.state,
+                "restarts": p.restarts,
+                "crash_streak": p.crash_streak,
+                "last_exit_code": p.last_exit_code,
+                "last_signal": p.last_signal,
+                "last_core_dumped": p.last_core_dumped,
+                "since": p.since_us,
+                "next_restart": (p.next_restart_us > 0).then_some(p.next_restart_us),
+                "uptime_s": uptime,
+            })
+        })
+        .collect()
+}
+
+/// Rows as lines, columns as wide as their widest cell; numbers (the
+/// first and fourth columns) to the right.
+fn align<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0; N];
+    for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let line: Vec<String> = row
             .iter()
             .zip(widths)
@@ -227,6 +365,13 @@ fn describe(message: zbus::Message) -> Option<String> {
             };
             format!("exited    pid {} {}: {end}, {then}", a.pid, a.exe)
         })
+    } else if let Some(signal) = ProcessFailed::from_message(message.clone()) {
+        signal.args().map(|a| {
+            format!(
+                "failed    pid {} {}: {} crashes, not restarting until reset",
+                a.pid, a.exe, a.crashes
+            )
+        })
     } else if let Some(signal) = ProcessRestarted::from_message(message) {
         signal.args().map(|a| {
             format!(
@@ -252,6 +397,53 @@ mod tests {
         assert_eq!(last_exit(-1, 0, false), "-");
     }
 
+    fn info(state: &'static str, since_us: u64, next_restart_us: u64) -> ProcessInfo {
+        ProcessInfo {
+            pid: 42,
+            exe: "/usr/bin/x".into(),
+            argv: vec!["x".into()],
+            state,
+            restarts: 3,
+            last_exit_code: 3,
+            last_signal: 0,
+            last_core_dumped: false,
+            since_us,
+            crash_streak: 2,
+            next_restart_us,
+        }
+    }
+
+    #[test]
+    fn status_shows_uptime_backoff_and_failure_at_a_glance() {
+        let now = Duration::from_secs(10_000);
+        let processes = [
+            info("running", 10_000_000_000 - 3_725_000_000, 0),
+            info("backoff", 0, 10_001_500_000),
+            info("failed", 0, 0),
+        ];
+        let out = status_table(&processes, now);
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "PID  EXECUTABLE  STATE                     RESTARTS  LAST END  UPTIME"
+        );
+        assert_eq!(
+            lines[1],
+            " 42  /usr/bin/x  running                          3  exit 3    1h 2m"
+        );
+        assert!(lines[2].contains("backoff, restart in 1.5s"), "{out}");
+        assert!(lines[3].contains("failed after 2 crashes"), "{out}");
+    }
+
+    #[test]
+    fn status_json_has_every_field() {
+        let json = status_json(&[info("backoff", 5, 7)], Duration::from_secs(1));
+        assert_eq!(json[0]["state"], "backoff");
+        assert_eq!(json[0]["next_restart"], 7);
+        assert_eq!(json[0]["crash_streak"], 2);
+        assert!(json[0]["uptime_s"].is_null());
+    }
+
     #[test]
     fn table_aligns_columns() {
         let p = ProcessInfo {
@@ -264,6 +456,8 @@ mod tests {
             last_signal: libc::SIGABRT,
             last_core_dumped: false,
             since_us: 0,
+            crash_streak: 0,
+            next_restart_us: 0,
         };
         let out = table(&[p]);
         let lines: Vec<&str> = out.lines().collect();

@@ -47,6 +47,11 @@ pub enum BusSignal {
         exe: String,
         restarts: u32,
     },
+    Failed {
+        pid: i32,
+        exe: String,
+        crashes: u32,
+    },
 }
 
 /// The D-Bus connection as the event loop sees it: requests come in,
@@ -102,6 +107,9 @@ pub async fn start(bus: dbus::Bus, backend: Kind, max_user_watches: usize) -> Op
                     service
                         .process_restarted(old_pid, new_pid, &exe, restarts)
                         .await
+                }
+                BusSignal::Failed { pid, exe, crashes } => {
+                    service.process_failed(pid, &exe, crashes).await
                 }
             }
         }
@@ -182,6 +190,11 @@ impl Daemon {
                 drop(reply.send(result));
             }
             Request::Processes { reply } => drop(reply.send(self.processes())),
+            Request::Reset { target, reply } => drop(reply.send(self.reset(&target))),
+            Request::Reload { reply } => {
+                log::info!("reloading the configuration on request (D-Bus)");
+                drop(reply.send(self.reload().err().unwrap_or_default()))
+            }
         }
     }
 
@@ -362,17 +375,27 @@ fn existing(pid: i32) -> Option<(u32, procfs::Stat)> {
 pub(super) fn state_name(state: State) -> &'static str {
     match state {
         State::Running => "running",
-        State::Stopping { .. } | State::Restarting => "restarting",
-        State::Retrying { .. } => "backoff",
+        State::Stopping { .. } | State::Restarting | State::Recovering { .. } => "restarting",
+        State::Backoff { .. } => "backoff",
+        State::Failed => "failed",
     }
+}
+
+/// `now` as µs since the Unix epoch, through the wall clock's `wall` at `now`.
+fn unix_us(at: Instant, (now, wall): (Instant, SystemTime)) -> u64 {
+    let wall_at = if at <= now {
+        wall.checked_sub(now - at)
+    } else {
+        wall.checked_add(at - now)
+    };
+    wall_at
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_micros() as u64)
 }
 
 fn process_info(view: &InstanceView, (now, wall): (Instant, SystemTime)) -> ProcessInfo {
     let state = state_name(view.state);
-    let since = wall
-        .checked_sub(now.saturating_duration_since(view.since))
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_micros() as u64);
+    let since = unix_us(view.since, (now, wall));
     let status = view.last_exit;
     ProcessInfo {
         pid: view.pid as i32,
@@ -389,6 +412,8 @@ fn process_info(view: &InstanceView, (now, wall): (Instant, SystemTime)) -> Proc
         last_signal: status.map_or(0, |s| s.signal()),
         last_core_dumped: status.is_some_and(|s| s.core_dumped()),
         since_us: since,
+        crash_streak: view.crash_streak,
+        next_restart_us: view.next_restart.map_or(0, |at| unix_us(at, (now, wall))),
     }
 }
 

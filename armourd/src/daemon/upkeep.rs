@@ -95,19 +95,11 @@ impl Upkeep {
     }
 
     /// A reload begins (`RELOADING=1`); the reload calls [`Upkeep::reloaded`] after.
-    #[expect(
-        dead_code,
-        reason = "for the reload (SIGHUP, D-Bus Reload) of the restart policy work"
-    )]
     pub(super) fn reloading(&self) {
         self.service.notifier.reloading();
     }
 
     /// A reload is over: ready again, with the new status.
-    #[expect(
-        dead_code,
-        reason = "for the reload (SIGHUP, D-Bus Reload) of the restart policy work"
-    )]
     pub(super) fn reloaded(&self, status: &str) {
         self.service.notifier.reloaded(status);
     }

@@ -27,6 +27,11 @@ pub struct ProcessInfo {
     pub last_core_dumped: bool,
     /// Since when the process has been in `state`, in µs since the Unix epoch.
     pub since_us: u64,
+    /// Crashes in a row since it last ran for `stable-after`.
+    pub crash_streak: u32,
+    /// In state `backoff`: when the next restart is due, in µs since the
+    /// Unix epoch; else 0.
+    pub next_restart_us: u64,
 }
 
 impl ProcessInfo {
@@ -42,6 +47,8 @@ impl ProcessInfo {
             ("last_signal", Variant::from(self.last_signal)),
             ("last_core_dumped", Variant::from(self.last_core_dumped)),
             ("since", Variant::from(self.since_us)),
+            ("crash_streak", Variant::from(self.crash_streak)),
+            ("next_restart", Variant::from(self.next_restart_us)),
         ])
     }
 
@@ -61,6 +68,9 @@ impl ProcessInfo {
             last_signal: field(dict, "last_signal")?,
             last_core_dumped: field(dict, "last_core_dumped")?,
             since_us: field(dict, "since")?,
+            // Older daemons do not send these.
+            crash_streak: field(dict, "crash_streak").unwrap_or(0),
+            next_restart_us: field(dict, "next_restart").unwrap_or(0),
         })
     }
 }

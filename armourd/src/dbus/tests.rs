@@ -23,6 +23,8 @@ fn process(pid: i32, exe: &str, state: &'static str) -> ProcessInfo {
         last_signal: libc::SIGSEGV,
         last_core_dumped: true,
         since_us: 1_700_000_000_000_000,
+        crash_streak: 0,
+        next_restart_us: 0,
     }
 }
 
@@ -165,10 +167,12 @@ fn process_dict_has_the_specs_keys_and_types() {
         types,
         [
             "argv:as",
+            "crash_streak:u",
             "exe:s",
             "last_core_dumped:b",
             "last_exit_code:i",
             "last_signal:i",
+            "next_restart:t",
             "pid:i",
             "restarts:u",
             "since:t",
@@ -297,6 +301,12 @@ fn fake_daemon(processes: Vec<ProcessInfo>) -> (Queues, Callers) {
                         Ok(())
                     };
                     let _ = reply.send(result);
+                }
+                Request::Reset { reply, .. } => {
+                    let _ = reply.send(1);
+                }
+                Request::Reload { reply } => {
+                    let _ = reply.send(Vec::new());
                 }
             }
         }

@@ -1,6 +1,7 @@
 use std::{ffi::OsString, path::PathBuf};
 
 use super::*;
+use crate::status::SuccessSet;
 
 const SEGV: ExitStatus = ExitStatus::Signaled {
     signal: libc::SIGSEGV,
@@ -146,8 +147,9 @@ fn spawned_restart_is_watched_and_its_exec_is_not_a_new_instance() {
     let view = s.instances().next().unwrap();
     assert_eq!((view.pid, view.restarts), (200, 1));
     assert_eq!(*view.spec, spec(), "the restart command stays the original");
-    // It crashes in turn: restarted again.
-    assert_eq!(spawns(&s.exit(200, Some(11), SEGV, t)), [id]);
+    // It crashes in turn after a healthy run: restarted again at once.
+    let later = t + RestartPolicy::DEFAULT_STABLE_AFTER;
+    assert_eq!(spawns(&s.exit(200, Some(11), SEGV, later)), [id]);
 }
 
 #[test]
@@ -173,7 +175,7 @@ fn exec_seen_after_adoption_replaces_the_spec_read_from_proc() {
 }
 
 #[test]
-fn failed_restart_is_retried_later() {
+fn failed_restart_is_retried_later_through_the_backoff() {
     let mut s = supervisor();
     let t = Instant::now();
     s.exec(exec(100, 7, false), t);
@@ -314,4 +316,322 @@ fn unwatch_keeps_processes_running_and_forgets_them() {
     assert!(actions.contains(&Action::Unwatch(100)));
     assert!(!s.is_watched(100));
     assert!(s.unwatch(100).is_none());
+}
+
+fn policy(restart: RestartPolicy) -> Policy {
+    Policy {
+        restart,
+        name: "/usr/sbin/food".into(),
+        ..Policy::default()
+    }
+}
+
+fn hooks(actions: &[Action]) -> Vec<HookRun> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Hook(run) => Some(run.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Crashes the instance's current process `n` times in a row, each
+/// restart spawned when due; the times of the spawns.
+fn crash_loop(s: &mut Supervisor, t: Instant, n: u32) -> Vec<Duration> {
+    let mut now = t;
+    let mut pid = 100;
+    let mut spawned_at = Vec::new();
+    for _ in 0..n {
+        let mut actions = s.exit(pid, None, ExitStatus::Exited(3), now);
+        if spawns(&actions).is_empty() {
+            let Some(due) = s.next_deadline() else {
+                break;
+            };
+            now = due;
+            actions = s.tick(now);
+        }
+        let Some(&id) = spawns(&actions).first() else {
+            break;
+        };
+        spawned_at.push(now - t);
+        pid += 1;
+        s.spawned(id, Ok(pid), now);
+    }
+    spawned_at
+}
+
+#[test]
+fn crash_loop_restarts_at_once_then_backs_off_doubling() {
+    let mut s = Supervisor::new(vec![policy(RestartPolicy::default())]);
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    let ms = Duration::from_millis;
+    assert_eq!(
+        crash_loop(&mut s, t, 5),
+        [ms(0), ms(100), ms(300), ms(700), ms(1500)]
+    );
+    let view = s.instances().next().unwrap();
+    assert_eq!((view.restarts, view.crash_streak), (5, 5));
+}
+
+#[test]
+fn backoff_state_says_when_the_restart_is_due() {
+    let mut s = Supervisor::new(vec![policy(RestartPolicy::default())]);
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    let id = spawns(&s.exit(100, Some(7), SEGV, t))[0];
+    s.spawned(id, Ok(101), t);
+    let actions = s.exit(101, None, SEGV, t);
+    assert!(spawns(&actions).is_empty());
+    assert!(actions
+        .iter()
+        .any(|a| matches!(a, Action::Notify(Notice::BackingOff { streak: 2, .. }))));
+    let view = s.instances().next().unwrap();
+    let due = t + Duration::from_millis(100);
+    assert_eq!(view.state, State::Backoff { deadline: due });
+    assert_eq!(view.next_restart, Some(due));
+    assert_eq!(s.next_deadline(), Some(due));
+}
+
+#[test]
+fn give_up_fails_the_instance_until_reset() {
+    let mut s = Supervisor::new(vec![policy(RestartPolicy {
+        give_up: Some(GiveUp {
+            crashes: 3,
+            window: Duration::from_secs(60),
+        }),
+        ..RestartPolicy::default()
+    })]);
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    assert_eq!(
+        crash_loop(&mut s, t, 10).len(),
+        2,
+        "the third crash gives up"
+    );
+    let view = s.instances().next().unwrap();
+    assert_eq!(view.state, State::Failed);
+    let hour = Duration::from_secs(3600);
+    assert!(spawns(&s.tick(t + hour)).is_empty(), "stays down");
+    let (count, actions) = s.reset(&Selector::Pid(view.pid), t);
+    assert_eq!(count, 1);
+    assert_eq!(spawns(&actions), [view.id]);
+    assert_eq!(s.instances().next().unwrap().crash_streak, 0);
+}
+
+#[test]
+fn giving_up_says_so_once_with_the_crash_count() {
+    let mut s = Supervisor::new(vec![policy(RestartPolicy {
+        give_up: Some(GiveUp {
+            crashes: 1,
+            window: Duration::from_secs(60),
+        }),
+        ..RestartPolicy::default()
+    })]);
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    let actions = s.exit(100, Some(7), SEGV, t);
+    assert!(spawns(&actions).is_empty());
+    assert!(actions.contains(&Action::Notify(Notice::Failed {
+        pid: 100,
+        exe: PathBuf::from("/usr/sbin/food"),
+        crashes: 1,
+    })));
+    assert!(actions.iter().any(|a| matches!(
+        a,
+        Action::Notify(Notice::Exited {
+            will_restart: false,
+            ..
+        })
+    )));
+    assert_eq!(s.instances().count(), 1, "a failed instance is kept");
+}
+
+#[test]
+fn reset_by_executable_restarts_every_failed_instance_of_it() {
+    let mut s = Supervisor::new(vec![policy(RestartPolicy {
+        give_up: Some(GiveUp {
+            crashes: 1,
+            window: Duration::from_secs(60),
+        }),
+        ..RestartPolicy::default()
+    })]);
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    s.exec(exec(200, 8, false), t);
+    s.exit(100, Some(7), SEGV, t);
+    s.exit(200, Some(8), SEGV, t);
+    let (count, actions) = s.reset(&Selector::Exe("/usr/sbin/food".into()), t);
+    assert_eq!((count, spawns(&actions).len()), (2, 2));
+    let (count, _) = s.reset(&Selector::Exe("/usr/sbin/other".into()), t);
+    assert_eq!(count, 0);
+}
+
+#[test]
+fn on_crash_hook_is_told_about_the_crash_and_does_not_replace_the_restart() {
+    let mut s = Supervisor::new(vec![Policy {
+        on_crash: Some("logger crashed".into()),
+        ..policy(RestartPolicy::default())
+    }]);
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    let actions = s.exit(100, Some(7), SEGV, t);
+    assert_eq!(spawns(&actions).len(), 1);
+    let [run] = &hooks(&actions)[..] else {
+        panic!("one hook in {actions:?}");
+    };
+    assert_eq!(
+        (run.kind, run.event, run.pid, run.status, run.restarts),
+        (HookKind::OnCrash, HookEvent::Crashed, 100, SEGV, 0)
+    );
+    assert_eq!(&*run.command, "logger crashed");
+    assert_eq!(&*run.key, "/usr/sbin/food");
+}
+
+#[test]
+fn on_crash_hook_hears_of_giving_up() {
+    let mut s = Supervisor::new(vec![Policy {
+        on_crash: Some("true".into()),
+        ..policy(RestartPolicy {
+            give_up: Some(GiveUp {
+                crashes: 1,
+                window: Duration::from_secs(1),
+            }),
+            ..RestartPolicy::default()
+        })
+    }]);
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    let runs = hooks(&s.exit(100, Some(7), SEGV, t));
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].event, HookEvent::GaveUp);
+}
+
+#[test]
+fn clean_end_runs_no_hook() {
+    let mut s = Supervisor::new(vec![Policy {
+        on_crash: Some("true".into()),
+        ..policy(RestartPolicy::default())
+    }]);
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    assert!(hooks(&s.exit(100, Some(7), TERM, t)).is_empty());
+}
+
+fn recovering() -> (Supervisor, Instant, Vec<Action>) {
+    let mut s = Supervisor::new(vec![Policy {
+        recover: Some("/etc/init.d/food restart".into()),
+        ..policy(RestartPolicy::default())
+    }]);
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    let actions = s.exit(100, Some(7), SEGV, t);
+    (s, t, actions)
+}
+
+#[test]
+fn recover_command_replaces_the_restart_and_its_process_takes_over() {
+    let (mut s, t, actions) = recovering();
+    assert!(spawns(&actions).is_empty());
+    let runs = hooks(&actions);
+    assert_eq!(runs.len(), 1);
+    assert_eq!(runs[0].kind, HookKind::Recover);
+    assert_eq!(&*runs[0].command, "/etc/init.d/food restart");
+    // The init script starts the program: an exec of the watched file.
+    let actions = s.exec(exec(300, 9, true), t);
+    assert!(actions.contains(&Action::Notify(Notice::Restarted {
+        old_pid: 100,
+        new_pid: 300,
+        exe: PathBuf::from("/usr/sbin/food"),
+        restarts: 1,
+    })));
+    assert_eq!(s.instances().count(), 1, "no new instance");
+    assert!(s.is_watched(300));
+    let view = s.instances().next().unwrap();
+    assert_eq!((view.state, view.crash_streak), (State::Running, 1));
+}
+
+#[test]
+fn recover_command_that_starts_nothing_counts_as_a_failed_restart() {
+    let (mut s, t, actions) = recovering();
+    let id = hooks(&actions)[0].instance;
+    assert_eq!(s.next_deadline(), None, "waits while the command runs");
+    s.recover_ended(id, t);
+    let due = t + RECOVER_GRACE;
+    assert_eq!(s.next_deadline(), Some(due));
+    let actions = s.tick(due);
+    assert!(matches!(
+        &actions[..],
+        [Action::Notify(Notice::RestartFailed { .. })]
+    ));
+    let Some(State::Backoff { deadline }) = s.instances().next().map(|v| v.state) else {
+        panic!("not backing off");
+    };
+    let runs = hooks(&s.tick(deadline));
+    assert_eq!(runs[0].kind, HookKind::Recover, "tried again");
+}
+
+#[test]
+fn reload_lets_removed_entries_go_and_keeps_the_counters_of_others() {
+    let mut s = Supervisor::new(vec![Policy::default(), Policy::default()]);
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    let mut other = exec(200, 8, false);
+    other.entry = Some(1);
+    s.exec(other, t);
+    let id = spawns(&s.exit(200, Some(8), SEGV, t))[0];
+    s.spawned(id, Ok(201), t);
+    // Entry 0 is gone; entry 1 is now the first, with give-up.
+    let changed = policy(RestartPolicy {
+        give_up: Some(GiveUp {
+            crashes: 1,
+            window: Duration::from_secs(1),
+        }),
+        ..RestartPolicy::default()
+    });
+    let actions = s.reconfigure(vec![changed], &[None, Some(0)], t);
+    assert!(actions.contains(&Action::Unwatch(100)));
+    assert!(signals(&actions).is_empty(), "its process keeps running");
+    assert!(!s.is_watched(100));
+    let view = s.instances().next().unwrap();
+    assert_eq!((view.pid, view.entry, view.restarts), (201, Some(0), 1));
+    // The new options apply to the running instance at once.
+    let later = t + Duration::from_secs(60);
+    assert!(spawns(&s.exit(201, None, SEGV, later)).is_empty());
+    assert_eq!(s.instances().next().unwrap().state, State::Failed);
+}
+
+#[test]
+fn reload_lets_a_failed_instance_start_again() {
+    let give_up = policy(RestartPolicy {
+        give_up: Some(GiveUp {
+            crashes: 1,
+            window: Duration::from_secs(1),
+        }),
+        ..RestartPolicy::default()
+    });
+    let mut s = Supervisor::new(vec![give_up.clone()]);
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    s.exit(100, Some(7), SEGV, t);
+    let actions = s.reconfigure(vec![give_up], &[Some(0)], t);
+    assert_eq!(spawns(&actions).len(), 1);
+}
+
+#[test]
+fn a_spawn_outcome_after_its_process_came_and_went_changes_nothing() {
+    let mut s = supervisor();
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    let id = spawns(&s.exit(100, Some(7), SEGV, t))[0];
+    // Its exec was reported first, then it crashed at once.
+    s.spawned(id, Ok(200), t);
+    s.exit(200, None, SEGV, t);
+    // The spawn's own outcome arrives late.
+    assert!(s.spawned(id, Ok(200), t).is_empty());
+    assert!(!s.is_watched(200));
+    let view = s.instances().next().unwrap();
+    assert_eq!(view.restarts, 1);
+    assert!(matches!(view.state, State::Backoff { .. }));
 }

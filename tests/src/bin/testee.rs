@@ -12,6 +12,8 @@
 //!   the parent exits 0, the child records `daemon PID`), `daemon2` (forks,
 //!   the child calls setsid and forks again, parent and intermediate exit 0,
 //!   the grandchild records `daemon PID`).
+//! - `TESTEE_MODE=exit`: exits with `TESTEE_EXIT_CODE` at once, unless the
+//!   file named by `TESTEE_RUN_IF` exists (then it sleeps).
 //! - `TESTEE_EXIT_CODE`: the exit code on SIGUSR1 (default 3).
 //! - `TESTEE_CORE=1`: raise RLIMIT_CORE to unlimited so a fatal signal dumps core.
 //! - `TESTEE_MARK`: recorded (hex) in the start record, to prove env is kept.
@@ -74,6 +76,7 @@ fn main() {
     let mode = std::env::var("TESTEE_MODE").unwrap_or_else(|_| "sleep".into());
     match mode.as_str() {
         "sleep" => sleep_forever(),
+        "exit" => exit_at_once(),
         "daemon1" => daemon1(),
         "daemon2" => daemon2(),
         _ => match mode
@@ -160,7 +163,7 @@ fn start_record() -> String {
     format!(
         "start pid={} ppid={} pgid={} sid={} uid={ruid},{euid},{suid} gid={rgid},{egid},{sgid} \
          groups={} umask={} capeff={} stdout={} fds={} cwd={cwd} exe={exe} mark={mark} \
-         argc={} argv={} envc={} env={}",
+         mono_ns={} argc={} argv={} envc={} env={}",
         std::process::id(),
         unsafe { libc::getppid() },
         unsafe { libc::getpgrp() },
@@ -178,6 +181,7 @@ fn start_record() -> String {
             .map(i32::to_string)
             .collect::<Vec<_>>()
             .join(","),
+        monotonic_ns(),
         argv.len(),
         hex_list(argv.iter().map(|a| OsStr::as_bytes(a))),
         env.len(),
@@ -203,6 +207,27 @@ fn open_fds() -> Vec<i32> {
     (0..1024)
         .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1)
         .collect()
+}
+
+/// `CLOCK_MONOTONIC` now, in ns: when the process started, for tests that
+/// look at the spacing of restarts.
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// `TESTEE_MODE=exit`: exits with `TESTEE_EXIT_CODE` at once (a crash
+/// loop), unless the file `$TESTEE_RUN_IF` exists: then it sleeps.
+fn exit_at_once() -> ! {
+    let runs = std::env::var_os("TESTEE_RUN_IF").is_some_and(|p| std::path::Path::new(&p).exists());
+    if !runs {
+        std::process::exit(EXIT_CODE.load(Ordering::Relaxed));
+    }
+    sleep_forever()
 }
 
 fn sleep_forever() -> ! {

@@ -276,7 +276,7 @@ fn a_watched_exit_passes_and_an_unwatched_one_is_dropped() {
     assert_eq!(exits_of(&events, other_pid), []);
     assert_eq!(
         children_of(&events, std::process::id()),
-        [],
+        [0u32; 0],
         "forks of unwatched processes"
     );
     let exit = events
