@@ -2,6 +2,9 @@
 //! under an exec+exit storm of unrelated processes), memory and binary size
 //! for each backend, prints a table and writes BENCHMARKS.md (SPEC §11).
 //!
+//! It also floods armourd over D-Bus (see [`flood`]) and reports root's
+//! reply latency, armourd's peak memory and a restart's latency meanwhile.
+//!
 //! Restart latency is the daemon's own `restart latency` debug line: the
 //! kernel timestamp of the replacement's exec minus that of the crashed
 //! process's exit, both taken in the kernel (eBPF: `bpf_ktime_get_ns`;
@@ -22,6 +25,8 @@ use anyhow::{bail, ensure, Context as _, Result};
 
 use crate::{build_cmd, cmd};
 
+mod flood;
+
 #[derive(clap::Args)]
 pub struct BenchOptions {
     /// Restarts measured per backend
@@ -33,6 +38,21 @@ pub struct BenchOptions {
     /// Unrelated exec+exit per second during the storm
     #[arg(long, default_value_t = 1500)]
     storm_rate: u32,
+    /// Services armourd watches during the D-Bus flood
+    #[arg(long, default_value_t = 200)]
+    flood_services: usize,
+    /// Connections of uid 65534 in the D-Bus flood
+    #[arg(long, default_value_t = 160)]
+    flood_connections: usize,
+    /// `GetProcesses` calls each flooding connection sends
+    #[arg(long, default_value_t = 125)]
+    flood_calls: usize,
+    /// Seconds root keeps calling `ListProcesses` during the flood
+    #[arg(long, default_value_t = 10)]
+    flood_seconds: u64,
+    /// Measure only the D-Bus flood and print it (BENCHMARKS.md is left as it is)
+    #[arg(long)]
+    flood_only: bool,
 }
 
 const BACKENDS: [&str; 2] = ["ebpf", "proc-connector"];
@@ -66,6 +86,22 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
     );
     let built = build_cmd::build(&build_cmd::BuildOptions { debug: false })?;
     let binary_size = fs::metadata(&built.daemon)?.len();
+    let flood_options = flood::FloodOptions {
+        services: options.flood_services,
+        connections: options.flood_connections,
+        calls: options.flood_calls,
+        seconds: options.flood_seconds,
+    };
+    if options.flood_only {
+        let flood = flood::measure(&built.daemon, BACKENDS[0], flood_options)?;
+        let mut text = String::new();
+        render_flood(&mut text, &flood);
+        for miss in flood_misses(&flood) {
+            let _ = writeln!(text, "- {miss}");
+        }
+        print!("{text}");
+        return Ok(());
+    }
     let mut reports = Vec::new();
     for backend in BACKENDS {
         println!("bench: {backend} …");
@@ -75,7 +111,11 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         }
     }
     ensure!(!reports.is_empty(), "no backend could be measured");
-    let text = render(&reports, binary_size, options);
+    println!("bench: D-Bus flood …");
+    let flood = flood::measure(&built.daemon, BACKENDS[0], flood_options)
+        .map_err(|err| println!("bench: the D-Bus flood could not be measured: {err:#}"))
+        .ok();
+    let text = render(&reports, flood.as_ref(), binary_size, options);
     print!("{text}");
     let path = cmd::workspace_root().join("BENCHMARKS.md");
     fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
@@ -350,7 +390,12 @@ fn machine() -> String {
     )
 }
 
-fn render(reports: &[Report], binary_size: u64, options: &BenchOptions) -> String {
+fn render(
+    reports: &[Report],
+    flood: Option<&flood::FloodReport>,
+    binary_size: u64,
+    options: &BenchOptions,
+) -> String {
     let mut out = String::from("# armourd benchmarks\n\n");
     let _ = writeln!(out, "Written by `cargo xtask bench`.\n");
     let _ = writeln!(out, "- machine: {}", machine());
@@ -405,17 +450,26 @@ fn render(reports: &[Report], binary_size: u64, options: &BenchOptions) -> Strin
         }
         let _ = writeln!(out, "| {} | {} |", r.backend, cells.join(" | "));
     }
+    if let Some(flood) = flood {
+        render_flood(&mut out, flood);
+    }
     let _ = writeln!(
         out,
         "\nTargets (SPEC §11): p50 ≤ {} ms, p99 ≤ {} ms on both backends; no wake-ups when idle; \
-         storm CPU ≤ {} % (eBPF) and ≤ {} % (proc connector); VmRSS ≤ {} MiB.",
+         storm CPU ≤ {} % (eBPF) and ≤ {} % (proc connector); VmRSS ≤ {} MiB; \
+         under the D-Bus flood (issue 14) VmRSS < {} MiB and each of root's calls answered within {} ms.",
         TARGETS.p50_ms,
         TARGETS.p99_ms,
         TARGETS.storm_ebpf,
         TARGETS.storm_proc_connector,
-        TARGETS.rss_mib
+        TARGETS.rss_mib,
+        TARGETS.flood_rss_mib,
+        TARGETS.flood_root_ms,
     );
-    let misses = misses(reports);
+    let mut misses = misses(reports);
+    if let Some(flood) = flood {
+        misses.extend(flood_misses(flood));
+    }
     if misses.is_empty() {
         out.push_str("\nEvery target is met.\n");
     } else {
@@ -435,6 +489,8 @@ struct Targets {
     storm_ebpf: f64,
     storm_proc_connector: f64,
     rss_mib: f64,
+    flood_rss_mib: f64,
+    flood_root_ms: f64,
 }
 
 const TARGETS: Targets = Targets {
@@ -443,6 +499,8 @@ const TARGETS: Targets = Targets {
     storm_ebpf: 0.5,
     storm_proc_connector: 1.0,
     rss_mib: 4.0,
+    flood_rss_mib: 16.0,
+    flood_root_ms: 100.0,
 };
 
 /// The targets of SPEC §11 that `reports` miss, and by how much.
@@ -485,6 +543,82 @@ fn misses(reports: &[Report]) -> Vec<String> {
             TARGETS.rss_mib,
             "MiB",
         );
+    }
+    misses
+}
+
+/// The flood's table: root's round trips, armourd's peak memory, the restart.
+fn render_flood(out: &mut String, flood: &flood::FloodReport) {
+    let o = &flood.options;
+    let _ = writeln!(
+        out,
+        "\nD-Bus flood ({}): {} connections of uid 65534 send {} `GetProcesses` each ({} calls, \
+         replies never read) while armourd watches {} services; root calls `ListProcesses` \
+         one call after the other for {} s; one service is crashed 0.5 s into the flood.\n",
+        BACKENDS[0],
+        o.connections,
+        o.calls,
+        o.connections * o.calls,
+        o.services,
+        o.seconds,
+    );
+    out.push_str("| root's calls | failed | first | p50 | max | flood sent after | peak VmRSS | restart latency |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|\n");
+    let mut sorted = flood.root_us.clone();
+    sorted.sort_unstable();
+    let ms =
+        |us: Option<u64>| us.map_or("-".to_owned(), |us| format!("{:.1} ms", us as f64 / 1000.0));
+    let _ = writeln!(
+        out,
+        "| {} | {} | {} | {} | {} | {} | {} KiB | {} |",
+        flood.root_us.len(),
+        flood.root_failed,
+        ms(flood.root_us.first().copied()),
+        if sorted.is_empty() {
+            "-".to_owned()
+        } else {
+            format!("{:.1} ms", percentile(&sorted, 0.5))
+        },
+        ms(sorted.last().copied()),
+        flood
+            .sent_after
+            .map_or("-".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
+        flood.peak_rss_kib,
+        flood.restart_us.map_or("not seen".to_owned(), |us| format!(
+            "{:.3} ms",
+            us as f64 / 1000.0
+        )),
+    );
+}
+
+/// The flood's targets that were missed, and by how much.
+fn flood_misses(flood: &flood::FloodReport) -> Vec<String> {
+    let mut misses = Vec::new();
+    let rss_mib = flood.peak_rss_kib as f64 / 1024.0;
+    if rss_mib >= TARGETS.flood_rss_mib {
+        misses.push(format!(
+            "D-Bus flood: peak VmRSS {rss_mib:.1} MiB ≥ {} MiB",
+            TARGETS.flood_rss_mib
+        ));
+    }
+    if let Some(&max) = flood.root_us.iter().max() {
+        let max_ms = max as f64 / 1000.0;
+        if max_ms > TARGETS.flood_root_ms {
+            misses.push(format!(
+                "D-Bus flood: root's slowest call {max_ms:.1} ms > {} ms (first call {:.1} ms)",
+                TARGETS.flood_root_ms,
+                flood.root_us[0] as f64 / 1000.0
+            ));
+        }
+    }
+    if flood.root_failed > 0 {
+        misses.push(format!(
+            "D-Bus flood: {} of root's calls failed",
+            flood.root_failed
+        ));
+    }
+    if flood.restart_us.is_none() {
+        misses.push("D-Bus flood: the crashed service's restart was not seen".to_owned());
     }
     misses
 }
