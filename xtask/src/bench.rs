@@ -562,15 +562,15 @@ fn render_flood(out: &mut String, flood: &flood::FloodReport) {
         o.services,
         o.seconds,
     );
-    out.push_str("| root's calls | failed | first | p50 | max | flood sent after | peak VmRSS | restart latency |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| root's calls | failed | first | p50 | max | flood sent after | peak VmRSS | restart latency | CPU armourd | CPU dbus-daemon |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|\n");
     let mut sorted = flood.root_us.clone();
     sorted.sort_unstable();
     let ms =
         |us: Option<u64>| us.map_or("-".to_owned(), |us| format!("{:.1} ms", us as f64 / 1000.0));
     let _ = writeln!(
         out,
-        "| {} | {} | {} | {} | {} | {} | {} KiB | {} |",
+        "| {} | {} | {} | {} | {} | {} | {} KiB | {} | {:.2} s | {:.2} s |",
         flood.root_us.len(),
         flood.root_failed,
         ms(flood.root_us.first().copied()),
@@ -588,6 +588,8 @@ fn render_flood(out: &mut String, flood: &flood::FloodReport) {
             "{:.3} ms",
             us as f64 / 1000.0
         )),
+        flood.armourd_cpu_s,
+        flood.bus_cpu_s,
     );
 }
 

@@ -27,7 +27,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 
-use super::{log_lines, memory, pids_of, signal, wait_for};
+use super::{counters, log_lines, memory, pids_of, signal, wait_for};
 
 /// How the flood is made.
 #[derive(Clone, Copy)]
@@ -54,6 +54,10 @@ pub struct FloodReport {
     pub peak_rss_kib: u64,
     /// The restart latency of the service crashed during the flood, µs.
     pub restart_us: Option<u64>,
+    /// CPU seconds armourd and the bus used from the flood's start until
+    /// root's last call.
+    pub armourd_cpu_s: f64,
+    pub bus_cpu_s: f64,
 }
 
 /// The unprivileged flooder's uid and gid (`nobody`).
@@ -242,6 +246,8 @@ pub fn measure(daemon: &Path, backend: &str, options: FloodOptions) -> Result<Fl
     let (mut flooder_in, flooder_out) = pipes(flooder);
     expect(&flooder_out, "connected", "the flooder")?;
 
+    let bus_pid = scene.children[0].id();
+    let cpu_before = [counters(armourd_pid)?.0, counters(bus_pid)?.0];
     let sampler = RssSampler::start(armourd_pid);
     let began = Instant::now();
     writeln!(flooder_in, "go")?;
@@ -297,6 +303,11 @@ pub fn measure(daemon: &Path, backend: &str, options: FloodOptions) -> Result<Fl
         sent_after = Some(began.elapsed());
     }
     let peak_rss_kib = sampler.peak().max(memory(armourd_pid)?[0]);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let cpu_s = |pid, before| counters(pid).map(|(ticks, _)| (ticks - before) as f64 / hz);
+    let armourd_cpu_s = cpu_s(armourd_pid, cpu_before[0])?;
+    let bus_cpu_s = cpu_s(bus_pid, cpu_before[1])?;
     drop(flooder_in);
     ensure!(
         !root_us.is_empty() || root_failed > 0,
@@ -309,6 +320,8 @@ pub fn measure(daemon: &Path, backend: &str, options: FloodOptions) -> Result<Fl
         sent_after,
         peak_rss_kib,
         restart_us,
+        armourd_cpu_s,
+        bus_cpu_s,
     })
 }
 
