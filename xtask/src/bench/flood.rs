@@ -40,6 +40,8 @@ pub struct FloodOptions {
     pub calls: usize,
     /// How long root keeps calling.
     pub seconds: u64,
+    /// The bus name root calls.
+    pub root_name: &'static str,
 }
 
 /// What the flood did to root's calls, memory and a restart.
@@ -108,16 +110,16 @@ print("sent", flush=True)
 sys.stdin.read()
 "#;
 
-/// argv: address, seconds. Connects, prints `ready`, waits for a line on
+/// argv: address, seconds, bus name. Connects, prints `ready`, waits for a line on
 /// stdin, then calls `ListProcesses` one call after the other for the
 /// given time and prints each round trip in µs (`ok N` or `failed N NAME`).
 const ROOT_CALLER: &str = r#"
 import sys, time
 import dbus
 
-address, seconds = sys.argv[1], float(sys.argv[2])
+address, seconds, name = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 bus = dbus.bus.BusConnection(address)
-obj = bus.get_object("com.github.Armourd", "/com/github/armourd", introspect=False)
+obj = bus.get_object(name, "/com/github/armourd", introspect=False)
 armourd = dbus.Interface(obj, "com.github.Armourd")
 print("ready", flush=True)
 sys.stdin.readline()
@@ -212,13 +214,14 @@ pub fn measure(daemon: &Path, backend: &str, options: FloodOptions) -> Result<Fl
     let armourd_pid = armourd.id();
     let lines = log_lines(armourd);
     // armourd says it is ready and that it serves on the bus, in either order.
+    let serving_line = format!("serving {} on", options.root_name);
     let (mut ready, mut serving) = (None, false);
     while ready.is_none() || !serving {
         let line = wait_for(&lines, Duration::from_secs(20), |l| {
-            l.contains("ready") || l.contains("serving")
+            l.contains("ready") || l.contains(&serving_line)
         })
         .context("armourd did not get ready on the bus")?;
-        serving |= line.contains("serving");
+        serving |= line.contains(&serving_line);
         if line.contains("ready") {
             ready = Some(line);
         }
@@ -230,7 +233,11 @@ pub fn measure(daemon: &Path, backend: &str, options: FloodOptions) -> Result<Fl
         options.services
     );
 
-    let mut cmd = python(&address, ROOT_CALLER, &[&options.seconds.to_string()]);
+    let mut cmd = python(
+        &address,
+        ROOT_CALLER,
+        &[&options.seconds.to_string(), options.root_name],
+    );
     let caller = scene.spawn(&mut cmd, "root's caller")?;
     let (mut caller_in, caller_out) = pipes(caller);
     expect(&caller_out, "ready", "root's caller")?;
