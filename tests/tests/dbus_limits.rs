@@ -378,9 +378,10 @@ fn only_root_may_call_the_root_name(backend: Backend) {
     const GET: &str = "com.github.Armourd.GetProcesses";
     for system_policy in [true, false] {
         let Scene {
-            sb: _sb,
+            sb,
             bus,
             svc,
+            report,
             mut daemon,
             ..
         } = if system_policy {
@@ -393,13 +394,19 @@ fn only_root_may_call_the_root_name(backend: Backend) {
                 .contains(&format!("serving {ROOT_NAME}"))),
             "armourd serves {ROOT_NAME}"
         );
+        let pid = sb.spawn(&mut sb.command(&svc, &report));
+        report.wait_starts(1);
+        daemon.wait_watching(pid);
         let root = bus.send(None, ROOT_NAME, OBJECT_PATH, GET, &[]).value();
         let Value::Array(entries) = root else {
             panic!("GetProcesses returned {root:?}");
         };
-        assert!(entries
-            .iter()
-            .any(|e| e.get("exe") == Some(&Value::Str(svc.display().to_string()))));
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.get("pid") == Some(&Value::Int32(pid))),
+            "root's GetProcesses at {ROOT_NAME} lists {pid}: {entries:?}"
+        );
         let refused = bus
             .send(Some(NOBODY), ROOT_NAME, OBJECT_PATH, GET, &[])
             .error();
