@@ -567,16 +567,17 @@ fn render_flood(out: &mut String, floods: &[flood::FloodReport]) {
         out,
         "\nD-Bus flood ({}): {} connections of uid 65534 send {} `GetProcesses` each ({} calls, \
          replies never read) while armourd watches {} services; root calls `ListProcesses` \
-         one call after the other for {} s, at the name in the first column; one service is \
-         crashed 0.5 s into the flood.\n",
+         one call after the other for {} s, at the name in the first column; {} services are \
+         crashed, one every 0.1 s, from 0.5 s into the flood.\n",
         BACKENDS[0],
         o.connections,
         o.calls,
         o.connections * o.calls,
         o.services,
         o.seconds,
+        flood::CRASHES,
     );
-    out.push_str("| root calls | root's calls | failed | first | p50 | max | flood sent after | peak VmRSS | restart latency | CPU armourd | CPU dbus-daemon |\n");
+    out.push_str("| root calls | root's calls | failed | first | p50 | max | flood sent after | peak VmRSS | restart latency p50 / max (crash → event p50 / max) | CPU armourd | CPU dbus-daemon |\n");
     out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
     for flood in floods {
         let mut sorted = flood.root_us.clone();
@@ -601,10 +602,7 @@ fn render_flood(out: &mut String, floods: &[flood::FloodReport]) {
                 .sent_after
                 .map_or("-".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
             flood.peak_rss_kib,
-            flood.restart_us.map_or("not seen".to_owned(), |us| format!(
-                "{:.3} ms",
-                us as f64 / 1000.0
-            )),
+            restarts(flood),
             flood.armourd_cpu_s,
             flood.bus_cpu_s,
         );
@@ -638,8 +636,37 @@ fn flood_misses(flood: &flood::FloodReport) -> Vec<String> {
             flood.root_failed
         ));
     }
-    if flood.restart_us.is_none() {
-        misses.push("D-Bus flood: the crashed service's restart was not seen".to_owned());
+    if flood.restart_us.len() < flood::CRASHES {
+        misses.push(format!(
+            "D-Bus flood: {} of {} crashed services' restarts were seen",
+            flood.restart_us.len(),
+            flood::CRASHES
+        ));
     }
     misses
+}
+
+/// The flood's restart latencies and how long armourd took to see each crash.
+fn restarts(flood: &flood::FloodReport) -> String {
+    if flood.restart_us.is_empty() {
+        return "not seen".to_owned();
+    }
+    let mut all = flood.restart_us.clone();
+    all.sort_unstable();
+    let mut seen: Vec<u64> = flood.restart_steps_us.iter().map(|s| s[0]).collect();
+    seen.sort_unstable();
+    let mut text = format!(
+        "{:.3} / {:.3} ms",
+        percentile(&all, 0.5),
+        percentile(&all, 1.0)
+    );
+    if !seen.is_empty() {
+        let _ = write!(
+            text,
+            " ({:.3} / {:.3} ms)",
+            percentile(&seen, 0.5),
+            percentile(&seen, 1.0)
+        );
+    }
+    text
 }

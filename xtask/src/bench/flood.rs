@@ -2,9 +2,9 @@
 //! the system bus's default policy and the policy file the repository
 //! ships, armourd watches many services while connections of uid 65534
 //! send `GetProcesses` as fast as they can without reading a reply. Root
-//! calls `ListProcesses` meanwhile, one call after the other; one service
-//! is crashed during the flood. Measured: root's reply latencies, armourd's
-//! peak VmRSS, and that crash's restart latency (armourd's own line).
+//! calls `ListProcesses` meanwhile, one call after the other; services are
+//! crashed during the flood. Measured: root's reply latencies, armourd's
+//! peak VmRSS, and those crashes' restart latencies (armourd's own lines).
 //!
 //! Everything runs on a unix socket in a temporary directory; the flooder
 //! sends a bounded number of calls and every process started here is
@@ -27,7 +27,10 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 
-use super::{counters, log_lines, memory, pids_of, signal, wait_for};
+use super::{counters, latencies, log_lines, memory, pids_of, signal, wait_for};
+
+/// Services crashed, one every 100 ms, from 0.5 s into the flood.
+pub const CRASHES: usize = 10;
 
 /// How the flood is made.
 #[derive(Clone, Copy)]
@@ -54,8 +57,10 @@ pub struct FloodReport {
     /// How long the flooder took to hand all its calls to the bus.
     pub sent_after: Option<Duration>,
     pub peak_rss_kib: u64,
-    /// The restart latency of the service crashed during the flood, µs.
-    pub restart_us: Option<u64>,
+    /// The restart latencies of the services crashed during the flood, µs.
+    pub restart_us: Vec<u64>,
+    /// Their steps, as [`super::Report::steps_us`].
+    pub restart_steps_us: Vec<[u64; 3]>,
     /// CPU seconds armourd and the bus used from the flood's start until
     /// root's last call.
     pub armourd_cpu_s: f64,
@@ -258,39 +263,34 @@ pub fn measure(daemon: &Path, backend: &str, options: FloodOptions) -> Result<Fl
     let sampler = RssSampler::start(armourd_pid);
     let began = Instant::now();
     writeln!(flooder_in, "go")?;
+    // When the flooder has handed all its calls to the bus.
+    let sent = thread::spawn(move || {
+        flooder_out
+            .iter()
+            .any(|line| line == "sent")
+            .then(|| began.elapsed())
+    });
     // Let the flood reach armourd's queue in the bus before root calls.
     thread::sleep(Duration::from_millis(100));
     writeln!(caller_in, "go")?;
-    // Crash one service while the flood is under way.
+    // Crash services one after the other while the flood is under way.
     thread::sleep(Duration::from_millis(400));
-    let crashed = &scene.services[0];
-    let restart_us = match pids_of(crashed)[..] {
-        [pid] => {
-            signal(pid, libc::SIGKILL);
-            wait_for(&lines, Duration::from_secs(30), |l| {
-                l.contains("restart latency")
-            })
-            .ok()
-            .and_then(|l| {
-                l.split("restart latency ")
-                    .nth(1)?
-                    .split(' ')
-                    .next()?
-                    .parse()
-                    .ok()
-            })
-        }
-        _ => None,
-    };
+    let mut restart_us = Vec::new();
+    let mut restart_steps_us = Vec::new();
+    for service in scene.services.iter().take(CRASHES) {
+        // A restart not seen shows as a missed target.
+        let Ok((latencies, steps)) = latencies(service, &lines, 1) else {
+            break;
+        };
+        restart_us.extend(latencies);
+        restart_steps_us.extend(steps);
+        thread::sleep(Duration::from_millis(80));
+    }
 
-    let mut sent_after = None;
     let mut root_us = Vec::new();
     let mut root_failed = 0;
     let deadline = began + Duration::from_secs(options.seconds + 60);
     loop {
-        if sent_after.is_none() && flooder_out.try_recv().is_ok_and(|l| l == "sent") {
-            sent_after = Some(began.elapsed());
-        }
         let left = deadline.saturating_duration_since(Instant::now());
         match caller_out.recv_timeout(left.min(Duration::from_millis(50))) {
             Ok(line) => {
@@ -306,9 +306,6 @@ pub fn measure(daemon: &Path, backend: &str, options: FloodOptions) -> Result<Fl
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
-    if sent_after.is_none() && flooder_out.try_recv().is_ok_and(|l| l == "sent") {
-        sent_after = Some(began.elapsed());
-    }
     let peak_rss_kib = sampler.peak().max(memory(armourd_pid)?[0]);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
@@ -316,6 +313,7 @@ pub fn measure(daemon: &Path, backend: &str, options: FloodOptions) -> Result<Fl
     let armourd_cpu_s = cpu_s(armourd_pid, cpu_before[0])?;
     let bus_cpu_s = cpu_s(bus_pid, cpu_before[1])?;
     drop(flooder_in);
+    let sent_after = sent.join().ok().flatten();
     ensure!(
         !root_us.is_empty() || root_failed > 0,
         "root's caller made no call"
@@ -327,6 +325,7 @@ pub fn measure(daemon: &Path, backend: &str, options: FloodOptions) -> Result<Fl
         sent_after,
         peak_rss_kib,
         restart_us,
+        restart_steps_us,
         armourd_cpu_s,
         bus_cpu_s,
     })
