@@ -18,7 +18,10 @@
 //! requests and everyone else's reach the event loop in two bounded queues,
 //! root's taken first; calls that expect no reply and only read are not
 //! served. The caller's uid is asked on a second connection, whose replies
-//! do not wait behind the calls queued on the first.
+//! do not wait behind the calls queued on the first. The bus delivers a
+//! connection's messages in order, so root's calls to [`BUS_NAME`] wait
+//! behind everything queued before them; a third connection serves the
+//! same object to root alone as [`ROOT_BUS_NAME`], in a queue of its own.
 
 use std::{
     collections::HashMap,
