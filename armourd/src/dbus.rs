@@ -18,7 +18,10 @@
 //! requests and everyone else's reach the event loop in two bounded queues,
 //! root's taken first; calls that expect no reply and only read are not
 //! served. The caller's uid is asked on a second connection, whose replies
-//! do not wait behind the calls queued on the first.
+//! do not wait behind the calls queued on the first. The bus delivers a
+//! connection's messages in order, so root's calls to [`BUS_NAME`] wait
+//! behind everything queued before them; a third connection serves the
+//! same object to root alone as [`ROOT_BUS_NAME`], in a queue of its own.
 
 use std::{
     collections::HashMap,
@@ -41,6 +44,10 @@ pub use process_info::{group_by_exe, Pids, ProcessInfo, STATES};
 
 /// The well-known name armourd owns.
 pub const BUS_NAME: &str = "com.github.Armourd";
+/// The name armourd owns on a second connection of its own, for root
+/// only: calls to it wait in their own queue in the bus, not behind
+/// everything other users sent to [`BUS_NAME`] (SPEC §7).
+pub const ROOT_BUS_NAME: &str = "com.github.Armourd.Root";
 /// The path of armourd's one object.
 pub const OBJECT_PATH: &str = "/com/github/armourd";
 /// The name of armourd's interface.
@@ -197,20 +204,22 @@ pub enum DbusError {
         #[source]
         source: zbus::Error,
     },
-    #[error("{BUS_NAME} is already owned on the {bus} bus: is another armourd running?")]
-    NameTaken { bus: Bus },
+    #[error("{name} is already owned on the {bus} bus: is another armourd running?")]
+    NameTaken { bus: Bus, name: &'static str },
     #[error(
-        "the {bus} bus refused {BUS_NAME} to this user (only root may own it on the system bus; \
+        "the {bus} bus refused {name} to this user (only root may own it on the system bus; \
          is dbus/com.github.Armourd.conf installed in /usr/share/dbus-1/system.d?)"
     )]
     NameDenied {
         bus: Bus,
+        name: &'static str,
         #[source]
         source: zbus::Error,
     },
-    #[error("cannot request {BUS_NAME} on the {bus} bus")]
+    #[error("cannot request {name} on the {bus} bus")]
     RequestName {
         bus: Bus,
+        name: &'static str,
         #[source]
         source: zbus::Error,
     },
@@ -325,6 +334,8 @@ struct Interface {
     gate: Gate,
     /// Where callers' uids are asked for.
     lookup: Connection,
+    /// Served under [`ROOT_BUS_NAME`]: only root's calls are served.
+    root_only: bool,
 }
 
 impl Interface {
@@ -362,6 +373,11 @@ impl Interface {
                 uid
             }
         };
+        if self.root_only && uid != 0 {
+            return Err(CallError::AccessDenied(format!(
+                "only root may call armourd at {ROOT_BUS_NAME}; call {BUS_NAME}"
+            )));
+        }
         self.gate.admit(uid, Instant::now())?;
         Ok(uid)
     }
@@ -592,6 +608,8 @@ pub struct Service {
     emitter: SignalEmitter<'static>,
     /// Whether a failed emission was already logged as a warning.
     warned: AtomicBool,
+    /// The connection that serves [`ROOT_BUS_NAME`], if it could.
+    _root: Option<Connection>,
 }
 
 impl Service {
@@ -604,7 +622,27 @@ impl Service {
         queues: Queues,
     ) -> Result<Service, DbusError> {
         let lookup = connect(bus).await?;
-        serve(connect(bus).await?, lookup, bus, backend, queues).await
+        let mut service = serve(
+            connect(bus).await?,
+            lookup.clone(),
+            bus,
+            backend,
+            queues.clone(),
+        )
+        .await?;
+        match serve_root(connect(bus).await?, lookup, bus, backend, queues).await {
+            Ok(conn) => service._root = Some(conn),
+            Err(err) => {
+                // An older policy file lacks the name; everything but root's
+                // own queue still works.
+                let cause = std::error::Error::source(&err).map(|c| format!(": {c}"));
+                log::warn!(
+                    "not serving {ROOT_BUS_NAME} ({err}{}); root's calls wait behind everyone's",
+                    cause.unwrap_or_default()
+                );
+            }
+        }
+        Ok(service)
     }
 
     /// The bus the service is on.
@@ -676,37 +714,65 @@ async fn serve(
         queues,
         gate: Gate::default(),
         lookup,
+        root_only: false,
     };
     conn.object_server()
         .at(OBJECT_PATH, iface)
         .await
         .map_err(failed)?;
-    request_name(&conn, bus).await?;
+    request_name(&conn, BUS_NAME, bus).await?;
     let emitter = SignalEmitter::new(&conn, OBJECT_PATH).map_err(failed)?;
     log::info!("serving {BUS_NAME} on the {bus} bus");
     Ok(Service {
         bus,
         emitter: emitter.into_owned(),
         warned: AtomicBool::new(false),
+        _root: None,
     })
 }
 
-/// Requests [`BUS_NAME`] without queueing and without replacing an owner.
-async fn request_name(conn: &Connection, bus: Bus) -> Result<(), DbusError> {
+/// Serves the object for root alone on `conn`, under [`ROOT_BUS_NAME`];
+/// returns the connection, which serves as long as it is kept.
+async fn serve_root(
+    conn: Connection,
+    lookup: Connection,
+    bus: Bus,
+    backend: &'static str,
+    queues: Queues,
+) -> Result<Connection, DbusError> {
+    let iface = Interface {
+        backend,
+        queues,
+        gate: Gate::default(),
+        lookup,
+        root_only: true,
+    };
+    conn.object_server()
+        .at(OBJECT_PATH, iface)
+        .await
+        .map_err(|source| DbusError::Serve { bus, source })?;
+    request_name(&conn, ROOT_BUS_NAME, bus).await?;
+    log::info!("serving {ROOT_BUS_NAME} on the {bus} bus");
+    Ok(conn)
+}
+
+/// Requests `name` without queueing and without replacing an owner.
+async fn request_name(conn: &Connection, name: &'static str, bus: Bus) -> Result<(), DbusError> {
     use zbus::fdo::{Error as Fdo, RequestNameFlags};
     match conn
-        .request_name_with_flags(BUS_NAME, RequestNameFlags::DO_NOT_QUEUE)
+        .request_name_with_flags(name, RequestNameFlags::DO_NOT_QUEUE)
         .await
     {
         Ok(_) => Ok(()),
-        Err(zbus::Error::NameTaken) => Err(DbusError::NameTaken { bus }),
+        Err(zbus::Error::NameTaken) => Err(DbusError::NameTaken { bus, name }),
         Err(zbus::Error::FDO(e)) if matches!(*e, Fdo::AccessDenied(_)) => {
             Err(DbusError::NameDenied {
                 bus,
+                name,
                 source: zbus::Error::FDO(e),
             })
         }
-        Err(source) => Err(DbusError::RequestName { bus, source }),
+        Err(source) => Err(DbusError::RequestName { bus, name, source }),
     }
 }
 

@@ -15,7 +15,7 @@ use std::{
 
 use armourd_tests::{
     backend_tests,
-    bus::{run, Background, Output, Scene},
+    bus::{run, Background, Output, Scene, OBJECT_PATH},
     process, wait_until, Backend, Bus, LaunchExt, Value, EVENT_TIMEOUT,
 };
 
@@ -24,6 +24,7 @@ backend_tests!(
     a_thread_id_is_refused,
     armourd_itself_is_refused_even_for_root,
     flood_keeps_memory_bounded_and_root_answered,
+    only_root_may_call_the_root_name,
     the_c_daemons_client_maps_every_answer,
 );
 
@@ -367,6 +368,56 @@ fn flood_keeps_memory_bounded_and_root_answered(backend: Backend) {
     );
     drop(flooder);
     daemon.assert_running();
+}
+
+/// The object is served under `com.github.Armourd.Root` too: root's calls
+/// there are answered; uid 65534's are refused by the shipped policy, and
+/// on a bus that allows everything by armourd itself (`AccessDenied`).
+fn only_root_may_call_the_root_name(backend: Backend) {
+    const ROOT_NAME: &str = "com.github.Armourd.Root";
+    const GET: &str = "com.github.Armourd.GetProcesses";
+    for system_policy in [true, false] {
+        let Scene {
+            sb,
+            bus,
+            svc,
+            report,
+            mut daemon,
+            ..
+        } = if system_policy {
+            Scene::start_with_system_policy(backend, true)
+        } else {
+            Scene::start(backend, true)
+        };
+        assert!(
+            daemon.wait_log(EVENT_TIMEOUT, |log| log
+                .contains(&format!("serving {ROOT_NAME}"))),
+            "armourd serves {ROOT_NAME}"
+        );
+        let pid = sb.spawn(&mut sb.command(&svc, &report));
+        report.wait_starts(1);
+        daemon.wait_watching(pid);
+        let root = bus.send(None, ROOT_NAME, OBJECT_PATH, GET, &[]).value();
+        let Value::Array(entries) = root else {
+            panic!("GetProcesses returned {root:?}");
+        };
+        assert!(
+            entries
+                .iter()
+                .any(|e| e.get("pid") == Some(&Value::Int32(pid))),
+            "root's GetProcesses at {ROOT_NAME} lists {pid}: {entries:?}"
+        );
+        let refused = bus
+            .send(Some(NOBODY), ROOT_NAME, OBJECT_PATH, GET, &[])
+            .error();
+        let expected = if system_policy {
+            "org.freedesktop.DBus.Error.AccessDenied"
+        } else {
+            "com.github.Armourd.Error.AccessDenied"
+        };
+        assert_eq!(refused, expected, "uid {NOBODY} at {ROOT_NAME}");
+        daemon.assert_running();
+    }
 }
 
 /// The C daemon's `client-example.py` in Python 3, as is: it knows

@@ -2,6 +2,9 @@
 //! under an exec+exit storm of unrelated processes), memory and binary size
 //! for each backend, prints a table and writes BENCHMARKS.md (SPEC §11).
 //!
+//! It also floods armourd over D-Bus (see [`flood`]) and reports root's
+//! reply latency, armourd's peak memory and a restart's latency meanwhile.
+//!
 //! Restart latency is the daemon's own `restart latency` debug line: the
 //! kernel timestamp of the replacement's exec minus that of the crashed
 //! process's exit, both taken in the kernel (eBPF: `bpf_ktime_get_ns`;
@@ -23,6 +26,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 use crate::{build_cmd, cmd};
 
 mod crash_loop;
+mod flood;
 
 #[derive(clap::Args)]
 pub struct BenchOptions {
@@ -35,9 +39,28 @@ pub struct BenchOptions {
     /// Unrelated exec+exit per second during the storm
     #[arg(long, default_value_t = 1500)]
     storm_rate: u32,
+    /// Services armourd watches during the D-Bus flood
+    #[arg(long, default_value_t = 200)]
+    flood_services: usize,
+    /// Connections of uid 65534 in the D-Bus flood
+    #[arg(long, default_value_t = 160)]
+    flood_connections: usize,
+    /// `GetProcesses` calls each flooding connection sends
+    #[arg(long, default_value_t = 125)]
+    flood_calls: usize,
+    /// Seconds root keeps calling `ListProcesses` during the flood
+    #[arg(long, default_value_t = 10)]
+    flood_seconds: u64,
+    /// Measure only the D-Bus flood and print it (BENCHMARKS.md is left as it is)
+    #[arg(long)]
+    flood_only: bool,
 }
 
 const BACKENDS: [&str; 2] = ["ebpf", "proc-connector"];
+
+/// The names root calls during the flood: the one every user calls, and
+/// the one only root may call (SPEC §7).
+const ROOT_NAMES: [&str; 2] = ["com.github.Armourd", "com.github.Armourd.Root"];
 
 struct Report {
     backend: &'static str,
@@ -69,6 +92,36 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
     );
     let built = build_cmd::build(&build_cmd::BuildOptions { debug: false })?;
     let binary_size = fs::metadata(&built.daemon)?.len();
+    let floods = || {
+        ROOT_NAMES
+            .into_iter()
+            .filter_map(|root_name| {
+                println!("bench: D-Bus flood, root calling {root_name} …");
+                let flood_options = flood::FloodOptions {
+                    services: options.flood_services,
+                    connections: options.flood_connections,
+                    calls: options.flood_calls,
+                    seconds: options.flood_seconds,
+                    root_name,
+                };
+                flood::measure(&built.daemon, BACKENDS[0], flood_options)
+                    .map_err(|err| {
+                        println!("bench: the D-Bus flood could not be measured: {err:#}")
+                    })
+                    .ok()
+            })
+            .collect::<Vec<_>>()
+    };
+    if options.flood_only {
+        let floods = floods();
+        let mut text = String::new();
+        render_flood(&mut text, &floods);
+        for miss in floods.iter().flat_map(flood_misses) {
+            let _ = writeln!(text, "- {miss}");
+        }
+        print!("{text}");
+        return Ok(());
+    }
     let mut reports = Vec::new();
     for backend in BACKENDS {
         println!("bench: {backend} …");
@@ -85,7 +138,8 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         }
     }
     ensure!(!reports.is_empty(), "no backend could be measured");
-    let text = render(&reports, binary_size, options);
+    let floods = floods();
+    let text = render(&reports, &floods, binary_size, options);
     print!("{text}");
     let path = cmd::workspace_root().join("BENCHMARKS.md");
     fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
@@ -366,7 +420,12 @@ fn machine() -> String {
     )
 }
 
-fn render(reports: &[Report], binary_size: u64, options: &BenchOptions) -> String {
+fn render(
+    reports: &[Report],
+    floods: &[flood::FloodReport],
+    binary_size: u64,
+    options: &BenchOptions,
+) -> String {
     let mut out = String::from("# armourd benchmarks\n\n");
     let _ = writeln!(out, "Written by `cargo xtask bench`.\n");
     let _ = writeln!(out, "- machine: {}", machine());
@@ -421,6 +480,9 @@ fn render(reports: &[Report], binary_size: u64, options: &BenchOptions) -> Strin
         }
         let _ = writeln!(out, "| {} | {} |", r.backend, cells.join(" | "));
     }
+    if !floods.is_empty() {
+        render_flood(&mut out, floods);
+    }
     let _ = writeln!(
         out,
         "\nA program that exits 3 at once, watched for {} s with default options:\n",
@@ -440,7 +502,8 @@ fn render(reports: &[Report], binary_size: u64, options: &BenchOptions) -> Strin
         out,
         "\nTargets (SPEC §11): p50 ≤ {} ms, p99 ≤ {} ms on both backends; no wake-ups when idle; \
          storm CPU ≤ {} % (eBPF) and ≤ {} % (proc connector); VmRSS ≤ {} MiB; \
-         a crash loop ≤ {} restarts in its first 10 s and < {} % CPU.",
+         a crash loop ≤ {} restarts in its first 10 s and < {} % CPU; \
+         under the D-Bus flood (issue 14) VmRSS < {} MiB and each of root's calls answered within {} ms.",
         TARGETS.p50_ms,
         TARGETS.p99_ms,
         TARGETS.storm_ebpf,
@@ -448,8 +511,11 @@ fn render(reports: &[Report], binary_size: u64, options: &BenchOptions) -> Strin
         TARGETS.rss_mib,
         TARGETS.loop_restarts,
         TARGETS.loop_cpu,
+        TARGETS.flood_rss_mib,
+        TARGETS.flood_root_ms,
     );
-    let misses = misses(reports);
+    let mut misses = misses(reports);
+    misses.extend(floods.iter().flat_map(flood_misses));
     if misses.is_empty() {
         out.push_str("\nEvery target is met.\n");
     } else {
@@ -471,6 +537,8 @@ struct Targets {
     rss_mib: f64,
     loop_restarts: f64,
     loop_cpu: f64,
+    flood_rss_mib: f64,
+    flood_root_ms: f64,
 }
 
 const TARGETS: Targets = Targets {
@@ -481,6 +549,8 @@ const TARGETS: Targets = Targets {
     rss_mib: 4.0,
     loop_restarts: 8.0,
     loop_cpu: 1.0,
+    flood_rss_mib: 16.0,
+    flood_root_ms: 100.0,
 };
 
 /// The targets of SPEC §11 that `reports` miss, and by how much.
@@ -537,4 +607,115 @@ fn misses(reports: &[Report]) -> Vec<String> {
         }
     }
     misses
+}
+
+/// The flood's table: root's round trips, armourd's peak memory, the restart.
+fn render_flood(out: &mut String, floods: &[flood::FloodReport]) {
+    let o = &floods[0].options;
+    let _ = writeln!(
+        out,
+        "\nD-Bus flood ({}): {} connections of uid 65534 send {} `GetProcesses` each ({} calls, \
+         replies never read) while armourd watches {} services; root calls `ListProcesses` \
+         one call after the other for {} s, at the name in the first column; {} services are \
+         crashed, one every 0.1 s, from 0.5 s into the flood.\n",
+        BACKENDS[0],
+        o.connections,
+        o.calls,
+        o.connections * o.calls,
+        o.services,
+        o.seconds,
+        flood::CRASHES,
+    );
+    out.push_str("| root calls | root's calls | failed | first | p50 | max | flood sent after | peak VmRSS | restart latency p50 / max (crash → event p50 / max) | CPU armourd | CPU dbus-daemon |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|\n");
+    for flood in floods {
+        let mut sorted = flood.root_us.clone();
+        sorted.sort_unstable();
+        let ms = |us: Option<u64>| {
+            us.map_or("-".to_owned(), |us| format!("{:.1} ms", us as f64 / 1000.0))
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} | {} KiB | {} | {:.2} s | {:.2} s |",
+            flood.options.root_name,
+            flood.root_us.len(),
+            flood.root_failed,
+            ms(flood.root_us.first().copied()),
+            if sorted.is_empty() {
+                "-".to_owned()
+            } else {
+                format!("{:.1} ms", percentile(&sorted, 0.5))
+            },
+            ms(sorted.last().copied()),
+            flood
+                .sent_after
+                .map_or("-".to_owned(), |d| format!("{:.2} s", d.as_secs_f64())),
+            flood.peak_rss_kib,
+            restarts(flood),
+            flood.armourd_cpu_s,
+            flood.bus_cpu_s,
+        );
+    }
+}
+
+/// The flood's targets that were missed, and by how much.
+fn flood_misses(flood: &flood::FloodReport) -> Vec<String> {
+    let mut misses = Vec::new();
+    let rss_mib = flood.peak_rss_kib as f64 / 1024.0;
+    if rss_mib >= TARGETS.flood_rss_mib {
+        misses.push(format!(
+            "D-Bus flood: peak VmRSS {rss_mib:.1} MiB ≥ {} MiB",
+            TARGETS.flood_rss_mib
+        ));
+    }
+    if let Some(&max) = flood.root_us.iter().max() {
+        let max_ms = max as f64 / 1000.0;
+        if max_ms > TARGETS.flood_root_ms {
+            misses.push(format!(
+                "D-Bus flood, root calling {}: root's slowest call {max_ms:.1} ms > {} ms (first call {:.1} ms)",
+                flood.options.root_name,
+                TARGETS.flood_root_ms,
+                flood.root_us[0] as f64 / 1000.0
+            ));
+        }
+    }
+    if flood.root_failed > 0 {
+        misses.push(format!(
+            "D-Bus flood: {} of root's calls failed",
+            flood.root_failed
+        ));
+    }
+    if flood.restart_us.len() < flood::CRASHES {
+        misses.push(format!(
+            "D-Bus flood: {} of {} crashed services' restarts were seen",
+            flood.restart_us.len(),
+            flood::CRASHES
+        ));
+    }
+    misses
+}
+
+/// The flood's restart latencies and how long armourd took to see each crash.
+fn restarts(flood: &flood::FloodReport) -> String {
+    if flood.restart_us.is_empty() {
+        return "not seen".to_owned();
+    }
+    let mut all = flood.restart_us.clone();
+    all.sort_unstable();
+    let mut seen: Vec<u64> = flood.restart_steps_us.iter().map(|s| s[0]).collect();
+    seen.sort_unstable();
+    let mut text = format!(
+        "{:.3} / {:.3} ms",
+        percentile(&all, 0.5),
+        percentile(&all, 1.0)
+    );
+    if !seen.is_empty() {
+        let _ = write!(
+            text,
+            " ({:.3} / {:.3} ms)",
+            percentile(&seen, 0.5),
+            percentile(&seen, 1.0)
+        );
+    }
+    text
 }
