@@ -5,6 +5,8 @@ use std::{env, fs, path::PathBuf};
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(ebpf_object)");
+    // Set by cargo-fuzz: the fuzz targets reach private decoders through `armourd::fuzz`.
+    println!("cargo::rustc-check-cfg=cfg(fuzzing)");
     println!("cargo::rerun-if-env-changed=ARMOURD_EBPF_OBJECT");
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
     let crate_dir = manifest.join("../armourd-ebpf");

@@ -9,6 +9,8 @@ pub mod daemon;
 pub mod dbus;
 pub mod engine;
 pub mod files;
+#[cfg(fuzzing)]
+pub mod fuzz;
 pub mod launch;
 pub mod procfs;
 pub mod spawn;
