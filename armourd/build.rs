@@ -5,21 +5,34 @@ use std::{env, fs, path::PathBuf};
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(ebpf_object)");
+    // Set by cargo-fuzz: the fuzz targets reach private decoders through `armourd::fuzz`.
+    println!("cargo::rustc-check-cfg=cfg(fuzzing)");
     println!("cargo::rerun-if-env-changed=ARMOURD_EBPF_OBJECT");
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
+    let crate_dir = manifest.join("../armourd-ebpf");
     let object = env::var_os("ARMOURD_EBPF_OBJECT")
         .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            manifest.join("../armourd-ebpf/target/bpfel-unknown-none/release/armourd-ebpf")
-        });
-    println!("cargo::rerun-if-changed={}", object.display());
+        .unwrap_or_else(|| crate_dir.join("target/bpfel-unknown-none/release/armourd-ebpf"));
     let out = PathBuf::from(env::var("OUT_DIR").expect("set by cargo")).join("armourd-ebpf.o");
     match fs::copy(&object, &out) {
-        Ok(_) => println!("cargo::rustc-cfg=ebpf_object"),
-        Err(_) => println!(
-            "cargo::warning=eBPF object {} not found: building without the eBPF backend \
-             (run `cargo xtask build` to build it)",
-            object.display()
-        ),
+        Ok(_) => {
+            println!("cargo::rerun-if-changed={}", object.display());
+            println!("cargo::rustc-cfg=ebpf_object");
+        }
+        Err(_) => {
+            // Cargo reruns a script that watches a missing file on every
+            // build, and rebuilds the daemon: watch the nearest folder of the
+            // eBPF crate that exists instead, where the object will appear.
+            let folders = object.ancestors().skip(1);
+            let mut folders = folders.take_while(|dir| dir.starts_with(&crate_dir));
+            if let Some(dir) = folders.find(|dir| dir.is_dir()) {
+                println!("cargo::rerun-if-changed={}", dir.display());
+            }
+            println!(
+                "cargo::warning=eBPF object {} not found: building without the eBPF backend \
+                 (run `cargo xtask build` to build it)",
+                object.display()
+            );
+        }
     }
 }

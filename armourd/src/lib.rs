@@ -11,6 +11,8 @@ pub mod daemon;
 pub mod dbus;
 pub mod engine;
 pub mod files;
+#[cfg(fuzzing)]
+pub mod fuzz;
 pub mod launch;
 pub mod logging;
 pub mod pidfd;

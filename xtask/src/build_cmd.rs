@@ -42,8 +42,9 @@ pub fn build(options: &BuildOptions) -> Result<Built> {
     })
 }
 
-/// Environment that would leak the host build's settings into the BPF build.
-const HOST_ONLY_ENV: &[&str] = &[
+/// Environment that would leak the host build's settings into the BPF build
+/// (and the fuzz build, which sets its own flags).
+pub const HOST_ONLY_ENV: &[&str] = &[
     "RUSTUP_TOOLCHAIN",
     "RUSTC",
     "RUSTC_WRAPPER",

@@ -1,5 +1,5 @@
 //! `cargo xtask …`: sets up the eBPF toolchain, builds both halves, runs the
-//! daemon (plain or with a demo) and runs every test.
+//! daemon (plain or with a demo), runs every test and fuzzes the parsers.
 
 mod bench;
 mod build_cmd;
@@ -7,6 +7,7 @@ mod cmd;
 mod deb;
 mod demo;
 mod dist;
+mod fuzz;
 mod run;
 mod setup;
 mod test;
@@ -24,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what the build needs when missing (nightly rust-src, bpf-linker, the musl target)
+    /// Install what the build and the fuzz targets need when missing (nightly rust-src,
+    /// bpf-linker, the musl target, cargo-fuzz)
     Setup(setup::SetupOptions),
     /// Build the eBPF object and the static daemon (target/<arch>-unknown-linux-musl/release/armourd)
     Build(build_cmd::BuildOptions),
@@ -40,6 +42,8 @@ enum Command {
     Deb,
     /// Build, then measure restart latency, CPU, wake-ups and memory; writes BENCHMARKS.md
     Bench(bench::BenchOptions),
+    /// Run the fuzz targets (cargo-fuzz) for a bounded time or number of inputs each
+    Fuzz(fuzz::FuzzOptions),
 }
 
 fn main() -> ExitCode {
@@ -54,7 +58,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Setup(options) => setup::setup(&options).map(drop),
+        Command::Setup(options) => setup::setup(&options).and_then(|_| setup::cargo_fuzz()),
         Command::Build(options) => build_cmd::build(&options).map(drop),
         Command::Run(options) => run::run(options),
         Command::Demo => demo::demo(),
@@ -62,6 +66,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(options) => bench::bench(&options),
         Command::Install(options) => dist::install(&options),
         Command::Deb => deb::deb(),
+        Command::Fuzz(options) => fuzz::fuzz(&options),
     }
 }
 

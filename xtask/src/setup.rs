@@ -1,6 +1,7 @@
 //! `cargo xtask setup`: installs what the build needs when it is missing:
 //! the nightly toolchain's `rust-src` and `bpf-linker` for the eBPF half,
-//! the musl target for the static daemon, and nothing else.
+//! the musl target for the static daemon; and `cargo-fuzz` for
+//! `cargo xtask fuzz`, which the build does not need.
 
 use std::{
     env, fs,
@@ -34,6 +35,36 @@ pub fn setup(options: &SetupOptions) -> Result<PathBuf> {
         }
     }
     install_bpf_linker()
+}
+
+/// Makes sure nightly and `cargo fuzz` work, installing cargo-fuzz from
+/// crates.io when it is missing.
+pub fn cargo_fuzz() -> Result<()> {
+    nightly_rust_src()?;
+    if cargo_fuzz_version().is_some() {
+        return Ok(());
+    }
+    println!("setup: installing cargo-fuzz (for `cargo xtask fuzz`); this takes a minute or two");
+    let mut install = cmd::cargo();
+    install
+        .args(["install", "cargo-fuzz", "--locked"])
+        .env_remove("RUSTFLAGS");
+    cmd::run(&mut install).context("could not install cargo-fuzz, which the fuzz targets need")?;
+    let version = cargo_fuzz_version();
+    ensure!(
+        version.is_some(),
+        "`cargo fuzz` does not work after installing cargo-fuzz (is {} on PATH?)",
+        install_bin_dir().map_or("cargo's bin folder".into(), |dir| dir.display().to_string())
+    );
+    Ok(())
+}
+
+/// What `cargo fuzz --version` says, if it runs.
+fn cargo_fuzz_version() -> Option<String> {
+    let out = cmd::cargo().args(["fuzz", "--version"]).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
 }
 
 fn rustup() -> Command {

@@ -479,7 +479,7 @@ fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
 }
 
 /// Turns one ring buffer record into an event.
-fn decode(bytes: &[u8], ns_per_tick: u64) -> Option<Event> {
+pub(crate) fn decode(bytes: &[u8], ns_per_tick: u64) -> Option<Event> {
     let header: Header = read(bytes)?;
     let start = Some(header.start_boottime_ns / ns_per_tick);
     Some(match EventKind::from_raw(header.kind)? {

@@ -49,7 +49,7 @@
 //! [`exit.c`]: https://github.com/torvalds/linux/blob/master/kernel/exit.c
 
 mod exec;
-mod filter;
+pub(crate) mod filter;
 mod forks;
 mod socket;
 
