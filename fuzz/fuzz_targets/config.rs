@@ -18,12 +18,18 @@ fn is_blank(c: char) -> bool {
     c == ' ' || c == '\t'
 }
 
-/// A line that holds an entry: not blank, not a comment.
-fn holds_entry(line: &str) -> bool {
+/// A line that holds something: not blank, not a comment.
+fn holds_something(line: &str) -> bool {
     line.trim_start_matches(is_blank)
         .chars()
         .next()
         .is_some_and(|c| c != '#')
+}
+
+/// A line that holds an entry: something, and not a `defaults` line.
+fn holds_entry(line: &str) -> bool {
+    let first = line.trim_start_matches(is_blank).split(is_blank).next();
+    holds_something(line) && first != Some("defaults")
 }
 
 fn check(text: &str) {
@@ -57,7 +63,11 @@ fn check(text: &str) {
                 (1..=width + 1).contains(&column),
                 "error at column {column} of a line of {width} characters: {error}"
             );
-            assert!(holds_entry(text_line), "error on a blank or comment line");
+            // A NUL byte is an error wherever it stands, comments included.
+            assert!(
+                holds_something(text_line) || text_line.contains('\0'),
+                "error on a blank or comment line"
+            );
             let _ = error.to_string();
         }
         // Errors without a position in the text: only their message is made.
