@@ -266,6 +266,8 @@ impl Spawner {
                 spec: Arc::clone(&queued.spec),
                 slot: Arc::clone(&slot),
             };
+            // Before the order goes: the worker may take this CPU at once.
+            let began_ns = monotonic_ns();
             if worker.orders.send(order).is_err() {
                 // Its thread ended (it cannot, but then: a new one next time).
                 return;
@@ -279,7 +281,7 @@ impl Spawner {
                 exe: spec.exe.clone(),
                 slot,
                 worker,
-                began_ns: monotonic_ns(),
+                began_ns,
                 deadline: Instant::now() + SPAWN_TIMEOUT,
                 killed: false,
                 claimed: false,
