@@ -125,7 +125,7 @@ pub fn fuzz(options: &FuzzOptions) -> Result<()> {
     if !failed.is_empty() {
         bail!(
             "fuzz targets failed: {} (the inputs are in fuzz/artifacts/TARGET/; \
-             `cargo +nightly fuzz run TARGET FILE` replays one)",
+             the end of each log above says how to replay one)",
             failed.join(", ")
         );
     }
