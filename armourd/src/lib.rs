@@ -6,6 +6,7 @@ pub mod backend;
 pub mod btf;
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod ctl_cli;
 pub mod daemon;
 pub mod dbus;

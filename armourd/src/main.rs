@@ -7,7 +7,7 @@ use std::{path::Path, process::ExitCode};
 use anyhow::Context;
 use armourd::{
     cli::{Args, Backend, Bus, Log},
-    config, daemon, logging,
+    config, config_file, daemon, logging,
     service::{self, PidFile},
     watchdog::Watchdog,
 };
@@ -17,7 +17,7 @@ fn main() -> ExitCode {
     keep_heap_small();
     let args = Args::parse();
     logging::init(args.verbose);
-    let loaded = config::read(args.config.as_deref());
+    let loaded = config_file::read(args.config.as_deref());
     if args.check_config {
         return check_config(loaded, args.config.as_deref());
     }
@@ -51,7 +51,7 @@ fn check_config(
     let file = path.unwrap_or(std::path::Path::new(config::DEFAULT_PATH));
     match loaded {
         Ok(Some(config)) => {
-            print!("{}", config::report(&config, file));
+            print!("{}", config_file::report(&config, file));
             ExitCode::SUCCESS
         }
         Ok(None) => {

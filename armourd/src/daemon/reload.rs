@@ -1,7 +1,7 @@
 //! Reloading the configuration (SIGHUP, D-Bus `Reload`) and resetting
 //! instances that gave up (D-Bus `Reset`).
 //!
-//! A reload reads the file with [`config::read`], as start-up does. A file
+//! A reload reads the file with [`config_file::read`], as start-up does. A file
 //! with an error changes nothing. Otherwise entries are matched to the old
 //! ones by the path or glob they name: the instances of a kept entry keep
 //! their state and counters under the entry's new options, those of a
@@ -13,6 +13,7 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Instant};
 use super::{error_chain, Daemon};
 use crate::{
     config::{self, Config},
+    config_file,
     supervisor::{Policy, Selector},
 };
 
@@ -59,7 +60,7 @@ impl Daemon {
     }
 
     fn reload_file(&mut self) -> Result<(), Vec<String>> {
-        let newer = match config::read(self.config_path.as_deref()) {
+        let newer = match config_file::read(self.config_path.as_deref()) {
             Ok(Some(config)) => config,
             Ok(None) => {
                 log::info!(
