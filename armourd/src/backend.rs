@@ -9,7 +9,12 @@ use armourd_common::{FileKey, PidClass};
 use crate::status::ExitStatus;
 
 pub mod ebpf;
+mod engine;
+mod kind;
 pub mod proc_connector;
+
+pub use engine::{Engine, EngineError};
+pub use kind::Backend;
 
 /// Something the kernel reported about a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,23 +86,6 @@ pub struct ExecEvent {
     /// The file name given to `execve`, for scripts run by a watched interpreter.
     pub filename: Option<OsString>,
     pub ktime_ns: Option<u64>,
-}
-
-/// Which backend runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Ebpf,
-    ProcConnector,
-}
-
-impl Kind {
-    /// The name used on the command line, in the log and on D-Bus.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Ebpf => "ebpf",
-            Self::ProcConnector => "proc-connector",
-        }
-    }
 }
 
 /// How a watched file is marked in the kernel filter.

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use super::backend::Backend;
+
 /// Watches a user other than root may make over D-Bus, when not given.
 pub const DEFAULT_MAX_USER_WATCHES: usize = 64;
 
@@ -25,7 +27,7 @@ pub struct Args {
     pub backend: Backend,
     /// Message bus to answer on
     #[arg(long, value_enum, default_value = "system")]
-    pub dbus: Bus,
+    pub dbus: Dbus,
     /// Watches a user other than root may make over D-Bus
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_USER_WATCHES)]
     pub max_user_watches: usize,
@@ -52,17 +54,9 @@ pub struct Args {
     pub watchdog_timeout: Option<u32>,
 }
 
-/// `--backend`.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Backend {
-    Auto,
-    Ebpf,
-    ProcConnector,
-}
-
-/// `--dbus`.
+/// `--dbus`: which bus to answer on, or none.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum Bus {
+pub enum Dbus {
     System,
     Session,
     None,

@@ -29,15 +29,16 @@ pub use upkeep::Service;
 
 use armourd_common::PidClass;
 use latency::{monotonic_ns, Latencies};
+use requests::{DbusSignal, Requests};
 use spawner::{Done, Job, Spawner};
 use unheld::Unheld;
 use upkeep::Upkeep;
 
 use crate::{
-    backend::{Event, ExecEvent, FilterError},
+    backend::{Backend, Engine, Event, ExecEvent, FilterError},
     config::Config,
-    engine::Engine,
     launch::LaunchSpec,
+    logging::error_chain,
     pidfd, procfs,
     status::ExitStatus,
     supervisor::{Action, Exec, Notice, ProcId, Supervisor, Target},
@@ -45,19 +46,11 @@ use crate::{
     watchlist::{DirWatch, Match, WatchList},
 };
 
-/// Which backend to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendChoice {
-    Auto,
-    Ebpf,
-    ProcConnector,
-}
-
 /// Why the daemon stopped.
 #[derive(thiserror::Error, Debug)]
 pub enum DaemonError {
     #[error(transparent)]
-    Backend(#[from] crate::engine::EngineError),
+    Backend(#[from] crate::backend::EngineError),
     #[error("cannot set up {what}")]
     Setup {
         what: &'static str,
@@ -86,7 +79,8 @@ pub struct Daemon {
     config_path: Option<PathBuf>,
     /// The entries changed: the directories watched for new files follow.
     entries_changed: bool,
-    bus: Option<requests::Bus>,
+    /// D-Bus requests in, signals out; `None` without a bus.
+    requests: Option<Requests>,
     /// The hardware watchdog and the service manager.
     upkeep: Upkeep,
 }
@@ -98,7 +92,7 @@ pub struct Daemon {
 pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
-    choice: BackendChoice,
+    choice: Backend,
     bus: Option<crate::dbus::Bus>,
     max_user_watches: usize,
 ) -> Result<(), DaemonError> {
@@ -118,13 +112,13 @@ pub async fn run(
 pub async fn run_service(
     config: Config,
     config_path: Option<PathBuf>,
-    choice: BackendChoice,
+    choice: Backend,
     bus: Option<crate::dbus::Bus>,
     max_user_watches: usize,
     service: Service,
 ) -> Result<(), DaemonError> {
     let engine = Engine::start(choice)?;
-    let bus = match bus {
+    let requests = match bus {
         Some(bus) => requests::start(bus, engine.kind(), max_user_watches).await,
         None => None,
     };
@@ -139,7 +133,7 @@ pub async fn run_service(
         hooks: hooks::Hooks::default(),
         config_path,
         entries_changed: false,
-        bus,
+        requests,
         upkeep: Upkeep::new(service, Instant::now()),
     };
     daemon.install_marks();
@@ -222,7 +216,7 @@ impl Daemon {
                 }
                 done = self.spawner.done() => self.spawn_done(done),
                 _ = chld.recv() => self.reap(),
-                Some(request) = requests::next(&mut self.bus) => self.request(request),
+                Some(request) = requests::next(&mut self.requests) => self.request(request),
                 // Before the notifications: a stream of them must not hold
                 // the rescan off for ever.
                 () = rescan => {
@@ -662,7 +656,7 @@ impl Daemon {
                 let what = if will_restart { "crashed" } else { "ended" };
                 let then = if will_restart { "; restarting" } else { "" };
                 log::info!("pid {pid} ({}) {what}: {status}{then}", exe.display());
-                self.emit(requests::BusSignal::Exited {
+                self.emit(DbusSignal::Exited {
                     pid: pid as i32,
                     exe: exe.display().to_string(),
                     code: status.code(),
@@ -686,7 +680,7 @@ impl Daemon {
                     "restarted {}: pid {old_pid} -> pid {new_pid} (restart {restarts})",
                     exe.display()
                 );
-                self.emit(requests::BusSignal::Restarted {
+                self.emit(DbusSignal::Restarted {
                     old_pid: old_pid as i32,
                     new_pid: new_pid as i32,
                     exe: exe.display().to_string(),
@@ -723,7 +717,7 @@ impl Daemon {
                      (`armourctl reset {pid}` or a reload starts it again)",
                     exe.display()
                 );
-                self.emit(requests::BusSignal::Failed {
+                self.emit(DbusSignal::Failed {
                     pid: pid as i32,
                     exe: exe.display().to_string(),
                     crashes,
@@ -833,16 +827,4 @@ impl Daemon {
             }
         }
     }
-}
-
-/// An error with its causes, for one log line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

@@ -10,7 +10,6 @@ pub mod config_file;
 pub mod ctl_cli;
 pub mod daemon;
 pub mod dbus;
-pub mod engine;
 pub mod files;
 #[cfg(fuzzing)]
 pub mod fuzz;

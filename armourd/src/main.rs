@@ -6,7 +6,7 @@ use std::{path::Path, process::ExitCode};
 
 use anyhow::Context;
 use armourd::{
-    cli::{Args, Backend, Bus, Log},
+    cli::{Args, Dbus, Log},
     config, config_file, daemon, logging,
     service::{self, PidFile},
     watchdog::Watchdog,
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
             config::Config::default()
         }
         Err(err) => {
-            log::error!("{}", daemon::error_chain(&err));
+            log::error!("{}", logging::error_chain(&err));
             return ExitCode::from(2);
         }
     };
@@ -62,7 +62,7 @@ fn check_config(
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("armourd: {}", daemon::error_chain(&err));
+            eprintln!("armourd: {}", logging::error_chain(&err));
             ExitCode::from(2)
         }
     }
@@ -97,7 +97,7 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
             } else {
                 ""
             };
-            log::warn!("{}; logging to stderr{lost}", daemon::error_chain(&err));
+            log::warn!("{}; logging to stderr{lost}", logging::error_chain(&err));
         }
     }
     let detached = if args.daemon {
@@ -115,15 +115,10 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
         .enable_time()
         .build()
         .context("cannot start the event loop")?;
-    let choice = match args.backend {
-        Backend::Auto => daemon::BackendChoice::Auto,
-        Backend::Ebpf => daemon::BackendChoice::Ebpf,
-        Backend::ProcConnector => daemon::BackendChoice::ProcConnector,
-    };
     let bus = match args.dbus {
-        Bus::System => Some(armourd::dbus::Bus::System),
-        Bus::Session => Some(armourd::dbus::Bus::Session),
-        Bus::None => None,
+        Dbus::System => Some(armourd::dbus::Bus::System),
+        Dbus::Session => Some(armourd::dbus::Bus::Session),
+        Dbus::None => None,
     };
     let service = daemon::Service {
         watchdog,
@@ -133,7 +128,7 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
     let result = runtime.block_on(daemon::run_service(
         config,
         args.config.clone(),
-        choice,
+        args.backend,
         bus,
         args.max_user_watches,
         service,

@@ -10,10 +10,11 @@
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Instant};
 
-use super::{error_chain, Daemon};
+use super::Daemon;
 use crate::{
     config::{self, Config},
     config_file,
+    logging::error_chain,
     supervisor::{Policy, Selector},
 };
 

@@ -15,10 +15,11 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{alive, capture, error_chain, Daemon};
+use super::{alive, capture, Daemon};
 use crate::{
-    backend::Kind,
+    backend::Backend,
     dbus::{self, Incoming, ProcessInfo, Refusal, Request, Service},
+    logging::error_chain,
     procfs,
     supervisor::{Action, Exec, InstanceView, ProcId, State},
 };
@@ -32,7 +33,7 @@ const SIGNAL_QUEUE: usize = 256;
 
 /// A signal to emit on the bus.
 #[derive(Debug)]
-pub enum BusSignal {
+pub enum DbusSignal {
     Exited {
         pid: i32,
         exe: String,
@@ -56,9 +57,9 @@ pub enum BusSignal {
 
 /// The D-Bus connection as the event loop sees it: requests come in,
 /// signals go out to a task of their own so that no bus write delays a restart.
-pub struct Bus {
-    pub requests: Incoming,
-    pub signals: mpsc::Sender<BusSignal>,
+pub struct Requests {
+    pub incoming: Incoming,
+    pub signals: mpsc::Sender<DbusSignal>,
     /// Signals dropped because the queue was full.
     dropped: u64,
     quota: Quota,
@@ -68,8 +69,8 @@ pub struct Bus {
 
 /// Serves armourd on `bus`; without a reachable bus, one warning and `None`.
 /// A non-root uid may hold `max_user_watches` watches made over D-Bus.
-pub async fn start(bus: dbus::Bus, backend: Kind, max_user_watches: usize) -> Option<Bus> {
-    let (queues, requests) = dbus::queues();
+pub async fn start(bus: dbus::Bus, backend: Backend, max_user_watches: usize) -> Option<Requests> {
+    let (queues, incoming) = dbus::queues();
     let service = match Service::start(bus, backend.name(), queues).await {
         Ok(service) => service,
         Err(err) => {
@@ -86,7 +87,7 @@ pub async fn start(bus: dbus::Bus, backend: Kind, max_user_watches: usize) -> Op
     tokio::spawn(async move {
         while let Some(signal) = outgoing.recv().await {
             match signal {
-                BusSignal::Exited {
+                DbusSignal::Exited {
                     pid,
                     exe,
                     code,
@@ -98,7 +99,7 @@ pub async fn start(bus: dbus::Bus, backend: Kind, max_user_watches: usize) -> Op
                         .process_exited(pid, &exe, code, signal, core_dumped, will_restart)
                         .await
                 }
-                BusSignal::Restarted {
+                DbusSignal::Restarted {
                     old_pid,
                     new_pid,
                     exe,
@@ -108,14 +109,14 @@ pub async fn start(bus: dbus::Bus, backend: Kind, max_user_watches: usize) -> Op
                         .process_restarted(old_pid, new_pid, &exe, restarts)
                         .await
                 }
-                BusSignal::Failed { pid, exe, crashes } => {
+                DbusSignal::Failed { pid, exe, crashes } => {
                     service.process_failed(pid, &exe, crashes).await
                 }
             }
         }
     });
-    Some(Bus {
-        requests,
+    Some(Requests {
+        incoming,
         signals,
         dropped: 0,
         quota: Quota::new(max_user_watches),
@@ -124,9 +125,9 @@ pub async fn start(bus: dbus::Bus, backend: Kind, max_user_watches: usize) -> Op
 }
 
 /// Waits for the next request, root's first; forever without a bus.
-pub async fn next(bus: &mut Option<Bus>) -> Option<Request> {
-    match bus {
-        Some(bus) => bus.requests.next().await,
+pub async fn next(requests: &mut Option<Requests>) -> Option<Request> {
+    match requests {
+        Some(requests) => requests.incoming.next().await,
         None => std::future::pending().await,
     }
 }
@@ -204,11 +205,11 @@ impl Daemon {
     /// debug level so that no caller can flood the log. A caller of
     /// `Watch` gets the reason itself: debug level.
     fn note(&mut self, verb: &str, caller_uid: u32, code_only: bool, result: &Result<(), Refusal>) {
-        let (Err(refusal), Some(bus)) = (result, self.bus.as_mut()) else {
+        let (Err(refusal), Some(requests)) = (result, self.requests.as_mut()) else {
             return;
         };
         if let Refusal::QuotaExceeded { .. } = refusal {
-            if bus.quota.first_refusal(caller_uid) {
+            if requests.quota.first_refusal(caller_uid) {
                 log::warn!(
                     "{refusal}: further watches of uid {caller_uid} are refused (logged once per uid)"
                 );
@@ -217,7 +218,7 @@ impl Daemon {
             }
             return;
         }
-        let first = caller_uid == 0 || bus.logged.insert((caller_uid, refusal.name()));
+        let first = caller_uid == 0 || requests.logged.insert((caller_uid, refusal.name()));
         if code_only && first {
             log::info!("{verb} refused to uid {caller_uid}: {refusal}");
         } else {
@@ -256,13 +257,13 @@ impl Daemon {
                 "armourd is starting it (it has not executed its program yet); try again",
             ));
         }
-        if let Some(bus) = &self.bus {
+        if let Some(requests) = &self.requests {
             let held = self
                 .supervisor
                 .instances()
                 .filter(|i| i.entry.is_none() && i.spec.uid == caller_uid)
                 .count();
-            bus.quota.check(caller_uid, held)?;
+            requests.quota.check(caller_uid, held)?;
         }
         // Kernel threads have no executable to restart.
         let exe = procfs::exe_path(id)
@@ -342,18 +343,18 @@ impl Daemon {
 
     /// Hands a notice to the bus, if there is one; drops it if the bus is
     /// that far behind.
-    pub(super) fn emit(&mut self, signal: BusSignal) {
-        let Some(bus) = &mut self.bus else {
+    pub(super) fn emit(&mut self, signal: DbusSignal) {
+        let Some(requests) = &mut self.requests else {
             return;
         };
-        match bus.signals.try_send(signal) {
+        match requests.signals.try_send(signal) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                bus.dropped += 1;
-                if bus.dropped.is_power_of_two() {
+                requests.dropped += 1;
+                if requests.dropped.is_power_of_two() {
                     log::warn!(
                         "the bus is slow: {} signals dropped so far (queue of {SIGNAL_QUEUE} full)",
-                        bus.dropped
+                        requests.dropped
                     );
                 }
             }
