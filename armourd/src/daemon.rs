@@ -576,16 +576,12 @@ impl Daemon {
 
     /// A restart's spawn is over.
     fn spawn_done(&mut self, done: Done) {
-        let result = match done.result {
-            Ok(pid) => {
-                self.latencies.spawned(pid, done.began_ns);
-                Ok(pid)
-            }
-            Err(err) => Err(error_chain(&err)),
-        };
+        if let Ok(pid) = done.result {
+            self.latencies.spawned(pid, done.began_ns);
+        }
         let actions = self
             .supervisor
-            .spawned(done.instance, result, Instant::now());
+            .spawned(done.instance, done.result, Instant::now());
         self.apply(actions);
     }
 

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{launch::LaunchSpec, status::ExitStatus};
+use crate::{launch::LaunchSpec, logging::error_chain, spawn::SpawnError, status::ExitStatus};
 
 mod policy;
 mod restart;
@@ -387,7 +387,7 @@ impl Supervisor {
     pub fn spawned(
         &mut self,
         id: InstanceId,
-        result: Result<u32, String>,
+        result: Result<u32, SpawnError>,
         now: Instant,
     ) -> Vec<Action> {
         let Some(instance) = self.instances.get_mut(&id) else {
@@ -424,7 +424,7 @@ impl Supervisor {
                     }),
                 ]
             }
-            Err(reason) => self.restart_failed(id, reason, now),
+            Err(err) => self.restart_failed(id, error_chain(&err), now),
         }
     }
 

@@ -1,6 +1,5 @@
 use super::*;
 use crate::status::ExitStatus;
-use std::fs;
 
 fn one(text: &str) -> Entry {
     let mut config = parse(text, Path::new("armourd.conf")).unwrap();
