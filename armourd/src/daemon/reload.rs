@@ -12,7 +12,7 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Instant};
 
 use super::Daemon;
 use crate::{
-    config::{self, Config},
+    config::{self, Config, ConfigError},
     config_file,
     logging::error_chain,
     supervisor::{Policy, Selector},
@@ -51,16 +51,16 @@ fn renumber(old: &Config, new: &Config) -> Vec<Option<usize>> {
 }
 
 impl Daemon {
-    /// Reads the configuration file again and applies it; its errors
+    /// Reads the configuration file again and applies it; its error
     /// (logged) when it is rejected, and then nothing changes.
-    pub(super) fn reload(&mut self) -> Result<(), Vec<String>> {
+    pub(super) fn reload(&mut self) -> Result<(), ConfigError> {
         self.upkeep.reloading();
         let result = self.reload_file();
         self.upkeep.reloaded(&self.status_line());
         result
     }
 
-    fn reload_file(&mut self) -> Result<(), Vec<String>> {
+    fn reload_file(&mut self) -> Result<(), ConfigError> {
         let newer = match config_file::read(self.config_path.as_deref()) {
             Ok(Some(config)) => config,
             Ok(None) => {
@@ -71,9 +71,11 @@ impl Daemon {
                 Config::default()
             }
             Err(err) => {
-                let text = error_chain(&err);
-                log::error!("reload rejected, the configuration in force stays: {text}");
-                return Err(vec![text]);
+                log::error!(
+                    "reload rejected, the configuration in force stays: {}",
+                    error_chain(&err)
+                );
+                return Err(err);
             }
         };
         let renumbered = renumber(&self.config, &newer);

@@ -194,7 +194,9 @@ impl Daemon {
             Request::Reset { target, reply } => drop(reply.send(self.reset(&target))),
             Request::Reload { reply } => {
                 log::info!("reloading the configuration on request (D-Bus)");
-                drop(reply.send(self.reload().err().unwrap_or_default()))
+                // The D-Bus answer: the errors' text, none when it was applied.
+                let errors = self.reload().err().map(|err| vec![error_chain(&err)]);
+                drop(reply.send(errors.unwrap_or_default()))
             }
         }
     }
