@@ -24,7 +24,6 @@ mod spawner;
 mod unheld;
 mod upkeep;
 
-pub use requests::DEFAULT_MAX_USER_WATCHES;
 pub use upkeep::Service;
 
 use armourd_common::PidClass;
@@ -88,27 +87,9 @@ pub struct Daemon {
 /// Runs armourd until SIGTERM or SIGINT, answering on `bus` if given,
 /// where a uid other than root may hold `max_user_watches` watches;
 /// `config` was read from `config_path` (`None`: the default file), which
-/// a reload reads again. Must run inside a tokio runtime.
-pub async fn run(
-    config: Config,
-    config_path: Option<PathBuf>,
-    choice: Backend,
-    bus: Option<crate::dbus::Bus>,
-    max_user_watches: usize,
-) -> Result<(), DaemonError> {
-    run_service(
-        config,
-        config_path,
-        choice,
-        bus,
-        max_user_watches,
-        Service::default(),
-    )
-    .await
-}
-
-/// [`run`] as a system service: feeding `service`'s watchdog, telling its
-/// service manager and the process that waits for `-d`.
+/// a reload reads again. As a system service it feeds `service`'s
+/// watchdog and tells its service manager and the process that waits for
+/// `-d`. Must run inside a tokio runtime.
 pub async fn run_service(
     config: Config,
     config_path: Option<PathBuf>,
@@ -341,7 +322,8 @@ impl Daemon {
             log::debug!("pid {pid} restart latency {text}");
         }
         if self.supervisor.awaits_exec(pid) {
-            return self.supervisor.exec_confirmed(pid, exec.start);
+            self.supervisor.exec_confirmed(pid, exec.start);
+            return Vec::new();
         }
         let Some(key) = exec.file else {
             self.adopt_orphans_of(pid);

@@ -40,7 +40,7 @@ mod gate;
 mod process_info;
 
 pub use gate::{Gate, Refused};
-pub use process_info::{group_by_exe, Pids, ProcessInfo, STATES};
+pub use process_info::{group_by_exe, ProcessInfo};
 
 /// The well-known name armourd owns.
 pub const BUS_NAME: &str = "com.github.Armourd";
@@ -50,8 +50,6 @@ pub const BUS_NAME: &str = "com.github.Armourd";
 pub const ROOT_BUS_NAME: &str = "com.github.Armourd.Root";
 /// The path of armourd's one object.
 pub const OBJECT_PATH: &str = "/com/github/armourd";
-/// The name of armourd's interface.
-pub const INTERFACE: &str = "com.github.Armourd";
 
 /// Which message bus to use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,8 +152,6 @@ pub enum WatchResult {
 }
 
 impl WatchResult {
-    const ALL: [Self; 3] = [Self::Ok, Self::AlreadyWatched, Self::Failed];
-
     /// What `WatchProcess` answers for `result`.
     pub fn of_watch(result: &Result<(), Refusal>) -> Self {
         match result {
@@ -176,11 +172,6 @@ impl WatchResult {
     /// The number on the wire.
     pub fn code(self) -> u32 {
         self as u32
-    }
-
-    /// The result a number on the wire stands for.
-    pub fn from_code(code: u32) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.code() == code)
     }
 }
 
@@ -643,11 +634,6 @@ impl Service {
             }
         }
         Ok(service)
-    }
-
-    /// The bus the service is on.
-    pub fn bus(&self) -> Bus {
-        self.bus
     }
 
     /// Emits `ProcessExited`.

@@ -107,7 +107,7 @@ impl Supervisor {
     }
 
     /// The exec of a spawned restart was reported: its start time is known now.
-    pub fn exec_confirmed(&mut self, pid: u32, start: Option<u64>) -> Vec<Action> {
+    pub fn exec_confirmed(&mut self, pid: u32, start: Option<u64>) {
         if let Some(id) = self.by_pid.get(&pid) {
             let instance = self.instances.get_mut(id).expect("indexed instance");
             if let Some(leader) = instance.leader.as_mut().filter(|l| l.pid == pid) {
@@ -117,7 +117,6 @@ impl Supervisor {
                 group.start = start;
             }
         }
-        Vec::new()
     }
 
     /// Every watched process (leaders and members) with its start time.

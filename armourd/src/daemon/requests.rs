@@ -24,9 +24,6 @@ use crate::{
     supervisor::{Action, Exec, InstanceView, ProcId, State},
 };
 
-/// The default of `--max-user-watches`.
-pub const DEFAULT_MAX_USER_WATCHES: usize = 64;
-
 /// Signals waiting for the bus; beyond this, new ones are dropped (and
 /// counted in the log) rather than held while the bus is slow.
 const SIGNAL_QUEUE: usize = 256;
