@@ -254,10 +254,20 @@ pub const SIGNAL_GROUP_EXIT: u32 = 0x4;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are repr(C), Copy, made of integers and integer
-    // arrays with explicit padding: every bit pattern is a valid value.
+    // SAFETY: repr(C), Copy, integers with explicit padding: every bit
+    // pattern is a valid value.
     unsafe impl aya::Pod for super::FileKey {}
+    // SAFETY: repr(C), Copy, an array of integers: every bit pattern is a
+    // valid value.
     unsafe impl aya::Pod for super::Offsets {}
+    // SAFETY: repr(C), Copy, integers only (24 bytes, asserted below, no
+    // padding): every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::Header {}
+    // SAFETY: repr(C), Copy, a Header and integers with explicit padding:
+    // every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::ExitRecord {}
+    // SAFETY: as for ExitRecord.
+    unsafe impl aya::Pod for super::ForkRecord {}
 }
 
 const _: () = {
@@ -287,10 +297,12 @@ mod tests {
             status: 0x300,
             _pad: 0,
         };
+        // SAFETY: ExitRecord is repr(C), 32 bytes (asserted above), integers only: its bytes are plain data.
         let bytes: [u8; 32] = unsafe { core::mem::transmute(record) };
         assert_eq!(&bytes[0..4], &3u32.to_ne_bytes());
         assert_eq!(&bytes[4..8], &4242u32.to_ne_bytes());
         assert_eq!(&bytes[24..28], &0x300u32.to_ne_bytes());
+        // SAFETY: 32 bytes hold an ExitRecord, all of whose bit patterns are valid; the read is unaligned.
         let back: ExitRecord = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
         assert_eq!(back, record);
     }

@@ -61,6 +61,7 @@ pub(crate) fn testee_bin() -> &'static PathBuf {
 pub fn run(backend: Backend, testee: &str, test: fn(Backend)) {
     TESTEE.get_or_init(|| PathBuf::from(testee));
     assert!(
+        // SAFETY: geteuid takes nothing and cannot fail.
         unsafe { libc::geteuid() } == 0,
         "the integration tests start armourd and load eBPF programs: run them as root \
          (`cargo xtask test`, or `sudo -E cargo test -p armourd-tests`)"

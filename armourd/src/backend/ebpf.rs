@@ -472,9 +472,10 @@ fn take_map(
 }
 
 /// Reads a `T` from the start of `bytes`, if it is long enough.
-fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
+fn read<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
     (bytes.len() >= size_of::<T>())
-        // SAFETY: long enough, and T is a repr(C) record of plain integers.
+        // SAFETY: long enough, and every bit pattern is a valid T (Pod); the
+        // read is unaligned.
         .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
 }
 

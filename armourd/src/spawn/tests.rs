@@ -20,11 +20,9 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn wait(pid: u32) -> i32 {
     let mut status = 0;
-    // SAFETY: waits for our own child.
-    assert_eq!(
-        unsafe { libc::waitpid(pid as i32, &mut status, 0) },
-        pid as i32
-    );
+    // SAFETY: waits for our own child; `status` outlives the call.
+    let waited = unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+    assert_eq!(waited, pid as i32);
     status
 }
 
