@@ -10,7 +10,7 @@ use std::{
 
 use zbus::export::futures_core::Stream;
 
-use super::process_info::Pids;
+use super::{process_info::Pids, service::serve};
 
 /// The name of armourd's interface.
 const INTERFACE: &str = "com.github.Armourd";
