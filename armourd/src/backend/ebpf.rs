@@ -21,56 +21,38 @@
 //! whose records are read here too.
 
 use std::{
-    ffi::OsStr,
     io,
-    os::unix::ffi::OsStrExt,
     time::{Duration, Instant},
 };
 
 use armourd_common::{
-    EventKind, ExecRecord, ExitRecord, Failure, FileKey, ForkRecord, Header, PidClass,
-    EXEC_INTERPRETER, FAILURE_KINDS, FILE_INTERPRETER, FILE_WATCHED, MAX_WATCHED_PIDS,
+    Failure, FileKey, PidClass, FAILURE_KINDS, FILE_INTERPRETER, FILE_WATCHED, MAX_WATCHED_PIDS,
 };
 use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{raw_trace_point::RawTracePointLink, ProgramError, RawTracePoint},
-    EbpfLoader,
+    programs::{raw_trace_point::RawTracePointLink, ProgramError},
 };
 use aya_log::EbpfLogger;
 use tokio::io::unix::AsyncFd;
 
-use super::{Event, ExecEvent, FileMark, FilterError};
+mod decode;
+mod load;
+
+pub(crate) use decode::decode;
+use load::{check_capabilities, load_object, take_map, Loaded, OBJECT};
+
+use super::{Event, FileMark, FilterError};
 use crate::{
     btf,
-    launch::split_nul,
     procfs::{self, Ending},
     status::ExitStatus,
 };
-
-#[cfg(ebpf_object)]
-static OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
-    env!("OUT_DIR"),
-    "/armourd-ebpf.o"
-)));
-#[cfg(not(ebpf_object))]
-static OBJECT: Option<&[u8]> = None;
 
 /// How often a process found ending is looked at again until it has ended.
 const ENDING_POLL: Duration = Duration::from_millis(1);
 /// How long a process may take to end (a thread stuck in `do_exit`) before
 /// it counts as ended anyway.
 const ENDING_MAX: Duration = Duration::from_secs(1);
-
-const PROGRAMS: [&str; 3] = [
-    "sched_process_exit",
-    "sched_process_fork",
-    "sched_process_exec",
-];
-
-/// Bytes of the ring buffer of the programs' log (aya-log's default is 128
-/// KiB; mapped here, it would add that twice to the resident set). Logs
-/// are rare and short (some 200 bytes each).
-const LOG_BYTES: u32 = 16 * 1024;
 
 /// The maps of watched pids, indexed by [`PidClass`].
 const PID_MAPS: [&str; 2] = ["ROOT_PIDS", "USER_PIDS"];
@@ -393,145 +375,6 @@ fn settle(
         });
     }
     (kept, ended)
-}
-
-/// CAP_BPF and CAP_PERFMON (Linux 5.8+), or CAP_SYS_ADMIN for both.
-fn check_capabilities() -> Result<(), EbpfError> {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let Some(effective) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-    else {
-        return Ok(()); // unknown: let the kernel decide
-    };
-    let has = |cap: u32| effective & (1 << cap) != 0;
-    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
-        return Err(EbpfError::MissingCapability("CAP_BPF"));
-    }
-    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
-        return Err(EbpfError::MissingCapability("CAP_PERFMON"));
-    }
-    Ok(())
-}
-
-/// What armourd keeps of the loaded object.
-struct Loaded {
-    links: Vec<RawTracePointLink>,
-    maps: Vec<(String, aya::maps::Map)>,
-    log: EbpfLogger<&'static dyn log::Log>,
-}
-
-/// Loads `object` with `offsets` and attaches its programs.
-fn load_object(object: &[u8], offsets: &armourd_common::Offsets) -> Result<Loaded, EbpfError> {
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    let log_bytes = u32::try_from(page).map_or(LOG_BYTES, |page| LOG_BYTES.max(page));
-    let mut ebpf = EbpfLoader::new()
-        .btf(None)
-        .override_global("OFFSETS", offsets, true)
-        .map_max_entries("AYA_LOGS", log_bytes)
-        .load(object)
-        .map_err(EbpfError::Load)?;
-    let mut links = Vec::new();
-    for program in PROGRAMS {
-        let tracepoint: &mut RawTracePoint = ebpf
-            .program_mut(program)
-            .ok_or(EbpfError::Missing(program))?
-            .try_into()
-            .map_err(|source| EbpfError::Program { program, source })?;
-        let link = tracepoint
-            .load()
-            .and_then(|()| tracepoint.attach(program))
-            .and_then(|id| tracepoint.take_link(id))
-            .map_err(|source| EbpfError::Program { program, source })?;
-        links.push(link);
-    }
-    let log = EbpfLogger::init(&mut ebpf).map_err(EbpfError::Log)?;
-    // The links hold the programs; the rest of the object goes.
-    let maps = ebpf
-        .maps_mut()
-        .map(|(name, _)| name.to_owned())
-        .collect::<Vec<_>>();
-    let maps = maps
-        .into_iter()
-        .filter_map(|name| Some((name.clone(), ebpf.take_map(&name)?)))
-        .collect();
-    Ok(Loaded { links, maps, log })
-}
-
-fn take_map(
-    maps: &mut Vec<(String, aya::maps::Map)>,
-    name: &'static str,
-) -> Result<aya::maps::Map, EbpfError> {
-    let index = (maps.iter().position(|(n, _)| n == name)).ok_or(EbpfError::Missing(name))?;
-    Ok(maps.swap_remove(index).1)
-}
-
-/// Reads a `T` from the start of `bytes`, if it is long enough.
-fn read<T: aya::Pod>(bytes: &[u8]) -> Option<T> {
-    (bytes.len() >= size_of::<T>())
-        // SAFETY: long enough, and every bit pattern is a valid T (Pod); the
-        // read is unaligned.
-        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
-}
-
-/// Turns one ring buffer record into an event.
-pub(crate) fn decode(bytes: &[u8], ns_per_tick: u64) -> Option<Event> {
-    let header: Header = read(bytes)?;
-    let start = Some(header.start_boottime_ns / ns_per_tick);
-    Some(match EventKind::from_raw(header.kind)? {
-        EventKind::Exit => {
-            let record: ExitRecord = read(bytes)?;
-            Event::Exit {
-                pid: header.tgid,
-                start,
-                status: ExitStatus::from_wait_status(record.status),
-                ktime_ns: Some(header.ktime_ns),
-            }
-        }
-        EventKind::Fork => {
-            let record: ForkRecord = read(bytes)?;
-            Event::Fork {
-                parent: record.parent_tgid,
-                child: header.tgid,
-                start,
-            }
-        }
-        EventKind::Exec => Event::Exec(decode_exec(bytes, start)?),
-    })
-}
-
-fn decode_exec(bytes: &[u8], start: Option<u64>) -> Option<ExecEvent> {
-    let aligned = bytes.as_ptr().align_offset(align_of::<ExecRecord>()) == 0;
-    if bytes.len() < size_of::<ExecRecord>() || !aligned {
-        return None;
-    }
-    // SAFETY: checked length and alignment (ring buffer records are
-    // 8-byte aligned); every bit pattern is a valid ExecRecord.
-    let record = unsafe { &*bytes.as_ptr().cast::<ExecRecord>() };
-    let area = |buf: &[u8], len: u32| buf.get(..len as usize).map(split_nul);
-    // A truncated area is read from /proc instead.
-    let whole = |flag: u32| record.flags & flag == 0;
-    Some(ExecEvent {
-        pid: record.header.tgid,
-        start,
-        file: Some(record.file),
-        argv: area(&record.args, record.args_len)
-            .filter(|_| whole(armourd_common::EXEC_ARGS_TRUNCATED)),
-        env: area(&record.env, record.env_len)
-            .filter(|_| whole(armourd_common::EXEC_ENV_TRUNCATED)),
-        uid: Some(record.uid),
-        gid: Some(record.gid),
-        filename: (record.flags & EXEC_INTERPRETER != 0)
-            .then(|| record.filename.get(..record.filename_len as usize))
-            .flatten()
-            .map(|name| OsStr::from_bytes(name).to_owned()),
-        ktime_ns: Some(record.header.ktime_ns),
-    })
 }
 
 #[cfg(test)]
