@@ -38,6 +38,8 @@ use aya_log_ebpf::warn;
 
 /// Member offsets of the running kernel, set by the loader.
 #[unsafe(no_mangle)]
+// SAFETY: Offsets is integers only, so all zeroes is a valid value (the
+// loader overrides it before any program runs).
 static OFFSETS: Offsets = unsafe { core::mem::zeroed() };
 
 /// Thread-group ids of watched processes of [`PidClass::Root`] (value unused).
