@@ -15,7 +15,10 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{alive, capture, Daemon};
+use super::{
+    watching::{alive, capture},
+    Daemon,
+};
 use crate::{
     backend::Backend,
     dbus::{self, Incoming, ProcessInfo, Refusal, Request, Service},
