@@ -1,6 +1,9 @@
 //! Event sources. Every backend turns what the kernel reports into the same
 //! [`Event`]s and keeps the kernel-side filter (watched pids, watched files)
-//! current; it decides nothing.
+//! current. What a process that ended, or executed, before armourd watched
+//! it comes to is decided by the rules of `race`, which a backend applies
+//! to what it saw (the kernel's records, `/proc`); what follows from an
+//! event is the supervisor's.
 
 use std::ffi::OsString;
 

@@ -19,6 +19,7 @@ pub(crate) mod launch;
 pub mod logging;
 pub(crate) mod pidfd;
 pub(crate) mod procfs;
+pub(crate) mod race;
 pub mod service;
 pub(crate) mod spawn;
 pub mod status;

@@ -45,14 +45,11 @@ use super::{Event, FileMark, FilterError};
 use crate::{
     btf,
     procfs::{self, Ending},
-    status::ExitStatus,
+    race::{self, Late},
 };
 
 /// How often a process found ending is looked at again until it has ended.
 const ENDING_POLL: Duration = Duration::from_millis(1);
-/// How long a process may take to end (a thread stuck in `do_exit`) before
-/// it counts as ended anyway.
-const ENDING_MAX: Duration = Duration::from_secs(1);
 
 /// The maps of watched pids, indexed by [`PidClass`].
 const PID_MAPS: [&str; 2] = ["ROOT_PIDS", "USER_PIDS"];
@@ -93,14 +90,6 @@ pub enum EbpfError {
     Poll(#[source] io::Error),
     #[error("cannot read the log of the eBPF programs")]
     Log(#[source] aya_log::Error),
-}
-
-/// A process whose watch began as it was ending.
-#[derive(Clone, Copy, Debug)]
-struct Late {
-    pid: u32,
-    start: Option<u64>,
-    since: Instant,
 }
 
 /// The loaded programs and the maps armourd talks to.
@@ -198,9 +187,22 @@ impl EbpfBackend {
                 }
             }
             let late = std::mem::take(&mut self.late);
-            let (late, ended) = settle(late, endings, &out[before..], Instant::now());
+            let recorded = &out[before..];
+            let recorded = |pid| {
+                (recorded.iter())
+                    .any(|event| matches!(event, Event::Exit { pid: p, .. } if *p == pid))
+            };
+            let (late, ended) = race::settle(late, endings, recorded, Instant::now());
             self.late = late;
-            out.extend(ended);
+            for race::Ended { pid, start, status } in ended {
+                log::debug!("pid {pid} ended as its watch began: {status}");
+                out.push(Event::Exit {
+                    pid,
+                    start,
+                    status,
+                    ktime_ns: None,
+                });
+            }
             let totals = self.failure_totals();
             out.extend(failure_events(&self.failures_seen, &totals));
             self.failures_seen = totals;
@@ -337,93 +339,9 @@ fn failure_events(seen: &[u64], totals: &[u64]) -> Vec<Event> {
     events
 }
 
-/// What became of the processes found ending, given how far each is in
-/// ending now (`endings`, read before the records in `recorded`): those
-/// whose end the kernel recorded after all are dropped, those ended are
-/// reported (one stuck in `do_exit` for [`ENDING_MAX`] too), and those
-/// still ending are kept.
-fn settle(
-    late: Vec<Late>,
-    endings: Vec<Ending>,
-    recorded: &[Event],
-    now: Instant,
-) -> (Vec<Late>, Vec<Event>) {
-    let (mut kept, mut ended) = (Vec::new(), Vec::new());
-    for (late, ending) in late.into_iter().zip(endings) {
-        let recorded = (recorded.iter())
-            .any(|event| matches!(event, Event::Exit { pid, .. } if *pid == late.pid));
-        let status = match ending {
-            // A thread runs (it was in an exec): the kernel will report it.
-            _ if recorded => continue,
-            Ending::Running => continue,
-            Ending::Ended(status) => {
-                status.map_or(ExitStatus::Unknown, ExitStatus::from_wait_status)
-            }
-            Ending::Gone => ExitStatus::Unknown,
-            Ending::Exiting if now.duration_since(late.since) < ENDING_MAX => {
-                kept.push(late);
-                continue;
-            }
-            Ending::Exiting => ExitStatus::Unknown,
-        };
-        log::debug!("pid {} ended as its watch began: {status}", late.pid);
-        ended.push(Event::Exit {
-            pid: late.pid,
-            start: late.start,
-            status,
-            ktime_ns: None,
-        });
-    }
-    (kept, ended)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn late(pid: u32, since: Instant) -> Late {
-        Late {
-            pid,
-            start: Some(5),
-            since,
-        }
-    }
-
-    #[test]
-    fn processes_found_ending_are_reported_once_ended_unless_recorded() {
-        let now = Instant::now();
-        let killed = 9; // wait status of SIGKILL
-        let lates = vec![
-            late(1, now),
-            late(2, now),
-            late(3, now),
-            late(4, now),
-            late(5, now),
-        ];
-        let endings = vec![
-            Ending::Ended(Some(killed)),
-            Ending::Gone,
-            Ending::Exiting,
-            Ending::Ended(Some(killed)),
-            Ending::Running,
-        ];
-        let recorded = [Event::Exit {
-            pid: 4,
-            start: Some(5),
-            status: ExitStatus::from_wait_status(killed),
-            ktime_ns: Some(1),
-        }];
-        let (kept, ended) = settle(lates, endings, &recorded, now);
-        assert_eq!(kept.iter().map(|l| l.pid).collect::<Vec<_>>(), [3]);
-        let sigkill = ExitStatus::from_wait_status(killed);
-        let exit = |pid, status| Event::Exit {
-            pid,
-            start: Some(5),
-            status,
-            ktime_ns: None,
-        };
-        assert_eq!(ended, [exit(1, sigkill), exit(2, ExitStatus::Unknown)]);
-    }
 
     #[test]
     fn full_maps_leave_processes_unheld_and_other_failures_lose_records() {
@@ -436,25 +354,5 @@ mod tests {
         assert_eq!(failure_events(&totals, &totals), []);
         // A counter read as lower than before (a CPU gone) reports nothing.
         assert_eq!(failure_events(&[0, 0, 0, 7], &[0, 0, 0, 2]), []);
-    }
-
-    #[test]
-    fn a_process_stuck_ending_counts_as_ended_after_a_while() {
-        let then = Instant::now();
-        let (kept, ended) = settle(
-            vec![late(7, then)],
-            vec![Ending::Exiting],
-            &[],
-            then + ENDING_MAX,
-        );
-        assert!(kept.is_empty());
-        assert!(matches!(
-            ended[..],
-            [Event::Exit {
-                pid: 7,
-                status: ExitStatus::Unknown,
-                ..
-            }]
-        ));
     }
 }

@@ -11,6 +11,7 @@ use crate::{
     launch::LaunchSpec,
     logging::error_chain,
     procfs,
+    race::{self, Adopted},
     status::ExitStatus,
     supervisor::{Action, Exec, ProcId},
     watchlist::{Match, WatchList},
@@ -87,20 +88,15 @@ impl Daemon {
                 (pid, stat, file.entry, file.path.clone(), script_argv, argv)
             })
             .collect();
-        let mut adopted: Vec<(u32, procfs::Stat, usize)> = Vec::new();
+        let mut adopted: Vec<Adopted> = Vec::new();
         self.unheld.begin();
         for (pid, stat, entry, path, script_argv, argv) in found {
             if self.supervisor.is_watched(pid) || self.unheld_class(pid) {
                 continue;
             }
             let start = Some(stat.start_ticks);
-            // A process forked (same program, same group) by an adopted one is
-            // part of that instance.
-            let parent = adopted
-                .iter()
-                .find(|(p, s, e)| *p == stat.ppid && *e == entry && s.pgrp == stat.pgrp);
-            if let Some((parent, _, _)) = parent {
-                let actions = self.supervisor.fork(*parent, ProcId { pid, start });
+            if let Some(parent) = race::forked_by(&adopted, stat.ppid, stat.pgrp, entry) {
+                let actions = self.supervisor.fork(parent, ProcId { pid, start });
                 self.apply(actions);
                 continue;
             }
@@ -120,7 +116,11 @@ impl Daemon {
             let actions = self.supervisor.exec(exec, now);
             self.apply(actions);
             if self.supervisor.is_watched(pid) {
-                adopted.push((pid, stat, entry));
+                adopted.push(Adopted {
+                    pid,
+                    pgrp: stat.pgrp,
+                    entry,
+                });
             }
         }
         self.unheld.end(Instant::now());
