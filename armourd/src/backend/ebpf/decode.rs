@@ -72,3 +72,86 @@ fn decode_exec(bytes: &[u8], start: Option<u64>) -> Option<ExecEvent> {
         ktime_ns: Some(record.header.ktime_ns),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use armourd_common::{FileKey, ARGS_MAX, ENV_MAX, EXEC_ARGS_TRUNCATED, FILENAME_MAX};
+
+    use super::*;
+
+    /// The bytes of `record` as the ring buffer holds them (8-byte aligned).
+    fn bytes_of<T: Copy>(record: &T) -> &[u8] {
+        // SAFETY: `record` is borrowed for the slice's lifetime, and the
+        // records are plain integers with explicit padding: every byte is set.
+        unsafe { std::slice::from_raw_parts((record as *const T).cast(), size_of::<T>()) }
+    }
+
+    fn header(kind: EventKind, tgid: u32) -> Header {
+        Header {
+            kind: kind as u32,
+            tgid,
+            start_boottime_ns: 3_000,
+            ktime_ns: 42,
+        }
+    }
+
+    #[test]
+    fn a_fork_record_is_a_fork_of_the_child_with_its_start() {
+        let record = ForkRecord {
+            header: header(EventKind::Fork, 11),
+            parent_tgid: 10,
+            _pad: 0,
+        };
+        assert_eq!(
+            decode(bytes_of(&record), 1_000),
+            Some(Event::Fork {
+                parent: 10,
+                child: 11,
+                start: Some(3),
+            })
+        );
+        assert_eq!(decode(&bytes_of(&record)[..30], 1_000), None, "cut short");
+    }
+
+    #[test]
+    fn an_exec_record_gives_its_areas_unless_truncated() {
+        let mut record = Box::new(ExecRecord {
+            header: header(EventKind::Exec, 7),
+            file: FileKey::new(5, 8, 1),
+            uid: 1000,
+            gid: 100,
+            flags: EXEC_INTERPRETER | EXEC_ARGS_TRUNCATED,
+            args_len: 5,
+            env_len: 4,
+            filename_len: 4,
+            filename: [0; FILENAME_MAX],
+            args: [0; ARGS_MAX],
+            env: [0; ENV_MAX],
+        });
+        record.filename[..4].copy_from_slice(b"/a/s");
+        record.args[..5].copy_from_slice(b"sh\0x\0");
+        record.env[..4].copy_from_slice(b"A=1\0");
+        let Some(Event::Exec(exec)) = decode(bytes_of(&*record), 1_000) else {
+            panic!("not an exec");
+        };
+        let expected = ExecEvent {
+            pid: 7,
+            start: Some(3),
+            file: Some(FileKey::new(5, 8, 1)),
+            // Truncated: read from /proc instead.
+            argv: None,
+            env: Some(vec!["A=1".into()]),
+            uid: Some(1000),
+            gid: Some(100),
+            filename: Some("/a/s".into()),
+            ktime_ns: Some(42),
+        };
+        assert_eq!(exec, expected);
+        record.flags = 0;
+        let Some(Event::Exec(exec)) = decode(bytes_of(&*record), 1_000) else {
+            panic!("not an exec");
+        };
+        assert_eq!(exec.argv, Some(vec!["sh".into(), "x".into()]));
+        assert_eq!(exec.filename, None, "only an interpreter's is reported");
+    }
+}
