@@ -353,6 +353,10 @@ fn error_of(output: &Output) -> String {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root and a private dbus-daemon (run as root, or `cargo xtask test`)"
+)]
 async fn dbus_send_sees_methods_properties_and_errors() {
     let bus = TestBus::start();
     let (queues, mut callers) = fake_daemon(processes());
@@ -482,6 +486,10 @@ print("ok")
 "#;
 
 #[tokio::test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root and a private dbus-daemon (run as root, or `cargo xtask test`)"
+)]
 async fn python_dbus_client_gets_typed_answers() {
     let bus = TestBus::start();
     let (queues, _callers) = fake_daemon(processes());
@@ -500,6 +508,10 @@ async fn next_within_5s<S: Stream + Unpin>(stream: &mut S) -> S::Item {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root and a private dbus-daemon (run as root, or `cargo xtask test`)"
+)]
 async fn proxy_receives_signals_and_reads_processes() {
     let bus = TestBus::start();
     let (queues, _callers) = fake_daemon(processes());
@@ -543,6 +555,10 @@ async fn proxy_receives_signals_and_reads_processes() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root and a private dbus-daemon (run as root, or `cargo xtask test`)"
+)]
 async fn a_second_service_does_not_take_the_name() {
     let bus = TestBus::start();
     let (queues, _callers) = fake_daemon(Vec::new());
@@ -567,6 +583,10 @@ async fn a_second_service_does_not_take_the_name() {
 }
 
 #[tokio::test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root and a private dbus-daemon (run as root, or `cargo xtask test`)"
+)]
 async fn calls_fail_at_once_when_the_daemon_is_gone() {
     let bus = TestBus::start();
     let (queues, gone) = queues();
