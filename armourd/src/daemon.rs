@@ -26,6 +26,7 @@ mod unheld;
 mod upkeep;
 mod watching;
 
+pub use requests::Answering;
 pub use upkeep::Service;
 
 use latency::{monotonic_ns, Latencies};
@@ -84,25 +85,20 @@ pub struct Daemon {
     upkeep: Upkeep,
 }
 
-/// Runs armourd until SIGTERM or SIGINT, answering on `bus` if given,
-/// where a uid other than root may hold `max_user_watches` watches;
-/// `config` was read from `config_path` (`None`: the default file), which
-/// a reload reads again. As a system service it feeds `service`'s
-/// watchdog and tells its service manager and the process that waits for
-/// `-d`. Must run inside a tokio runtime.
+/// Runs armourd until SIGTERM or SIGINT, answering requests as
+/// `answering` says; `config` was read from `config_path` (`None`: the
+/// default file), which a reload reads again. As a system service it feeds
+/// `service`'s watchdog and tells its service manager and the process that
+/// waits for `-d`. Must run inside a tokio runtime.
 pub async fn run_service(
     config: Config,
     config_path: Option<PathBuf>,
     choice: Backend,
-    bus: Option<crate::dbus::Bus>,
-    max_user_watches: usize,
+    answering: Answering,
     service: Service,
 ) -> Result<(), DaemonError> {
     let engine = Engine::start(choice)?;
-    let requests = match bus {
-        Some(bus) => requests::start(bus, engine.kind(), max_user_watches).await,
-        None => None,
-    };
+    let requests = requests::start(answering, engine.kind()).await;
     let mut daemon = Daemon {
         engine,
         supervisor: Supervisor::new(reload::policies(&config)),

@@ -36,12 +36,15 @@ use zbus::{
     Connection, OwnedVariant, Variant,
 };
 
+pub mod control;
 mod gate;
 mod interface;
 mod process_info;
 mod service;
 
+pub use control::ControlSocket;
 pub use gate::{Gate, Refused};
+use interface::{Callers, Interface};
 pub use process_info::{group_by_exe, ProcessInfo};
 pub use service::Service;
 

@@ -1,7 +1,7 @@
 //! armourd on the bus: connecting, serving the object under its names,
 //! and emitting the signals.
 
-use super::{interface::Interface, *};
+use super::*;
 
 /// armourd on the bus: serves the object and emits the signals.
 pub struct Service {
@@ -109,7 +109,7 @@ pub(super) async fn serve(
         backend,
         queues,
         gate: Gate::default(),
-        lookup,
+        callers: Callers::Bus(lookup),
         root_only: false,
     };
     conn.object_server()
@@ -140,7 +140,7 @@ async fn serve_root(
         backend,
         queues,
         gate: Gate::default(),
-        lookup,
+        callers: Callers::Bus(lookup),
         root_only: true,
     };
     conn.object_server()
