@@ -802,7 +802,11 @@ fn capture_place(pid: u32, script: bool) -> Result<Place, PlaceError> {
 
 /// Logs that `pid` is not watched because of `err`.
 fn not_watched(pid: u32, exe: &std::path::Path, err: &PlaceError) {
-    log::warn!("pid {pid} ({}) is NOT watched: {}", exe.display(), error_chain(err));
+    log::warn!(
+        "pid {pid} ({}) is NOT watched: {}",
+        exe.display(),
+        error_chain(err)
+    );
 }
 
 /// The launch context of `pid` (see [`capture`]).

@@ -165,11 +165,14 @@ impl Place {
             exe: None,
         };
         if place.other_mounts() {
-            let link = fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| error(pid, "mnt", e))?;
+            let link =
+                fs::read_link(format!("/proc/{pid}/exe")).map_err(|e| error(pid, "mnt", e))?;
             let bytes = link.as_os_str().as_encoded_bytes();
             let own = bytes.strip_suffix(b" (deleted)").unwrap_or(bytes);
             // SAFETY: a prefix of the bytes of an OsStr ending before ASCII.
-            place.exe = Some(PathBuf::from(unsafe { std::ffi::OsStr::from_encoded_bytes_unchecked(own) }));
+            place.exe = Some(PathBuf::from(unsafe {
+                std::ffi::OsStr::from_encoded_bytes_unchecked(own)
+            }));
         }
         Ok(place)
     }
@@ -198,7 +201,11 @@ fn own() -> &'static Own {
         let mount = fs::read_to_string("/proc/self/mountinfo")
             .ok()
             .and_then(|text| cgroup2_mount(&text));
-        let cgroup = mount.zip(fs::read_to_string("/proc/self/cgroup").ok().and_then(|t| unified_path(&t)));
+        let cgroup = mount.zip(
+            fs::read_to_string("/proc/self/cgroup")
+                .ok()
+                .and_then(|t| unified_path(&t)),
+        );
         Own {
             user: own_id("user"),
             namespaces: KINDS.iter().map(|(kind, _)| own_id(kind)).collect(),
@@ -256,7 +263,9 @@ fn unescape_octal(text: &str) -> String {
     let mut rest = text;
     while let Some(i) = rest.find('\\') {
         out.push_str(&rest[..i]);
-        let code = rest.get(i + 1..i + 4).and_then(|o| u8::from_str_radix(o, 8).ok());
+        let code = rest
+            .get(i + 1..i + 4)
+            .and_then(|o| u8::from_str_radix(o, 8).ok());
         match code {
             Some(byte) => {
                 out.push(char::from(byte));
@@ -298,6 +307,15 @@ fn parse_pid_depth(status: &str) -> Option<usize> {
         .lines()
         .find_map(|line| line.strip_prefix("NSpid:"))
         .map(|pids| pids.split_ascii_whitespace().count())
+}
+
+/// A new cgroup2 folder for a test (armourd's cgroup2 mount must exist).
+#[cfg(test)]
+pub(crate) fn tests_cgroup(name: &str) -> PathBuf {
+    let (mount, _) = own().cgroup.as_ref().expect("a cgroup2 mount");
+    let dir = mount.join(format!("armourd-test-{name}-{}", std::process::id()));
+    fs::create_dir_all(&dir).expect("a cgroup2 folder");
+    dir
 }
 
 #[cfg(test)]

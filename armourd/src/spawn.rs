@@ -287,7 +287,11 @@ impl Prepared {
                 stdio(2, append)?,
             ],
             changed_signals: changed_signals(),
-            cgroup_procs: spec.place.cgroup.as_deref().and_then(|dir| open_cgroup(dir, spec)),
+            cgroup_procs: spec
+                .place
+                .cgroup
+                .as_deref()
+                .and_then(|dir| open_cgroup(dir, spec)),
             namespaces: (spec.place.namespaces.iter())
                 .map(|joined| (joined.raw_fd(), joined.flag))
                 .collect(),
