@@ -386,11 +386,16 @@ impl Daemon {
                     return self.supervisor.exec_other(pid);
                 }
             };
+        // A watch with no start time would pass for a restart of armourd's
+        // whose exec is still to come (`awaits_exec`), and a later exec of
+        // another watched program would be taken for that: the proc
+        // connector does not say the start time of a process it did not
+        // watch yet.
+        let start = exec
+            .start
+            .or_else(|| procfs::stat(pid).ok().map(|stat| stat.start_ticks));
         let exec = Exec {
-            proc: ProcId {
-                pid,
-                start: exec.start,
-            },
+            proc: ProcId { pid, start },
             entry: Some(entry),
             spec,
             leads_group,
