@@ -381,8 +381,13 @@ fn a_restart_runs_in_the_namespaces_and_cgroup_the_process_ran_in() {
         ..sh(&script)
     };
     let pid = spawn(&spec, &ChildSlot::default()).unwrap();
-    wait_for_cmdline(pid);
-    let text = fs::read_to_string(&out).unwrap_or_default();
+    // The shell writes its lines, then executes sleep.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut text = String::new();
+    while text.lines().count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        text = fs::read_to_string(&out).unwrap_or_default();
+    }
     let (pid_ns, mnt_ns) = (ns_link(pid, "pid"), ns_link(pid, "mnt"));
     let cgroup_of = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     // SAFETY: our own child.
