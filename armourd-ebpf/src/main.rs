@@ -20,6 +20,7 @@
 
 use armourd_common::{
     EventKind, ExecRecord, ExitRecord, Failure, FileKey, ForkRecord, Header, Offsets, PidClass,
+    SpawnedRecord,
     ARGS_MAX, ENV_MAX, EXEC_ARGS_TRUNCATED, EXEC_ENV_TRUNCATED, EXEC_INTERPRETER, EXEC_WAS_WATCHED,
     EXEC_WATCHED_FILE, FAILURE_KINDS, FILE_INTERPRETER, FILE_WATCHED, MAX_WATCHED_FILES,
     MAX_WATCHED_PIDS, RING_BUF_BYTES, SIGNAL_GROUP_EXIT,
@@ -39,6 +40,11 @@ use aya_log_ebpf::warn;
 /// Member offsets of the running kernel, set by the loader.
 #[unsafe(no_mangle)]
 static OFFSETS: Offsets = unsafe { core::mem::zeroed() };
+
+/// armourd's process id, set by the loader: the execs of its children (its
+/// restarts) get a short record.
+#[unsafe(no_mangle)]
+static DAEMON_TGID: u32 = 0;
 
 /// Thread-group ids of watched processes of [`PidClass::Root`] (value unused).
 #[map]
@@ -101,6 +107,11 @@ fn release(tgid: u32) -> bool {
 fn real_uid(task: *const u8) -> Result<u32, i32> {
     let cred: *const u8 = read(task, off!(task_real_cred))?;
     read(cred, off!(cred_uid))
+}
+
+fn real_gid(task: *const u8) -> Result<u32, i32> {
+    let cred: *const u8 = read(task, off!(task_real_cred))?;
+    read(cred, off!(cred_gid))
 }
 
 /// Counts `failure` about `pid` for user space, which reconciles. Logs it
@@ -313,6 +324,18 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i32> {
         _ if was_watched => {}
         _ => return Ok(()),
     }
+    if mark == FILE_WATCHED && spawned_by_daemon(task) {
+        let record = SpawnedRecord {
+            header: header(EventKind::Spawned, tgid, read(task, off!(task_start_boottime))?),
+            file,
+            uid: real_uid(task)?,
+            gid: real_gid(task)?,
+        };
+        if EVENTS.output::<SpawnedRecord>(&record, 0).is_err() {
+            fail(ctx, Failure::RingFull, tgid);
+        }
+        return Ok(());
+    }
     let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
         fail(ctx, Failure::RingFull, tgid);
         return Ok(());
@@ -328,6 +351,17 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i32> {
         }
     }
     Ok(())
+}
+
+/// Whether `task`'s parent is armourd: a restart reaching its program
+/// (a restart in another pid namespace too, which armourd's child clones
+/// with CLONE_PARENT).
+#[inline(always)]
+fn spawned_by_daemon(task: *const u8) -> bool {
+    // SAFETY: a plain read of a global the loader filled in.
+    let daemon = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(DAEMON_TGID)) };
+    let parent = read::<*const u8>(task, off!(task_real_parent));
+    daemon != 0 && parent.and_then(|p| read::<u32>(p, off!(task_tgid))) == Ok(daemon)
 }
 
 fn file_key(bprm: *const u8) -> Result<FileKey, i32> {

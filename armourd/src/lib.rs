@@ -16,6 +16,7 @@ pub mod fuzz;
 pub mod launch;
 pub mod logging;
 pub mod pidfd;
+pub mod place;
 pub mod procfs;
 pub mod service;
 pub mod spawn;

@@ -29,7 +29,8 @@ use std::{
 
 use armourd_common::{
     EventKind, ExecRecord, ExitRecord, Failure, FileKey, ForkRecord, Header, PidClass,
-    EXEC_INTERPRETER, FAILURE_KINDS, FILE_INTERPRETER, FILE_WATCHED, MAX_WATCHED_PIDS,
+    SpawnedRecord, EXEC_INTERPRETER, FAILURE_KINDS, FILE_INTERPRETER, FILE_WATCHED,
+    MAX_WATCHED_PIDS,
 };
 use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
@@ -433,6 +434,7 @@ fn load_object(object: &[u8], offsets: &armourd_common::Offsets) -> Result<Loade
     let mut ebpf = EbpfLoader::new()
         .btf(None)
         .override_global("OFFSETS", offsets, true)
+        .override_global("DAEMON_TGID", &std::process::id(), true)
         .map_max_entries("AYA_LOGS", log_bytes)
         .load(object)
         .map_err(EbpfError::Load)?;
@@ -501,6 +503,19 @@ pub(crate) fn decode(bytes: &[u8], ns_per_tick: u64) -> Option<Event> {
             }
         }
         EventKind::Exec => Event::Exec(decode_exec(bytes, start)?),
+        EventKind::Spawned => {
+            // What armourd started: the spawner has its command line.
+            let record: SpawnedRecord = read(bytes)?;
+            Event::Exec(ExecEvent {
+                pid: header.tgid,
+                start,
+                file: Some(record.file),
+                uid: Some(record.uid),
+                gid: Some(record.gid),
+                ktime_ns: Some(header.ktime_ns),
+                ..ExecEvent::default()
+            })
+        }
     })
 }
 
@@ -612,5 +627,36 @@ mod tests {
                 ..
             }]
         ));
+    }
+
+    #[test]
+    fn a_restarts_short_record_is_its_exec_without_a_command_line() {
+        let record = SpawnedRecord {
+            header: Header {
+                kind: EventKind::Spawned as u32,
+                tgid: 77,
+                start_boottime_ns: 5_000_000_000,
+                ktime_ns: 9,
+            },
+            file: FileKey::new(3, 8, 1),
+            uid: 0,
+            gid: 0,
+        };
+        // SAFETY: a repr(C) record of integers, viewed as its bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&record as *const SpawnedRecord).cast::<u8>(),
+                size_of::<SpawnedRecord>(),
+            )
+        };
+        let Some(Event::Exec(exec)) = decode(bytes, 10_000_000) else {
+            panic!("not an exec");
+        };
+        assert_eq!(
+            (exec.pid, exec.start, exec.ktime_ns),
+            (77, Some(500), Some(9))
+        );
+        assert_eq!(exec.file, Some(FileKey::new(3, 8, 1)));
+        assert!(exec.argv.is_none() && exec.env.is_none());
     }
 }

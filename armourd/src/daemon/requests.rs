@@ -16,7 +16,7 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{alive, capture, error_chain, Daemon};
+use super::{alive, capture, capture_place, error_chain, Daemon};
 use crate::{
     backend::Kind,
     dbus::{self, ControlSocket, Incoming, ProcessInfo, Refusal, Request, Service},
@@ -304,6 +304,9 @@ impl Daemon {
             pid: id,
             start: Some(stat.start_ticks),
         };
+        // Where it runs, before anything is held: a process armourd could
+        // not restart there is refused.
+        capture_place(id, false).map_err(|err| failed(&error_chain(&err)))?;
         // The kernel filter first: a watch it cannot hold (no room left,
         // `FilterError::Full`) is refused, never reported as held.
         if let Err(err) = self.engine.watch(id) {
@@ -318,7 +321,13 @@ impl Daemon {
             argv: Some(argv.clone()),
             ..procfs::Known::default()
         };
-        let (spec, leads_group) = capture(id, exe, known, argv);
+        let (spec, leads_group) = match capture(id, exe, known, argv, false) {
+            Ok(captured) => captured,
+            Err(err) => {
+                self.engine.unwatch(id);
+                return Err(failed(&error_chain(&err)));
+            }
+        };
         let exec = Exec {
             proc,
             entry: None,

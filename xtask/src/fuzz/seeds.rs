@@ -7,8 +7,8 @@ use std::{fs, path::Path};
 
 use anyhow::{Context as _, Result};
 use armourd_common::{
-    EventKind, ExecRecord, ExitRecord, FileKey, ForkRecord, Header, ARGS_MAX, ENV_MAX,
-    EXEC_INTERPRETER, EXEC_WAS_WATCHED, EXEC_WATCHED_FILE, FILENAME_MAX,
+    EventKind, ExecRecord, ExitRecord, FileKey, ForkRecord, Header, SpawnedRecord, ARGS_MAX,
+    ENV_MAX, EXEC_INTERPRETER, EXEC_WAS_WATCHED, EXEC_WATCHED_FILE, FILENAME_MAX,
 };
 
 /// Writes the seeds of `target` into the folder `dir`, which is emptied first.
@@ -163,6 +163,18 @@ fn ebpf_record() -> Seeds {
     vec![
         ("exit", record(0, bytes_of(&exit))),
         ("fork", record(0, bytes_of(&fork))),
+        (
+            "spawned",
+            record(
+                0,
+                bytes_of(&SpawnedRecord {
+                    header: header(EventKind::Spawned, 4245),
+                    file: FileKey::new(1_048_601, 8, 1),
+                    uid: 0,
+                    gid: 0,
+                }),
+            ),
+        ),
         ("exec", record(PADDED, bytes_of(&exec))),
         ("exec-whole", record(0, bytes_of(&exec))),
         (
