@@ -16,6 +16,7 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+mod bus_link;
 mod hooks;
 mod latency;
 mod reload;

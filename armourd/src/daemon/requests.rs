@@ -15,10 +15,10 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{alive, capture, error_chain, Daemon};
+use super::{alive, bus_link, capture, error_chain, Daemon};
 use crate::{
     backend::Kind,
-    dbus::{self, Incoming, ProcessInfo, Refusal, Request, Service},
+    dbus::{self, Incoming, ProcessInfo, Refusal, Request},
     procfs,
     supervisor::{Action, Exec, InstanceView, ProcId, State},
 };
@@ -66,54 +66,28 @@ pub struct Bus {
     logged: HashSet<(u32, &'static str)>,
 }
 
-/// Serves armourd on `bus`; without a reachable bus, one warning and `None`.
-/// A non-root uid may hold `max_user_watches` watches made over D-Bus.
+/// Serves armourd on `bus` (see `bus_link`); without a reachable bus,
+/// one warning, and tries again in the background. A non-root uid may
+/// hold `max_user_watches` watches made over D-Bus.
 pub async fn start(bus: dbus::Bus, backend: Kind, max_user_watches: usize) -> Option<Bus> {
     let (queues, requests) = dbus::queues();
-    let service = match Service::start(bus, backend.name(), queues).await {
-        Ok(service) => service,
-        Err(err) => {
-            // zbus repeats its cause in its own text: one level is enough.
-            let cause = std::error::Error::source(&err).map(|c| format!(": {c}"));
+    let service = match bus_link::connect(bus, backend.name(), queues.clone()).await {
+        Ok(service) => Some(service),
+        Err(reason) => {
             log::warn!(
-                "D-Bus unavailable ({err}{}); running without it",
-                cause.unwrap_or_default()
+                "D-Bus unavailable ({reason}); running without it, and connecting in the background"
             );
-            return None;
+            None
         }
     };
-    let (signals, mut outgoing) = mpsc::channel(SIGNAL_QUEUE);
-    tokio::spawn(async move {
-        while let Some(signal) = outgoing.recv().await {
-            match signal {
-                BusSignal::Exited {
-                    pid,
-                    exe,
-                    code,
-                    signal,
-                    core_dumped,
-                    will_restart,
-                } => {
-                    service
-                        .process_exited(pid, &exe, code, signal, core_dumped, will_restart)
-                        .await
-                }
-                BusSignal::Restarted {
-                    old_pid,
-                    new_pid,
-                    exe,
-                    restarts,
-                } => {
-                    service
-                        .process_restarted(old_pid, new_pid, &exe, restarts)
-                        .await
-                }
-                BusSignal::Failed { pid, exe, crashes } => {
-                    service.process_failed(pid, &exe, crashes).await
-                }
-            }
-        }
-    });
+    let (signals, outgoing) = mpsc::channel(SIGNAL_QUEUE);
+    tokio::spawn(bus_link::run(
+        bus,
+        backend.name(),
+        queues,
+        service,
+        outgoing,
+    ));
     Some(Bus {
         requests,
         signals,
