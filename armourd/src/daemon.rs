@@ -19,6 +19,7 @@ use tokio::{
 mod bus_link;
 mod hooks;
 mod latency;
+mod persist;
 mod reload;
 mod requests;
 mod spawner;
@@ -90,6 +91,8 @@ pub struct Daemon {
     bus: Option<requests::Bus>,
     /// The hardware watchdog and the service manager.
     upkeep: Upkeep,
+    /// The state file that armourd's own restart reads back.
+    keeper: persist::Keeper,
 }
 
 /// Runs armourd until SIGTERM or SIGINT, answering on `bus` if given,
@@ -122,8 +125,9 @@ pub async fn run_service(
     choice: BackendChoice,
     bus: Option<crate::dbus::Bus>,
     max_user_watches: usize,
-    service: Service,
+    mut service: Service,
 ) -> Result<(), DaemonError> {
+    let keeper = persist::Keeper::new(service.state_dir.take());
     let engine = Engine::start(choice)?;
     let bus = match bus {
         Some(bus) => requests::start(bus, engine.kind(), max_user_watches).await,
@@ -142,9 +146,11 @@ pub async fn run_service(
         entries_changed: false,
         bus,
         upkeep: Upkeep::new(service, Instant::now()),
+        keeper,
     };
     daemon.install_marks();
     daemon.adopt(None);
+    daemon.restore_state();
     let mut dirs = DirWatch::new()
         .map_err(|e| setup("an inotify instance", e.into()))
         .and_then(|d| {
@@ -196,6 +202,7 @@ impl Daemon {
                 self.unheld.due(),
                 self.upkeep.next_deadline(),
                 self.hooks.next_deadline(),
+                self.keeper.due(),
             ]
             .into_iter()
             .flatten()
@@ -264,7 +271,9 @@ impl Daemon {
             }
             // Here and not in the sleep arm, which a flood of events would starve.
             self.upkeep_tick();
+            self.keep_state(false);
         }
+        self.keep_state(true);
         self.upkeep.status("stopping");
         log::info!(
             "stopping; {} watched processes keep running",
@@ -526,6 +535,9 @@ impl Daemon {
     /// Carries out `actions` and whatever they lead to. Notices are logged
     /// last, in order, so that no log write delays a restart.
     fn apply(&mut self, actions: Vec<Action>) {
+        if !actions.is_empty() {
+            self.keeper.changed();
+        }
         let mut queue = VecDeque::from(actions);
         let mut notices = Vec::new();
         let mut hooks = Vec::new();

@@ -19,6 +19,7 @@ pub mod pidfd;
 pub mod procfs;
 pub mod service;
 pub mod spawn;
+pub mod state;
 pub mod status;
 pub mod supervisor;
 pub mod watchdog;

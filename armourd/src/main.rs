@@ -129,6 +129,7 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
         watchdog,
         notifier: service::Notifier::from_env(),
         detached,
+        state_dir: Some(args.state_dir.clone()),
     };
     let result = runtime.block_on(daemon::run_service(
         config,

@@ -150,6 +150,12 @@ impl Daemon {
                 reply,
             } => {
                 let result = self.watch_request(pid, caller_uid);
+                if result.is_ok() {
+                    let watched = self.supervisor.instances().find(|v| v.pid as i32 == pid);
+                    if let Some(view) = watched {
+                        self.keeper.watched_by(view.id, caller_uid);
+                    }
+                }
                 self.note("watch", caller_uid, code_only, &result);
                 drop(reply.send(result));
             }
@@ -164,7 +170,10 @@ impl Daemon {
                 drop(reply.send(result));
             }
             Request::Processes { reply } => drop(reply.send(self.processes())),
-            Request::Reset { target, reply } => drop(reply.send(self.reset(&target))),
+            Request::Reset { target, reply } => {
+                self.keeper.changed();
+                let _ = reply.send(self.reset(&target));
+            }
             Request::Reload { reply } => {
                 log::info!("reloading the configuration on request (D-Bus)");
                 drop(reply.send(self.reload().err().unwrap_or_default()))
@@ -199,7 +208,7 @@ impl Daemon {
         }
     }
 
-    fn watch_request(&mut self, pid: i32, caller_uid: u32) -> Result<(), Refusal> {
+    pub(super) fn watch_request(&mut self, pid: i32, caller_uid: u32) -> Result<(), Refusal> {
         let no_such = Refusal::NoSuchProcess { pid };
         let failed = |reason: &str| Refusal::Failed {
             pid,
