@@ -114,7 +114,7 @@ pub fn parse(text: &str) -> Result<State, StateError> {
     let version = lines
         .next()
         .and_then(|(_, first)| first.strip_prefix(MAGIC)?.strip_prefix(' '))
-        .and_then(|v| number::<u32>(v))
+        .and_then(number::<u32>)
         .ok_or(StateError::NotState)?;
     if version > VERSION {
         return Err(StateError::Newer { found: version });
