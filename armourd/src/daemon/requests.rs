@@ -10,6 +10,7 @@
 use std::{
     collections::HashSet,
     os::unix::ffi::OsStrExt,
+    path::PathBuf,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -18,7 +19,7 @@ use tokio::sync::mpsc;
 use super::{alive, bus_link, capture, error_chain, Daemon};
 use crate::{
     backend::Kind,
-    dbus::{self, Incoming, ProcessInfo, Refusal, Request},
+    dbus::{self, ControlSocket, Incoming, ProcessInfo, Refusal, Request},
     procfs,
     supervisor::{Action, Exec, InstanceView, ProcId, State},
 };
@@ -54,10 +55,23 @@ pub enum BusSignal {
     },
 }
 
+/// How armourd answers requests (SPEC §7).
+#[derive(Clone, Debug)]
+pub struct Answering {
+    /// The message bus to serve on, if any.
+    pub bus: Option<dbus::Bus>,
+    /// Root's control socket (see [`ControlSocket`]), if any.
+    pub control_socket: Option<PathBuf>,
+    /// Watches a uid other than root may hold.
+    pub max_user_watches: usize,
+}
+
 /// The D-Bus connection as the event loop sees it: requests come in,
 /// signals go out to a task of their own so that no bus write delays a restart.
 pub struct Bus {
     pub requests: Incoming,
+    /// Root's control socket, served while this is kept.
+    _control: Option<ControlSocket>,
     pub signals: mpsc::Sender<BusSignal>,
     /// Signals dropped because the queue was full.
     dropped: u64,
@@ -66,33 +80,57 @@ pub struct Bus {
     logged: HashSet<(u32, &'static str)>,
 }
 
-/// Serves armourd on `bus` (see `bus_link`); without a reachable bus,
-/// one warning, and tries again in the background. A non-root uid may
-/// hold `max_user_watches` watches made over D-Bus.
-pub async fn start(bus: dbus::Bus, backend: Kind, max_user_watches: usize) -> Option<Bus> {
+/// Serves armourd on the bus and the control socket `answering` names;
+/// one warning for each that cannot be served, and `None` when neither is
+/// asked for. A bus that cannot be reached, or goes away later, is
+/// connected to again in the background (see `bus_link`).
+pub async fn start(answering: Answering, backend: Kind) -> Option<Bus> {
     let (queues, requests) = dbus::queues();
-    let service = match bus_link::connect(bus, backend.name(), queues.clone()).await {
-        Ok(service) => Some(service),
-        Err(reason) => {
-            log::warn!(
-                "D-Bus unavailable ({reason}); running without it, and connecting in the background"
-            );
-            None
-        }
+    let control = match &answering.control_socket {
+        Some(path) => match ControlSocket::serve(path, backend.name(), queues.clone()).await {
+            Ok(control) => Some(control),
+            Err(err) => {
+                log::warn!("{}; root's calls go through the bus", error_chain(&err));
+                None
+            }
+        },
+        None => None,
     };
-    let (signals, outgoing) = mpsc::channel(SIGNAL_QUEUE);
-    tokio::spawn(bus_link::run(
-        bus,
-        backend.name(),
-        queues,
-        service,
-        outgoing,
-    ));
+    if answering.bus.is_none() && control.is_none() {
+        return None;
+    }
+    let (signals, mut outgoing) = mpsc::channel(SIGNAL_QUEUE);
+    match answering.bus {
+        Some(bus) => {
+            let service = match bus_link::connect(bus, backend.name(), queues.clone()).await {
+                Ok(service) => Some(service),
+                Err(reason) => {
+                    log::warn!(
+                        "D-Bus unavailable ({reason}); running without it, and connecting in \
+                         the background"
+                    );
+                    None
+                }
+            };
+            tokio::spawn(bus_link::run(
+                bus,
+                backend.name(),
+                queues,
+                service,
+                outgoing,
+            ));
+        }
+        // Without a bus, signals have nowhere to go.
+        None => drop(tokio::spawn(async move {
+            while outgoing.recv().await.is_some() {}
+        })),
+    }
     Some(Bus {
         requests,
+        _control: control,
         signals,
         dropped: 0,
-        quota: Quota::new(max_user_watches),
+        quota: Quota::new(answering.max_user_watches),
         logged: HashSet::new(),
     })
 }
