@@ -5,6 +5,8 @@
 use std::time::Instant;
 
 use super::{policy::Crashes, InstanceId, ProcId, State, Supervisor};
+#[cfg(test)]
+use super::{Action, Notice};
 
 /// An instance as it is kept across armourd's restarts.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,5 +63,104 @@ impl Supervisor {
         instance.restarts = restarts;
         instance.crashes = Crashes::restored(streak, crashes);
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+    use super::*;
+    use crate::{
+        launch::LaunchSpec,
+        status::ExitStatus,
+        supervisor::{Exec, Policy},
+    };
+
+    fn adopted(supervisor: &mut Supervisor, pid: u32, start: u64, now: Instant) {
+        let spec = LaunchSpec::minimal(
+            PathBuf::from("/usr/sbin/food"),
+            vec![OsString::from("food")],
+        );
+        supervisor.exec(
+            Exec {
+                proc: ProcId {
+                    pid,
+                    start: Some(start),
+                },
+                entry: Some(0),
+                spec,
+                leads_group: false,
+                adopted: true,
+            },
+            now,
+        );
+    }
+
+    #[test]
+    fn counters_taken_back_go_on_where_they_were() {
+        let t = Instant::now();
+        let mut before = Supervisor::new(vec![Policy::default()]);
+        adopted(&mut before, 10, 1, t);
+        let segv = ExitStatus::Signaled {
+            signal: libc::SIGSEGV,
+            core_dumped: false,
+        };
+        before.exit(10, Some(1), segv, t);
+        let id = before.instances().next().expect("instance").id;
+        before.spawned(id, Ok(11), t);
+        let kept = before.kept();
+        assert_eq!(kept.len(), 1);
+        assert_eq!(
+            (kept[0].leader.pid, kept[0].restarts, kept[0].streak),
+            (11, 1, 1)
+        );
+
+        let mut after = Supervisor::new(vec![Policy::default()]);
+        let later = t + Duration::from_millis(5);
+        adopted(&mut after, 11, 7, later);
+        let leader = ProcId {
+            pid: 11,
+            start: Some(7),
+        };
+        assert!(
+            !after.restore(
+                ProcId {
+                    pid: 11,
+                    start: Some(8)
+                },
+                1,
+                1,
+                Vec::new()
+            ),
+            "another start time"
+        );
+        assert!(after.restore(
+            leader,
+            kept[0].restarts,
+            kept[0].streak,
+            kept[0].crashes.clone()
+        ));
+        // The streak goes on: the next crash backs off as the second in a row.
+        let actions = after.exit(11, Some(7), segv, later);
+        assert!(
+            actions
+                .iter()
+                .any(|a| matches!(a, Action::Notify(Notice::BackingOff { streak: 2, .. }))),
+            "{actions:?}"
+        );
+        assert_eq!(after.instances().next().expect("instance").restarts, 1);
+    }
+
+    #[test]
+    fn an_instance_without_a_process_is_not_kept() {
+        let t = Instant::now();
+        let mut supervisor = Supervisor::new(vec![Policy::default()]);
+        adopted(&mut supervisor, 10, 1, t);
+        supervisor.exit(10, Some(1), ExitStatus::Exited(3), t);
+        assert!(
+            supervisor.kept().is_empty(),
+            "restarting: no process to find again"
+        );
     }
 }
