@@ -16,8 +16,10 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+mod bus_link;
 mod hooks;
 mod latency;
+mod persist;
 mod reload;
 mod requests;
 mod spawner;
@@ -91,6 +93,8 @@ pub struct Daemon {
     bus: Option<requests::Bus>,
     /// The hardware watchdog and the service manager.
     upkeep: Upkeep,
+    /// The state file that armourd's own restart reads back.
+    keeper: persist::Keeper,
 }
 
 /// Runs armourd until SIGTERM or SIGINT, answering requests as
@@ -113,8 +117,9 @@ pub async fn run_service(
     config_path: Option<PathBuf>,
     choice: BackendChoice,
     answering: Answering,
-    service: Service,
+    mut service: Service,
 ) -> Result<(), DaemonError> {
+    let keeper = persist::Keeper::new(service.state_dir.take());
     let engine = Engine::start(choice)?;
     let bus = requests::start(answering, engine.kind()).await;
     let mut daemon = Daemon {
@@ -130,9 +135,11 @@ pub async fn run_service(
         entries_changed: false,
         bus,
         upkeep: Upkeep::new(service, Instant::now()),
+        keeper,
     };
     daemon.install_marks();
     daemon.adopt(None);
+    daemon.restore_state();
     let mut dirs = DirWatch::new()
         .map_err(|e| setup("an inotify instance", e.into()))
         .and_then(|d| {
@@ -184,6 +191,7 @@ impl Daemon {
                 self.unheld.due(),
                 self.upkeep.next_deadline(),
                 self.hooks.next_deadline(),
+                self.keeper.due(),
             ]
             .into_iter()
             .flatten()
@@ -252,7 +260,9 @@ impl Daemon {
             }
             // Here and not in the sleep arm, which a flood of events would starve.
             self.upkeep_tick();
+            self.keep_state(false);
         }
+        self.keep_state(true);
         self.upkeep.status("stopping");
         log::info!(
             "stopping; {} watched processes keep running",
@@ -533,6 +543,9 @@ impl Daemon {
     /// Carries out `actions` and whatever they lead to. Notices are logged
     /// last, in order, so that no log write delays a restart.
     fn apply(&mut self, actions: Vec<Action>) {
+        if !actions.is_empty() {
+            self.keeper.changed();
+        }
         let mut queue = VecDeque::from(actions);
         let mut notices = Vec::new();
         let mut hooks = Vec::new();

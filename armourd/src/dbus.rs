@@ -630,6 +630,8 @@ pub struct Service {
     warned: AtomicBool,
     /// The connection that serves [`ROOT_BUS_NAME`], if it could.
     _root: Option<Connection>,
+    /// The connection that serves [`BUS_NAME`].
+    conn: Connection,
 }
 
 impl Service {
@@ -668,6 +670,12 @@ impl Service {
     /// The bus the service is on.
     pub fn bus(&self) -> Bus {
         self.bus
+    }
+
+    /// Returns once the bus connection is gone (the bus daemon ended or
+    /// restarted): the names are lost with it.
+    pub async fn closed(&self) {
+        self.conn.closed().await
     }
 
     /// Emits `ProcessExited`.
@@ -748,6 +756,7 @@ async fn serve(
         emitter: emitter.into_owned(),
         warned: AtomicBool::new(false),
         _root: None,
+        conn,
     })
 }
 

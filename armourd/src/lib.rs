@@ -20,6 +20,7 @@ pub mod place;
 pub mod procfs;
 pub mod service;
 pub mod spawn;
+pub mod state;
 pub mod status;
 pub mod supervisor;
 pub mod watchdog;

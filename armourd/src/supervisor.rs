@@ -15,10 +15,12 @@ use std::{
 
 use crate::{launch::LaunchSpec, status::ExitStatus};
 
+mod keep;
 mod policy;
 mod restart;
 mod types;
 
+pub use keep::Kept;
 use policy::Crashes;
 pub use types::*;
 
