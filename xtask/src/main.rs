@@ -11,6 +11,7 @@ mod fuzz;
 mod run;
 mod setup;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -42,6 +43,8 @@ enum Command {
     Deb,
     /// Build, then measure restart latency, CPU, wake-ups and memory; writes BENCHMARKS.md
     Bench(bench::BenchOptions),
+    /// Boot Debian's kernels under qemu and run the suite in each guest on both backends
+    VmTest(vm::VmTestOptions),
     /// Run the fuzz targets (cargo-fuzz) for a bounded time or number of inputs each
     Fuzz(fuzz::FuzzOptions),
 }
@@ -67,6 +70,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Install(options) => dist::install(&options),
         Command::Deb => deb::deb(),
         Command::Fuzz(options) => fuzz::fuzz(&options),
+        Command::VmTest(options) => vm::vm_test(&options),
     }
 }
 

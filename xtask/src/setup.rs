@@ -119,7 +119,11 @@ pub fn daemon_target() -> String {
 
 /// Adds the daemon's target to the toolchain that builds it.
 fn static_target() -> Result<()> {
-    let target = daemon_target();
+    rust_target(&daemon_target())
+}
+
+/// Adds `target` to the toolchain that builds the daemon when it is missing.
+pub fn rust_target(target: &str) -> Result<()> {
     let mut list = rustup();
     list.current_dir(cmd::workspace_root())
         .args(["target", "list", "--installed"]);
@@ -129,7 +133,7 @@ fn static_target() -> Result<()> {
     println!("setup: adding the {target} target (the daemon is linked statically)");
     let mut add = rustup();
     add.current_dir(cmd::workspace_root())
-        .args(["target", "add", &target]);
+        .args(["target", "add", target]);
     cmd::run(&mut add)
 }
 
