@@ -27,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what the build and the fuzz targets need when missing (nightly rust-src,
-    /// bpf-linker, the musl target, cargo-fuzz)
+    /// bpf-linker, the musl target, cargo-fuzz; qemu's libraries and xz for the vm-test)
     Setup(setup::SetupOptions),
     /// Build the eBPF object and the static daemon (target/<arch>-unknown-linux-musl/release/armourd)
     Build(build_cmd::BuildOptions),
@@ -61,7 +61,9 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Setup(options) => setup::setup(&options).and_then(|_| setup::cargo_fuzz()),
+        Command::Setup(options) => setup::setup(&options)
+            .and_then(|_| setup::cargo_fuzz())
+            .and_then(|()| setup::vm_packages()),
         Command::Build(options) => build_cmd::build(&options).map(drop),
         Command::Run(options) => run::run(options),
         Command::Demo => demo::demo(),

@@ -267,3 +267,42 @@ fn llvm_prefix(sysroot: &Path) -> Result<(PathBuf, u32)> {
     }
     Ok((prefix, major))
 }
+
+/// Debian packages `cargo xtask vm-test` needs on the host: the qemu of the
+/// distribution brings the shared libraries of the newer qemu the vm-test
+/// unpacks from bookworm-backports; xz unpacks the kernels' modules.
+const VM_PACKAGES: [&str; 4] = ["qemu-system-x86", "qemu-system-arm", "xz-utils", "dpkg"];
+
+/// Installs the [`VM_PACKAGES`] that are missing (needs root and apt).
+pub fn vm_packages() -> Result<()> {
+    let missing: Vec<&str> = VM_PACKAGES
+        .into_iter()
+        .filter(|package| {
+            !Command::new("dpkg")
+                .args(["-s", package])
+                .output()
+                .is_ok_and(|out| {
+                    out.status.success()
+                        && String::from_utf8_lossy(&out.stdout)
+                            .contains("Status: install ok installed")
+                })
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    ensure!(
+        cmd::is_root(),
+        "the vm-test needs the Debian packages {}: install them as root \
+         (`apt-get install --no-install-recommends {0}`) or run `cargo xtask setup` as root",
+        missing.join(" ")
+    );
+    println!("setup: installing {} (for `cargo xtask vm-test`)", missing.join(" "));
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("could not install the packages the vm-test needs")
+}

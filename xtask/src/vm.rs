@@ -84,6 +84,7 @@ pub fn vm_test(options: &VmTestOptions) -> Result<()> {
     } else {
         SHORT_SUITE.to_vec()
     };
+    crate::setup::vm_packages()?;
     kernels::need("dpkg", "dpkg")?;
     kernels::need("apt-get", "apt")?;
     kernels::need("xz", "xz-utils")?;

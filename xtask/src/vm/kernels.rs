@@ -180,6 +180,7 @@ impl Apt {
         }
         fs::write(dir.join("sources.list"), sources).context("could not write sources.list")?;
         fs::write(dir.join("status"), "").context("could not write the empty dpkg status")?;
+        Self::write_config(&dir)?;
         let apt = Apt { dir };
         let stamp = apt.dir.join("lists/updated");
         let fresh = fs::metadata(&stamp)
@@ -197,28 +198,33 @@ impl Apt {
         Ok(apt)
     }
 
+    /// `program` reading only the private configuration: `APT_CONFIG` is
+    /// read before the machine's `apt.conf.d`, so that folder is replaced too.
     fn command(&self, program: &str) -> Command {
-        let dir = self.dir.display();
         let mut command = Command::new(program);
-        for option in [
-            format!("Dir::Etc::SourceList={dir}/sources.list"),
-            format!("Dir::Etc::SourceParts={dir}/parts"),
-            format!("Dir::Etc::Parts={dir}/parts"),
-            format!("Dir::Etc::Preferences={dir}/preferences/none"),
-            format!("Dir::Etc::PreferencesParts={dir}/preferences"),
-            format!("Dir::State={dir}"),
-            format!("Dir::State::Lists={dir}/lists"),
-            format!("Dir::State::status={dir}/status"),
-            format!("Dir::Cache={dir}"),
-            format!("Dir::Cache::Archives={dir}/archives"),
-            "APT::Architecture=amd64".to_owned(),
-            "APT::Architectures=amd64,arm64".to_owned(),
-            "APT::Sandbox::User=root".to_owned(),
-            "Debug::NoLocking=1".to_owned(),
-        ] {
-            command.arg("-o").arg(option);
-        }
+        command.env("APT_CONFIG", self.dir.join("apt.conf"));
         command
+    }
+
+    fn write_config(dir: &Path) -> Result<()> {
+        let d = dir.display();
+        let config = format!(
+            "Dir::Etc::SourceList \"{d}/sources.list\";\n\
+             Dir::Etc::SourceParts \"{d}/parts\";\n\
+             Dir::Etc::Parts \"{d}/parts\";\n\
+             Dir::Etc::Preferences \"{d}/preferences/none\";\n\
+             Dir::Etc::PreferencesParts \"{d}/preferences\";\n\
+             Dir::State \"{d}\";\n\
+             Dir::State::Lists \"{d}/lists\";\n\
+             Dir::State::status \"{d}/status\";\n\
+             Dir::Cache \"{d}\";\n\
+             Dir::Cache::Archives \"{d}/archives\";\n\
+             APT::Architecture \"amd64\";\n\
+             APT::Architectures {{ \"amd64\"; \"arm64\"; }};\n\
+             APT::Sandbox::User \"root\";\n\
+             Debug::NoLocking \"1\";\n"
+        );
+        fs::write(dir.join("apt.conf"), config).context("could not write the private apt.conf")
     }
 
     /// The `Depends` of `package` (`name:arch/suite` or `name:arch`),
