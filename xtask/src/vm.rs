@@ -366,7 +366,11 @@ fn boot(
         "console={} panic=-1 oops=panic loglevel=4 rdinit=/init",
         arch.console()
     );
-    let kvm = arch.debian() == host_debian_arch() && kernels::kvm_works();
+    // KVM only when asked for and usable: on many cloud VMs /dev/kvm opens
+    // and creates VMs, yet a nested guest never runs (seen here).
+    let kvm = std::env::var_os("ARMOURD_VM_KVM").is_some_and(|v| v == "1")
+        && arch.debian() == host_debian_arch()
+        && kernels::kvm_works();
     command.args(["-accel", if kvm { "kvm" } else { "tcg" }]);
     match arch {
         Arch::X86_64 => command.args(["-cpu", "max"]),

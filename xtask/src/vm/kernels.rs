@@ -358,6 +358,8 @@ impl Qemu {
             Arch::Arm64 => "qemu-system-aarch64",
         };
         let mut qemu = Command::new(self.root.join("usr/bin").join(program));
+        // Its own modules, never the distribution's qemu's (another build).
+        qemu.env("QEMU_MODULE_DIR", self.root.join("usr/lib/x86_64-linux-gnu/qemu"));
         qemu.arg("-L")
             .arg(self.root.join("usr/share/qemu"))
             .arg("-L")
