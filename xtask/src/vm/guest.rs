@@ -69,7 +69,8 @@ pub const SOFT_MARGIN: u32 = 10;
 const PRELUDE: &str = r#"#!/bin/busybox sh
 /bin/busybox mkdir -p /bin /sbin /usr/bin /usr/sbin
 /bin/busybox --install -s
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
+# util-linux's setpriv (in /usr/local/bin) before busybox's.
+export PATH=/usr/local/bin:/bin:/sbin:/usr/bin:/usr/sbin HOME=/root
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
@@ -168,27 +169,23 @@ fi
 fn watchdog_script(check: Watchdog) -> String {
     let margin = SOFT_MARGIN;
     let wait_past = margin * 3;
+    // A copy of busybox under a name that is no applet of its own, so it
+    // runs `sleep`: the watched service.
+    let entry = match check {
+        // Its first crash gives up (state failed): a critical entry down.
+        Watchdog::CriticalGivesUp => "/tmp/wd-service critical critical-grace=1s give-up=1/1m",
+        _ => "/tmp/wd-service",
+    };
     let mut script = format!(
-        r#"[ -c /dev/watchdog ] || {{ say watchdog missing; say done; poweroff -f; }}
-echo "/bin/sleep 3600" > /tmp/watchdog.conf
+        r#"[ -c /dev/watchdog ] || say watchdog missing
+cp /bin/busybox /tmp/wd-service
+/tmp/wd-service sleep 3600 &
+service=$!
+echo "{entry}" > /tmp/watchdog.conf
+/armourd/armourd -c /tmp/watchdog.conf --backend proc-connector --dbus none --watchdog -v > /tmp/armourd.log 2>&1 &
+pid=$!
 "#
     );
-    match check {
-        Watchdog::KeptAlive | Watchdog::CleanStop | Watchdog::Killed => {
-            script.push_str(
-                "/armourd/armourd -c /tmp/watchdog.conf --backend proc-connector --dbus none \
-                 --watchdog -v > /tmp/armourd.log 2>&1 &\npid=$!\n",
-            );
-        }
-        Watchdog::CriticalGivesUp => {
-            // A program that always fails at once: its restarts give up.
-            script.push_str(
-                "echo \"/bin/false critical critical-grace=1s\" > /tmp/watchdog.conf\n\
-                 /armourd/armourd -c /tmp/watchdog.conf --backend proc-connector --dbus none \
-                 --watchdog -v > /tmp/armourd.log 2>&1 &\npid=$!\n",
-            );
-        }
-    }
     script.push_str(
         r#"i=0
 while [ $i -lt 300 ] && ! grep -q "ready:" /tmp/armourd.log && kill -0 $pid 2>/dev/null; do sleep 0.2; i=$((i + 1)); done
@@ -219,7 +216,7 @@ grep -q "ready:" /tmp/armourd.log && say watchdog armed
         Watchdog::CriticalGivesUp => {
             let _ = write!(
                 script,
-                "i=0\nwhile [ $i -lt 600 ] && ! grep -q CRITICAL /tmp/armourd.log; do sleep 0.2; i=$((i + 1)); done\n\
+                "kill -SEGV $service\ni=0\nwhile [ $i -lt 600 ] && ! grep -q CRITICAL /tmp/armourd.log; do sleep 0.2; i=$((i + 1)); done\n\
                  grep CRITICAL /tmp/armourd.log && say watchdog given-up\n\
                  sleep {wait_past}\nsay watchdog alive-after {wait_past}s\n"
             );
