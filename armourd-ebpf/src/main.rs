@@ -349,13 +349,18 @@ fn file_key(bprm: *const u8) -> Result<FileKey, i32> {
 /// "R2 min value is negative"), and the compiler would drop a mask it can
 /// prove redundant.
 #[inline(always)]
-unsafe fn read_user<const N: usize>(src: *const u8, dst: &mut [u8; N], len: usize) -> Result<(), i32> {
+unsafe fn read_user<const N: usize>(
+    src: *const u8,
+    dst: &mut [u8; N],
+    len: usize,
+) -> Result<(), i32> {
     let below = len.wrapping_sub(1);
     // SAFETY: a read of a local.
     let opaque = unsafe { core::ptr::read_volatile(&below) };
     let size = (opaque & (N - 1)) + 1;
     // SAFETY: `dst` holds `N` ≥ `size` bytes; the helper checks `src`.
-    let ret = unsafe { generated::bpf_probe_read_user(dst.as_mut_ptr().cast(), size as u32, src.cast()) };
+    let ret =
+        unsafe { generated::bpf_probe_read_user(dst.as_mut_ptr().cast(), size as u32, src.cast()) };
     if ret == 0 {
         Ok(())
     } else {

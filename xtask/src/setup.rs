@@ -297,7 +297,10 @@ pub fn vm_packages() -> Result<()> {
          (`apt-get install --no-install-recommends {0}`) or run `cargo xtask setup` as root",
         missing.join(" ")
     );
-    println!("setup: installing {} (for `cargo xtask vm-test`)", missing.join(" "));
+    println!(
+        "setup: installing {} (for `cargo xtask vm-test`)",
+        missing.join(" ")
+    );
     cmd::run(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])

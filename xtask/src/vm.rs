@@ -106,7 +106,10 @@ pub fn vm_test(options: &VmTestOptions) -> Result<()> {
         qemu.check(arch)?;
         let programs = build(arch)?;
         let userland = kernels::guest_userland(&apt, arch)?;
-        for kernel in kernels.iter().filter(|k| k.arch == arch && !options.watchdog) {
+        for kernel in kernels
+            .iter()
+            .filter(|k| k.arch == arch && !options.watchdog)
+        {
             let unpacked = kernels::fetch(&apt, kernel)?;
             let plan = Plan::Suites {
                 suite: suite.iter().map(|s| s.to_string()).collect(),
@@ -115,13 +118,25 @@ pub fn vm_test(options: &VmTestOptions) -> Result<()> {
             let dir = work.join(kernel.name);
             let initrd = dir.join("initrd.cpio");
             fs::create_dir_all(&dir)?;
-            let timeout = if full { FULL_BOOT_TIMEOUT } else { SHORT_BOOT_TIMEOUT };
+            let timeout = if full {
+                FULL_BOOT_TIMEOUT
+            } else {
+                SHORT_BOOT_TIMEOUT
+            };
             let modules: Vec<&str> = SUITE_MODULES.to_vec();
-            write_initramfs(&initrd, &plan, &programs, &userland, &unpacked, &modules, &dir)?;
+            write_initramfs(
+                &initrd, &plan, &programs, &userland, &unpacked, &modules, &dir,
+            )?;
             let started = Instant::now();
-            let outcome = boot_with_retry(&qemu, kernel, &unpacked.vmlinuz, &initrd, &dir, timeout)?;
+            let outcome =
+                boot_with_retry(&qemu, kernel, &unpacked.vmlinuz, &initrd, &dir, timeout)?;
             rows.push(Row {
-                kernel: format!("{} ({} {})", kernel.name, unpacked.version, kernel.arch.debian()),
+                kernel: format!(
+                    "{} ({} {})",
+                    kernel.name,
+                    unpacked.version,
+                    kernel.arch.debian()
+                ),
                 outcome,
                 time: started.elapsed(),
             });
@@ -130,12 +145,16 @@ pub fn vm_test(options: &VmTestOptions) -> Result<()> {
             let chosen = if options.watchdog {
                 kernels.iter().find(|k| k.arch == arch)
             } else {
-                kernels.iter().find(|k| k.arch == arch && k.name == WATCHDOG_KERNEL)
+                kernels
+                    .iter()
+                    .find(|k| k.arch == arch && k.name == WATCHDOG_KERNEL)
             };
             if let Some(kernel) = chosen {
                 let unpacked = kernels::fetch(&apt, kernel)?;
                 for check in Watchdog::ALL {
-                    watchdog_rows.push(watchdog(&qemu, kernel, &unpacked, &programs, &userland, &work, check)?);
+                    watchdog_rows.push(watchdog(
+                        &qemu, kernel, &unpacked, &programs, &userland, &work, check,
+                    )?);
                 }
             }
         }
@@ -144,7 +163,14 @@ pub fn vm_test(options: &VmTestOptions) -> Result<()> {
         print_table(&rows, full);
     }
     for (check, result) in &watchdog_rows {
-        println!("watchdog (softdog, soft_margin={}s): {:<58} {}", guest::SOFT_MARGIN, check.describe(), result.as_ref().map_or_else(|e| format!("FAIL: {e}"), |_| "pass".to_owned()));
+        println!(
+            "watchdog (softdog, soft_margin={}s): {:<58} {}",
+            guest::SOFT_MARGIN,
+            check.describe(),
+            result
+                .as_ref()
+                .map_or_else(|e| format!("FAIL: {e}"), |_| "pass".to_owned())
+        );
     }
     let failed: Vec<&str> = rows
         .iter()
@@ -157,7 +183,11 @@ pub fn vm_test(options: &VmTestOptions) -> Result<()> {
             "vm-test failed on {} (logs in {}){}",
             failed.join(", "),
             work.display(),
-            if watchdog_failed > 0 { format!("; {watchdog_failed} watchdog check(s) failed") } else { String::new() }
+            if watchdog_failed > 0 {
+                format!("; {watchdog_failed} watchdog check(s) failed")
+            } else {
+                String::new()
+            }
         );
     }
     Ok(())
@@ -208,11 +238,22 @@ fn build(arch: Arch) -> Result<Programs> {
     let mut cargo = cmd::cargo();
     cargo
         .current_dir(cmd::workspace_root())
-        .args(["test", "--no-run", "--release", "-p", "armourd-tests", "--target", target])
+        .args([
+            "test",
+            "--no-run",
+            "--release",
+            "-p",
+            "armourd-tests",
+            "--target",
+            target,
+        ])
         .args(["--message-format", "json-render-diagnostics"])
         .stderr(Stdio::inherit());
     build_cmd::cross_linker(&mut cargo, target);
-    println!("vm-test: building the tests for the guest ({})", cmd::show(&cargo));
+    println!(
+        "vm-test: building the tests for the guest ({})",
+        cmd::show(&cargo)
+    );
     let out = cmd::output(&mut cargo).context("building the integration tests failed")?;
     let mut testee = None;
     let mut tests = Vec::new();
@@ -294,7 +335,7 @@ fn write_initramfs(
 
 /// How one kernel's boot ended.
 enum Outcome {
-    Reported(Report),
+    Reported(Box<Report>),
     /// The guest printed no result twice (or no result and then hung).
     Infrastructure(String),
 }
@@ -331,10 +372,18 @@ fn boot_with_retry(
 ) -> Result<Outcome> {
     for attempt in 1..=2 {
         let log = dir.join(format!("console-{attempt}.log"));
-        let console = boot(qemu, kernel.arch, vmlinuz, initrd, &log, timeout, kernel.name)?;
+        let console = boot(
+            qemu,
+            kernel.arch,
+            vmlinuz,
+            initrd,
+            &log,
+            timeout,
+            kernel.name,
+        )?;
         let report = guest::parse(&console.text);
         if report.done || report.kernel.is_some() && console.timed_out.is_none() {
-            return Ok(Outcome::Reported(report));
+            return Ok(Outcome::Reported(Box::new(report)));
         }
         let why = match console.timed_out {
             Some(after) => format!("no result after {} min", after.as_secs() / 60),
@@ -386,10 +435,17 @@ fn boot(
     command.args(["-accel", if kvm { "kvm" } else { "tcg" }]);
     match arch {
         Arch::X86_64 => command.args(["-cpu", "max"]),
-        Arch::Arm64 => command.args(["-M", "virt", "-cpu", if kvm { "host" } else { "max,pauth-impdef=on" }]),
+        Arch::Arm64 => command.args([
+            "-M",
+            "virt",
+            "-cpu",
+            if kvm { "host" } else { "max,pauth-impdef=on" },
+        ]),
     };
     command
-        .args(["-smp", "2", "-m", "2G", "-nic", "none", "-display", "none", "-monitor", "none"])
+        .args([
+            "-smp", "2", "-m", "2G", "-nic", "none", "-display", "none", "-monitor", "none",
+        ])
         .args(["-serial", "stdio", "-no-reboot"])
         .arg("-kernel")
         .arg(vmlinuz)
@@ -400,7 +456,10 @@ fn boot(
     if arch == Arch::X86_64 {
         command.args(["-device", "isa-debug-exit"]);
     }
-    command.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     println!("vm-test: {label}: booting ({})", cmd::show(&command));
     let started = Instant::now();
     let mut child = command
@@ -414,14 +473,18 @@ fn boot(
         let tx = tx.clone();
         thread::spawn(move || {
             for line in BufReader::new(stream).split(b'\n').map_while(Result::ok) {
-                if tx.send(String::from_utf8_lossy(&line).into_owned()).is_err() {
+                if tx
+                    .send(String::from_utf8_lossy(&line).into_owned())
+                    .is_err()
+                {
                     break;
                 }
             }
         });
     }
     drop(tx);
-    let mut file = fs::File::create(log).with_context(|| format!("could not create {}", log.display()))?;
+    let mut file =
+        fs::File::create(log).with_context(|| format!("could not create {}", log.display()))?;
     let mut text = String::new();
     let mut timed_out = None;
     loop {
@@ -429,7 +492,10 @@ fn boot(
             Ok(line) => {
                 let line = line.trim_end_matches('\r').to_owned();
                 writeln!(file, "{line}")?;
-                if line.contains(guest::MARK) || line.starts_with("test result:") || line.ends_with("... FAILED") {
+                if line.contains(guest::MARK)
+                    || line.starts_with("test result:")
+                    || line.ends_with("... FAILED")
+                {
                     println!("vm-test: {label}: {}", line.trim());
                 }
                 text.push_str(&line);
@@ -475,19 +541,48 @@ fn watchdog(
     fs::create_dir_all(&dir)?;
     let initrd = dir.join("initrd.cpio");
     let plan = Plan::Watchdog(check);
-    write_initramfs(&initrd, &plan, programs, userland, unpacked, &["softdog"], &dir)?;
+    write_initramfs(
+        &initrd,
+        &plan,
+        programs,
+        userland,
+        unpacked,
+        &["softdog"],
+        &dir,
+    )?;
     let log = dir.join("console.log");
-    let console = boot(qemu, kernel.arch, &unpacked.vmlinuz, &initrd, &log, WATCHDOG_BOOT_TIMEOUT, &format!("watchdog {check:?}"))?;
+    let console = boot(
+        qemu,
+        kernel.arch,
+        &unpacked.vmlinuz,
+        &initrd,
+        &log,
+        WATCHDOG_BOOT_TIMEOUT,
+        &format!("watchdog {check:?}"),
+    )?;
     let report = guest::parse(&console.text);
     let has = |what: &str| report.watchdog.iter().any(|l| l.starts_with(what));
     let result = if !has("armed") {
-        Err(format!("armourd never fed the watchdog (console in {})", log.display()))
+        Err(format!(
+            "armourd never fed the watchdog (console in {})",
+            log.display()
+        ))
     } else if check.expects_reset() {
-        let trigger = if check == Watchdog::Killed { "killed" } else { "given-up" };
+        let trigger = if check == Watchdog::Killed {
+            "killed"
+        } else {
+            "given-up"
+        };
         if !has(trigger) {
-            Err(format!("the guest never reached '{trigger}' (console in {})", log.display()))
+            Err(format!(
+                "the guest never reached '{trigger}' (console in {})",
+                log.display()
+            ))
         } else if has("alive-after") || report.done {
-            Err(format!("the guest was not reset (console in {})", log.display()))
+            Err(format!(
+                "the guest was not reset (console in {})",
+                log.display()
+            ))
         } else {
             Ok(())
         }
@@ -514,7 +609,11 @@ fn print_table(rows: &[Row], full: bool) {
     ];
     let mut lines: Vec<[String; 6]> = vec![header.map(str::to_owned)];
     for row in rows {
-        let time = format!("{}m{:02}s", row.time.as_secs() / 60, row.time.as_secs() % 60);
+        let time = format!(
+            "{}m{:02}s",
+            row.time.as_secs() / 60,
+            row.time.as_secs() % 60
+        );
         let line = match &row.outcome {
             Outcome::Infrastructure(why) => [
                 row.kernel.clone(),
@@ -548,7 +647,13 @@ fn print_table(rows: &[Row], full: bool) {
         lines.push(line);
     }
     let widths: Vec<usize> = (0..6)
-        .map(|i| lines.iter().map(|l| l[i].chars().count()).max().unwrap_or(0))
+        .map(|i| {
+            lines
+                .iter()
+                .map(|l| l[i].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     println!();
     for (n, line) in lines.iter().enumerate() {
@@ -563,7 +668,11 @@ fn print_table(rows: &[Row], full: bool) {
             println!("| {} |", rule.join(" | "));
         }
     }
-    let suite = if full { FULL_SUITE.join(", ") } else { SHORT_SUITE.join(", ") };
+    let suite = if full {
+        FULL_SUITE.join(", ")
+    } else {
+        SHORT_SUITE.join(", ")
+    };
     println!("\nguest suite: {suite}; fallback tests: fallback");
     println!(
         "host-only (need dbus-daemon + dbus-python or systemd, not in the busybox guest; `cargo xtask test` runs them): {}",

@@ -389,7 +389,10 @@ armourd-vm: done
     #[test]
     fn console_gives_counts_failures_and_the_fallback_reason() {
         let report = parse(CONSOLE);
-        assert_eq!(report.kernel.as_deref(), Some("6.1.0-50-cloud-amd64 x86_64"));
+        assert_eq!(
+            report.kernel.as_deref(),
+            Some("6.1.0-50-cloud-amd64 x86_64")
+        );
         assert_eq!(report.ebpf_load, Some(Ok(())));
         assert_eq!((report.ebpf.passed, report.ebpf.failed), (1, 1));
         assert_eq!(report.ebpf.failures, ["restart: ebpf::b"]);
@@ -397,7 +400,9 @@ armourd-vm: done
         assert!(report.proc_connector.ok(), "{:?}", report.proc_connector);
         assert_eq!(
             report.no_btf,
-            Some(Ok("WARN falling back to the proc connector: no BTF".to_owned()))
+            Some(Ok(
+                "WARN falling back to the proc connector: no BTF".to_owned()
+            ))
         );
         assert!(report.done);
     }

@@ -69,7 +69,8 @@ impl Initramfs {
 
     /// Writes the archive to `out`.
     pub fn write(&self, out: &Path) -> Result<()> {
-        let file = File::create(out).with_context(|| format!("could not create {}", out.display()))?;
+        let file =
+            File::create(out).with_context(|| format!("could not create {}", out.display()))?;
         let mut out_w = BufWriter::new(file);
         for (ino, (path, mode, content)) in self.entries.iter().enumerate() {
             let builder = cpio::newc::Builder::new(path)

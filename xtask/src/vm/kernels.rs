@@ -143,7 +143,8 @@ impl Unpacked {
             found.display(),
             String::from_utf8_lossy(&data.stderr)
         );
-        fs::write(&out, data.stdout).with_context(|| format!("could not write {}", out.display()))?;
+        fs::write(&out, data.stdout)
+            .with_context(|| format!("could not write {}", out.display()))?;
         Ok(Some(out))
     }
 }
@@ -189,7 +190,10 @@ impl Apt {
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .is_some_and(|age| age < LISTS_MAX_AGE);
         if !fresh {
-            println!("vm-test: apt-get update (private configuration in {})", apt.dir.display());
+            println!(
+                "vm-test: apt-get update (private configuration in {})",
+                apt.dir.display()
+            );
             let mut update = apt.command("apt-get");
             update.arg("update").arg("-q");
             cmd::run(&mut update).context("could not download Debian's package lists")?;
@@ -258,7 +262,11 @@ impl Apt {
     fn download(&self, packages: &[String], dir: &Path) -> Result<()> {
         fs::create_dir_all(dir).with_context(|| format!("could not create {}", dir.display()))?;
         let mut download = self.command("apt-get");
-        download.current_dir(dir).arg("download").arg("-q").args(packages);
+        download
+            .current_dir(dir)
+            .arg("download")
+            .arg("-q")
+            .args(packages);
         cmd::run(&mut download)
     }
 }
@@ -272,7 +280,10 @@ pub fn fetch(apt: &Apt, kernel: &Kernel) -> Result<Unpacked> {
     let is_kernel_package = |name: &str| {
         ["linux-image-", "linux-binary-", "linux-modules-"]
             .iter()
-            .any(|prefix| name.strip_prefix(prefix).is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit())))
+            .any(|prefix| {
+                name.strip_prefix(prefix)
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+            })
     };
     let mut packages: Vec<String> = Vec::new();
     let mut todo = apt.depends(&meta)?;
@@ -288,18 +299,24 @@ pub fn fetch(apt: &Apt, kernel: &Kernel) -> Result<Unpacked> {
         "{meta} depends on no versioned kernel package: has Debian renamed them?"
     );
     let version = apt.version(&format!("{}:{arch}", packages[0]))?;
-    let root = cache_dir()?.join("kernels").join(format!("{}-{version}", kernel.name));
+    let root = cache_dir()?
+        .join("kernels")
+        .join(format!("{}-{version}", kernel.name));
     let done = root.join(".unpacked");
     if !done.exists() {
-        let debs = cache_dir()?.join("debs").join(format!("{}-{version}", kernel.name));
+        let debs = cache_dir()?
+            .join("debs")
+            .join(format!("{}-{version}", kernel.name));
         let qualified: Vec<String> = packages.iter().map(|p| format!("{p}:{arch}")).collect();
         println!("vm-test: downloading {}", packages.join(" "));
         apt.download(&qualified, &debs)?;
         unpack_all(&debs, &root)?;
         fs::write(&done, "").context("could not mark the kernel unpacked")?;
     }
-    let vmlinuz = find_file(&root, &|name: &str| name == "vmlinuz" || name.starts_with("vmlinuz-"))
-        .with_context(|| format!("no vmlinuz in {}", root.display()))?;
+    let vmlinuz = find_file(&root, &|name: &str| {
+        name == "vmlinuz" || name.starts_with("vmlinuz-")
+    })
+    .with_context(|| format!("no vmlinuz in {}", root.display()))?;
     let modules = find_file(&root, &|name: &str| name == "modules.order")
         .and_then(|order| order.parent().map(Path::to_path_buf))
         .or_else(|| {
@@ -359,7 +376,10 @@ impl Qemu {
         };
         let mut qemu = Command::new(self.root.join("usr/bin").join(program));
         // Its own modules, never the distribution's qemu's (another build).
-        qemu.env("QEMU_MODULE_DIR", self.root.join("usr/lib/x86_64-linux-gnu/qemu"));
+        qemu.env(
+            "QEMU_MODULE_DIR",
+            self.root.join("usr/lib/x86_64-linux-gnu/qemu"),
+        );
         qemu.arg("-L")
             .arg(self.root.join("usr/share/qemu"))
             .arg("-L")
@@ -413,7 +433,11 @@ fn find_file(dir: &Path, wanted: &dyn Fn(&str) -> bool) -> Option<PathBuf> {
 /// Whether `/dev/kvm` can create a virtual machine (it may exist and still
 /// refuse, as in many cloud VMs); only then is `-accel kvm` used.
 pub fn kvm_works() -> bool {
-    let Ok(kvm) = fs::OpenOptions::new().read(true).write(true).open("/dev/kvm") else {
+    let Ok(kvm) = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    else {
         return false;
     };
     use std::os::fd::AsRawFd as _;
@@ -433,7 +457,9 @@ pub fn need(program: &str, package: &str) -> Result<()> {
     let found = std::env::var_os("PATH")
         .is_some_and(|path| std::env::split_paths(&path).any(|dir| dir.join(program).is_file()));
     if !found {
-        bail!("{program} is missing: install the Debian package {package} (`cargo xtask setup` does)");
+        bail!(
+            "{program} is missing: install the Debian package {package} (`cargo xtask setup` does)"
+        );
     }
     Ok(())
 }
@@ -452,7 +478,11 @@ impl Userland {
     /// and the shared libraries of the unpacked packages.
     pub fn add_to(&self, initramfs: &mut super::initramfs::Initramfs) {
         initramfs.copy("/bin/busybox", &self.root.join("bin/busybox"), 0o755);
-        initramfs.copy("/usr/local/bin/setpriv", &self.root.join("usr/bin/setpriv"), 0o755);
+        initramfs.copy(
+            "/usr/local/bin/setpriv",
+            &self.root.join("usr/bin/setpriv"),
+            0o755,
+        );
         for top in ["lib", "lib64", "usr/lib"] {
             self.add_libraries(initramfs, &self.root.join(top));
         }
@@ -512,7 +542,10 @@ pub fn guest_userland(apt: &Apt, arch: Arch) -> Result<Userland> {
             .iter()
             .map(|p| format!("{p}:{debian}/bookworm"))
             .collect();
-        println!("vm-test: downloading the guest's userland ({})", packages.join(" "));
+        println!(
+            "vm-test: downloading the guest's userland ({})",
+            packages.join(" ")
+        );
         let debs = cache_dir()?.join("debs").join(format!("userland-{debian}"));
         apt.download(&packages, &debs)?;
         unpack_all(&debs, &root)?;
