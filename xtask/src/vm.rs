@@ -318,16 +318,20 @@ fn write_initramfs(
             .with_context(|| format!("cargo built no test binary {name}"))?;
         initramfs.copy(&format!("{}/{name}", guest::TESTS_DIR), path, 0o755);
     }
+    // Numbered so that the guest's `insmod` loop loads dependencies first.
+    let mut loaded = 0;
     for module in modules {
-        if let Some(ko) = unpacked.module(module, &dir.join("modules"))? {
-            initramfs.copy(&format!("{}/{module}.ko", guest::MODULES_DIR), &ko, 0o644);
-            if *module == "softdog" {
+        for (name, ko) in unpacked.module_with_deps(module, &dir.join("modules"))? {
+            let base = format!("{}/{loaded:02}-{name}.ko", guest::MODULES_DIR);
+            initramfs.copy(&base, &ko, 0o644);
+            if name == "softdog" {
                 initramfs.file(
-                    &format!("{}/{module}.ko.args", guest::MODULES_DIR),
+                    &format!("{base}.args"),
                     format!("soft_margin={}", guest::SOFT_MARGIN),
                     0o644,
                 );
             }
+            loaded += 1;
         }
     }
     initramfs.write(out)

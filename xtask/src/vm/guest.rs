@@ -169,17 +169,17 @@ fi
 fn watchdog_script(check: Watchdog) -> String {
     let margin = SOFT_MARGIN;
     let wait_past = margin * 3;
-    // A copy of busybox under a name that is no applet of its own, so it
-    // runs `sleep`: the watched service.
+    // A copy of busybox named `busybox-…`, so that it runs the applet of its
+    // first argument (`sleep`): the watched service.
     let entry = match check {
         // Its first crash gives up (state failed): a critical entry down.
-        Watchdog::CriticalGivesUp => "/tmp/wd-service critical critical-grace=1s give-up=1/1m",
-        _ => "/tmp/wd-service",
+        Watchdog::CriticalGivesUp => "/tmp/busybox-service critical critical-grace=1s give-up=1/1m",
+        _ => "/tmp/busybox-service",
     };
     let mut script = format!(
         r#"[ -c /dev/watchdog ] || say watchdog missing
-cp /bin/busybox /tmp/wd-service
-/tmp/wd-service sleep 3600 &
+cp /bin/busybox /tmp/busybox-service
+/tmp/busybox-service sleep 3600 &
 service=$!
 echo "{entry}" > /tmp/watchdog.conf
 /armourd/armourd -c /tmp/watchdog.conf --backend proc-connector --dbus none --watchdog -v > /tmp/armourd.log 2>&1 &

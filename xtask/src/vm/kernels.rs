@@ -149,6 +149,53 @@ impl Unpacked {
     }
 }
 
+impl Unpacked {
+    /// The module `name` and the modules it needs (its `.modinfo`
+    /// `depends=`), dependencies first; empty when it is built in.
+    pub fn module_with_deps(&self, name: &str, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+        let mut order = Vec::new();
+        self.add_module(name, dir, &mut order, 0)?;
+        Ok(order)
+    }
+
+    fn add_module(
+        &self,
+        name: &str,
+        dir: &Path,
+        order: &mut Vec<(String, PathBuf)>,
+        depth: usize,
+    ) -> Result<()> {
+        if depth > 8 || order.iter().any(|(n, _)| n == name) {
+            return Ok(());
+        }
+        let Some(ko) = self.module(name, dir)? else {
+            return Ok(());
+        };
+        let data = fs::read(&ko).with_context(|| format!("could not read {}", ko.display()))?;
+        for dep in modinfo_depends(&data) {
+            self.add_module(&dep, dir, order, depth + 1)?;
+        }
+        order.push((name.to_owned(), ko));
+        Ok(())
+    }
+}
+
+/// The `depends=` list of a module's `.modinfo` strings (NUL-separated
+/// `key=value`), without reading the ELF structure: the key is unique.
+fn modinfo_depends(module: &[u8]) -> Vec<String> {
+    let key = b"\0depends=";
+    let Some(at) = module.windows(key.len()).position(|w| w == key) else {
+        return Vec::new();
+    };
+    let rest = &module[at + key.len()..];
+    let end = rest.iter().position(|&b| b == 0).unwrap_or(rest.len());
+    String::from_utf8_lossy(&rest[..end])
+        .split(',')
+        .filter(|d| !d.is_empty())
+        .map(|d| d.replace('-', "_"))
+        .collect()
+}
+
 /// `~/.cache/armourd/vm`.
 pub fn cache_dir() -> Result<PathBuf> {
     let cache = std::env::var_os("XDG_CACHE_HOME")
