@@ -28,14 +28,16 @@ use armourd_common::{
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{
-        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
-        bpf_probe_read_user_buf,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated,
     },
     macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
     programs::RawTracePointContext,
 };
 use aya_log_ebpf::warn;
+
+// `read_user` masks lengths with `N - 1`.
+const _: () = assert!(ARGS_MAX.is_power_of_two() && ENV_MAX.is_power_of_two());
 
 /// Member offsets of the running kernel, set by the loader.
 #[unsafe(no_mangle)]
@@ -373,6 +375,33 @@ fn file_key(bprm: *const u8) -> Result<FileKey, i32> {
     Ok(FileKey { ino, dev, _pad: 0 })
 }
 
+/// Copies `len` bytes (1 to `N`, a power of two) from the user address
+/// `src` to the start of `dst`. The length reaches the helper masked in the
+/// register it is passed in, from a value the compiler cannot see through:
+/// a bound checked on a copy that was spilled to the stack is lost by the
+/// verifier of kernels before 6.3 (5.10 and 6.1 rejected the program with
+/// "R2 min value is negative"), and the compiler would drop a mask it can
+/// prove redundant.
+#[inline(always)]
+unsafe fn read_user<const N: usize>(
+    src: *const u8,
+    dst: &mut [u8; N],
+    len: usize,
+) -> Result<(), i32> {
+    let below = len.wrapping_sub(1);
+    // SAFETY: a read of a local.
+    let opaque = unsafe { core::ptr::read_volatile(&below) };
+    let size = (opaque & (N - 1)) + 1;
+    // SAFETY: `dst` holds `N` ≥ `size` bytes; the helper checks `src`.
+    let ret =
+        unsafe { generated::bpf_probe_read_user(dst.as_mut_ptr().cast(), size as u32, src.cast()) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(ret as i32)
+    }
+}
+
 #[inline(always)]
 unsafe fn fill_exec(
     record: &mut ExecRecord,
@@ -400,7 +429,7 @@ unsafe fn fill_exec(
     record.args_len = 0;
     if len > 0 && len <= ARGS_MAX {
         // SAFETY: the helper checks the user address.
-        unsafe { bpf_probe_read_user_buf(arg_start as *const u8, &mut record.args[..len])? };
+        unsafe { read_user(arg_start as *const u8, &mut record.args, len)? };
         record.args_len = len as u32;
     }
 
@@ -414,7 +443,7 @@ unsafe fn fill_exec(
     record.env_len = 0;
     if len > 0 && len <= ENV_MAX {
         // SAFETY: as above.
-        unsafe { bpf_probe_read_user_buf(env_start as *const u8, &mut record.env[..len])? };
+        unsafe { read_user(env_start as *const u8, &mut record.env, len)? };
         record.env_len = len as u32;
     }
 

@@ -99,7 +99,10 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         cmd::is_root(),
         "the benchmark runs armourd, which needs root"
     );
-    let built = build_cmd::build(&build_cmd::BuildOptions { debug: false })?;
+    let built = build_cmd::build(&build_cmd::BuildOptions {
+        debug: false,
+        target: None,
+    })?;
     let binary_size = fs::metadata(&built.daemon)?.len();
     let floods = || {
         ROOT_NAMES
