@@ -106,6 +106,10 @@ pub enum EventKind {
     Fork = 2,
     /// The last thread of a watched process ended.
     Exit = 3,
+    /// armourd's own child executed a watched file: a restart reaching its
+    /// program. armourd knows what it started, so the record is short
+    /// ([`SpawnedRecord`]): a burst of restarts fits the ring buffer.
+    Spawned = 4,
 }
 
 impl EventKind {
@@ -115,6 +119,7 @@ impl EventKind {
             1 => Some(Self::Exec),
             2 => Some(Self::Fork),
             3 => Some(Self::Exit),
+            4 => Some(Self::Spawned),
             _ => None,
         }
     }
@@ -154,6 +159,19 @@ pub struct ForkRecord {
     /// The forking process.
     pub parent_tgid: u32,
     pub _pad: u32,
+}
+
+/// A child of armourd executed a watched file (see [`EventKind::Spawned`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpawnedRecord {
+    pub header: Header,
+    /// The executed file's key in the map of watched files.
+    pub file: FileKey,
+    /// Real user id.
+    pub uid: u32,
+    /// Real group id.
+    pub gid: u32,
 }
 
 /// `ExecRecord::flags`: the argument area did not fit into [`ARGS_MAX`] bytes.
@@ -230,6 +248,7 @@ pub struct Offsets {
     pub task_start_boottime: u32,
     pub task_mm: u32,
     pub task_real_cred: u32,
+    pub task_real_parent: u32,
     pub cred_uid: u32,
     pub cred_gid: u32,
     pub signal_live: u32,
@@ -268,6 +287,9 @@ mod pod {
     unsafe impl aya::Pod for super::ExitRecord {}
     // SAFETY: as for ExitRecord.
     unsafe impl aya::Pod for super::ForkRecord {}
+    // SAFETY: repr(C), Copy, a Header, a FileKey and two u32 (48 bytes,
+    // asserted below, no padding): every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::SpawnedRecord {}
 }
 
 const _: () = {
@@ -276,7 +298,8 @@ const _: () = {
     assert!(core::mem::size_of::<ForkRecord>() == 32);
     assert!(core::mem::size_of::<FileKey>() == 16);
     assert!(core::mem::size_of::<ExecRecord>() == 24 + 16 + 24 + FILENAME_MAX + ARGS_MAX + ENV_MAX);
-    assert!(core::mem::size_of::<Offsets>() == 22 * 4);
+    assert!(core::mem::size_of::<Offsets>() == 23 * 4);
+    assert!(core::mem::size_of::<SpawnedRecord>() == 24 + 16 + 8);
     assert!(core::mem::offset_of!(ExitRecord, status) == 24);
     assert!(core::mem::offset_of!(ExecRecord, filename) == 64);
 };

@@ -16,9 +16,11 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+mod bus_link;
 mod hooks;
 mod latency;
 mod notices;
+mod persist;
 mod reload;
 mod requests;
 mod spawner;
@@ -83,6 +85,8 @@ pub struct Daemon {
     requests: Option<Requests>,
     /// The hardware watchdog and the service manager.
     upkeep: Upkeep,
+    /// The state file that armourd's own restart reads back.
+    keeper: persist::Keeper,
 }
 
 /// Runs armourd until SIGTERM or SIGINT, answering requests as
@@ -95,8 +99,9 @@ pub async fn run_service(
     config_path: Option<PathBuf>,
     choice: Backend,
     answering: Answering,
-    service: Service,
+    mut service: Service,
 ) -> Result<(), DaemonError> {
+    let keeper = persist::Keeper::new(service.state_dir.take());
     let engine = Engine::start(choice)?;
     let requests = requests::start(answering, engine.kind()).await;
     let mut daemon = Daemon {
@@ -112,9 +117,11 @@ pub async fn run_service(
         entries_changed: false,
         requests,
         upkeep: Upkeep::new(service, Instant::now()),
+        keeper,
     };
     daemon.install_marks();
     daemon.adopt(None);
+    daemon.restore_state();
     let mut dirs = DirWatch::new()
         .map_err(|e| setup("an inotify instance", e.into()))
         .and_then(|d| {
@@ -166,6 +173,7 @@ impl Daemon {
                 self.unheld.due(),
                 self.upkeep.next_deadline(),
                 self.hooks.next_deadline(),
+                self.keeper.due(),
             ]
             .into_iter()
             .flatten()
@@ -234,7 +242,9 @@ impl Daemon {
             }
             // Here and not in the sleep arm, which a flood of events would starve.
             self.upkeep_tick();
+            self.keep_state(false);
         }
+        self.keep_state(true);
         self.upkeep.status("stopping");
         log::info!(
             "stopping; {} watched processes keep running",
@@ -307,6 +317,9 @@ impl Daemon {
     /// Carries out `actions` and whatever they lead to. Notices are logged
     /// last, in order, so that no log write delays a restart.
     fn apply(&mut self, actions: Vec<Action>) {
+        if !actions.is_empty() {
+            self.keeper.changed();
+        }
         let mut queue = VecDeque::from(actions);
         let mut notices = Vec::new();
         let mut hooks = Vec::new();

@@ -12,6 +12,7 @@ pub use crate::{
     procfs::{
         clock_ticks_per_second, parse_stat, parse_status, parse_task_state, stdio_target, FdKind,
     },
+    state::{parse as parse_state, render as render_state, StateError, VERSION as STATE_VERSION},
 };
 
 /// Turns one eBPF ring buffer record into an event, as the eBPF backend

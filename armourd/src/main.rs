@@ -127,6 +127,7 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
         watchdog,
         notifier: service::Notifier::from_env(),
         detached,
+        state_dir: Some(args.state_dir.clone()),
     };
     let control_socket = match &args.control_socket {
         Some(path) if path.as_os_str() == "none" => None,

@@ -347,6 +347,7 @@ pub fn capture(pid: u32, exe: PathBuf, known: Known) -> Result<LaunchSpec, Procf
         umask: status.umask,
         stdio,
         session_leader: stat.session == pid,
+        place: crate::place::Place::default(),
     })
 }
 

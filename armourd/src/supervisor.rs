@@ -16,6 +16,7 @@ use std::{
 use crate::{launch::LaunchSpec, logging::error_chain, spawn::SpawnError, status::ExitStatus};
 
 mod exit;
+mod keep;
 mod policy;
 mod restart;
 mod types;
@@ -163,7 +164,12 @@ impl Supervisor {
         if let Some(&id) = self.by_pid.get(&pid) {
             let instance = &mut self.instances.get_mut(&id).expect("indexed instance");
             match instance.leader {
-                Some(leader) if leader.pid == pid && leader.same_start(exec.proc.start) => {
+                Some(leader)
+                    if leader.pid == pid
+                        && leader.same_start(exec.proc.start)
+                        && instance.entry == exec.entry
+                        && instance.spec.exe == exec.spec.exe =>
+                {
                     // Our own restart reaching its exec, or the program
                     // executing itself again: the same instance.
                     instance.leader = Some(exec.proc);
@@ -175,6 +181,12 @@ impl Supervisor {
                         instance.adopted = false;
                     }
                     return actions;
+                }
+                Some(leader) if leader.pid == pid && leader.same_start(exec.proc.start) => {
+                    // The leader executed another watched program: it is an
+                    // instance of that one now. The one it was is over,
+                    // not crashed: its command is not what runs there.
+                    actions.extend(self.leave(pid, Some("it executed another watched program")));
                 }
                 Some(leader) if leader.pid == pid => {
                     // The pid was recycled while its end went unseen.

@@ -23,7 +23,10 @@ pub fn demo() -> Result<()> {
         cmd::is_root(),
         "the demo runs armourd, which needs root; run it as root (e.g. `sudo -E cargo xtask demo`)"
     );
-    let built = build_cmd::build(&build_cmd::BuildOptions { debug: false })?;
+    let built = build_cmd::build(&build_cmd::BuildOptions {
+        debug: false,
+        target: None,
+    })?;
     Demo::new()?.show(&built.daemon)
 }
 

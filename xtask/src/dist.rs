@@ -50,7 +50,10 @@ pub struct Item {
 
 /// Builds, then installs.
 pub fn install(options: &InstallOptions) -> Result<()> {
-    let built = build_cmd::build(&build_cmd::BuildOptions { debug: false })?;
+    let built = build_cmd::build(&build_cmd::BuildOptions {
+        debug: false,
+        target: None,
+    })?;
     let root = options
         .destdir
         .clone()

@@ -21,7 +21,10 @@ pub fn test(options: TestOptions) -> Result<()> {
              run `cargo xtask test` as root (e.g. `sudo -E cargo xtask test`)"
         );
     }
-    let built = build_cmd::build(&build_cmd::BuildOptions { debug: false })?;
+    let built = build_cmd::build(&build_cmd::BuildOptions {
+        debug: false,
+        target: None,
+    })?;
     let mut cargo = cmd::cargo();
     cargo
         .current_dir(cmd::workspace_root())

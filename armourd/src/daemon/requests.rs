@@ -17,12 +17,13 @@ use std::{
 use tokio::sync::mpsc;
 
 use super::{
-    watching::{alive, capture},
+    bus_link,
+    watching::{alive, capture, capture_place},
     Daemon,
 };
 use crate::{
     backend::Backend,
-    dbus::{self, ControlSocket, Incoming, ProcessInfo, Refusal, Request, Service},
+    dbus::{self, ControlSocket, Incoming, ProcessInfo, Refusal, Request},
     logging::error_chain,
     procfs,
     supervisor::{Action, Exec, InstanceView, ProcId, State},
@@ -82,7 +83,9 @@ pub struct Requests {
 }
 
 /// Serves armourd on the bus and the control socket `answering` names;
-/// one warning for each that cannot be served, and `None` when neither can.
+/// one warning for each that cannot be served, and `None` when neither is
+/// asked for. A bus that cannot be reached, or goes away later, is
+/// connected to again in the background (see `bus_link`).
 pub async fn start(answering: Answering, backend: Backend) -> Option<Requests> {
     let (queues, incoming) = dbus::queues();
     let control = match &answering.control_socket {
@@ -95,58 +98,35 @@ pub async fn start(answering: Answering, backend: Backend) -> Option<Requests> {
         },
         None => None,
     };
-    let service = match answering.bus {
-        Some(bus) => match Service::start(bus, backend.name(), queues).await {
-            Ok(service) => Some(service),
-            Err(err) => {
-                // zbus repeats its cause in its own text: one level is enough.
-                let cause = std::error::Error::source(&err).map(|c| format!(": {c}"));
-                log::warn!(
-                    "D-Bus unavailable ({err}{}); running without it",
-                    cause.unwrap_or_default()
-                );
-                None
-            }
-        },
-        None => None,
-    };
-    if service.is_none() && control.is_none() {
+    if answering.bus.is_none() && control.is_none() {
         return None;
     }
     let (signals, mut outgoing) = mpsc::channel(SIGNAL_QUEUE);
-    tokio::spawn(async move {
-        while let Some(signal) = outgoing.recv().await {
-            // Without the bus, signals have nowhere to go.
-            let Some(service) = &service else { continue };
-            match signal {
-                DbusSignal::Exited {
-                    pid,
-                    exe,
-                    code,
-                    signal,
-                    core_dumped,
-                    will_restart,
-                } => {
-                    service
-                        .process_exited(pid, &exe, code, signal, core_dumped, will_restart)
-                        .await
+    match answering.bus {
+        Some(bus) => {
+            let service = match bus_link::connect(bus, backend.name(), queues.clone()).await {
+                Ok(service) => Some(service),
+                Err(reason) => {
+                    log::warn!(
+                        "D-Bus unavailable ({reason}); running without it, and connecting in \
+                         the background"
+                    );
+                    None
                 }
-                DbusSignal::Restarted {
-                    old_pid,
-                    new_pid,
-                    exe,
-                    restarts,
-                } => {
-                    service
-                        .process_restarted(old_pid, new_pid, &exe, restarts)
-                        .await
-                }
-                DbusSignal::Failed { pid, exe, crashes } => {
-                    service.process_failed(pid, &exe, crashes).await
-                }
-            }
+            };
+            tokio::spawn(bus_link::run(
+                bus,
+                backend.name(),
+                queues,
+                service,
+                outgoing,
+            ));
         }
-    });
+        // Without a bus, signals have nowhere to go.
+        None => drop(tokio::spawn(async move {
+            while outgoing.recv().await.is_some() {}
+        })),
+    }
     Some(Requests {
         incoming,
         _control: control,
@@ -210,6 +190,12 @@ impl Daemon {
                 reply,
             } => {
                 let result = self.watch_request(pid, caller_uid);
+                if result.is_ok() {
+                    let watched = self.supervisor.instances().find(|v| v.pid as i32 == pid);
+                    if let Some(view) = watched {
+                        self.keeper.watched_by(view.id, caller_uid);
+                    }
+                }
                 self.note("watch", caller_uid, code_only, &result);
                 drop(reply.send(result));
             }
@@ -224,7 +210,10 @@ impl Daemon {
                 drop(reply.send(result));
             }
             Request::Processes { reply } => drop(reply.send(self.processes())),
-            Request::Reset { target, reply } => drop(reply.send(self.reset(&target))),
+            Request::Reset { target, reply } => {
+                self.keeper.changed();
+                let _ = reply.send(self.reset(&target));
+            }
             Request::Reload { reply } => {
                 log::info!("reloading the configuration on request (D-Bus)");
                 // The D-Bus answer: the errors' text, none when it was applied.
@@ -261,7 +250,7 @@ impl Daemon {
         }
     }
 
-    fn watch_request(&mut self, pid: i32, caller_uid: u32) -> Result<(), Refusal> {
+    pub(super) fn watch_request(&mut self, pid: i32, caller_uid: u32) -> Result<(), Refusal> {
         let no_such = Refusal::NoSuchProcess { pid };
         let failed = |reason: &str| Refusal::Failed {
             pid,
@@ -307,6 +296,9 @@ impl Daemon {
             pid: id,
             start: Some(stat.start_ticks),
         };
+        // Where it runs, before anything is held: a process armourd could
+        // not restart there is refused.
+        capture_place(id, false).map_err(|err| failed(&error_chain(&err)))?;
         // The kernel filter first: a watch it cannot hold (no room left,
         // `FilterError::Full`) is refused, never reported as held.
         if let Err(err) = self.engine.watch(id) {
@@ -321,7 +313,13 @@ impl Daemon {
             argv: Some(argv.clone()),
             ..procfs::Known::default()
         };
-        let (spec, leads_group) = capture(id, exe, known, argv);
+        let (spec, leads_group) = match capture(id, exe, known, argv, false) {
+            Ok(captured) => captured,
+            Err(err) => {
+                self.engine.unwatch(id);
+                return Err(failed(&error_chain(&err)));
+            }
+        };
         let exec = Exec {
             proc,
             entry: None,

@@ -10,6 +10,7 @@ use crate::{
     backend::{ExecEvent, FilterError},
     launch::LaunchSpec,
     logging::error_chain,
+    place::{self, Place, PlaceError},
     procfs,
     race::{self, Adopted},
     status::ExitStatus,
@@ -62,12 +63,24 @@ impl Daemon {
             uid: exec.uid,
             gid: exec.gid,
         };
-        let (spec, leads_group) = capture(pid, exe, known, argv);
+        let (spec, leads_group) =
+            match capture(pid, exe.clone(), known, argv, script_argv.is_some()) {
+                Ok(captured) => captured,
+                Err(err) => {
+                    not_watched(pid, &exe, &err);
+                    return self.supervisor.exec_other(pid);
+                }
+            };
+        // A watch with no start time would pass for a restart of armourd's
+        // whose exec is still to come (`awaits_exec`), and a later exec of
+        // another watched program would be taken for that: the proc
+        // connector does not say the start time of a process it did not
+        // watch yet.
+        let start = exec
+            .start
+            .or_else(|| procfs::stat(pid).ok().map(|stat| stat.start_ticks));
         let exec = Exec {
-            proc: ProcId {
-                pid,
-                start: exec.start,
-            },
+            proc: ProcId { pid, start },
             entry: Some(entry),
             spec,
             leads_group,
@@ -100,12 +113,19 @@ impl Daemon {
                 self.apply(actions);
                 continue;
             }
+            let script = script_argv.is_some();
             let argv = strip_interpreter(argv, script_argv);
             let known = procfs::Known {
                 argv: Some(argv.clone()),
                 ..procfs::Known::default()
             };
-            let (spec, leads_group) = capture(pid, path, known, argv);
+            let (spec, leads_group) = match capture(pid, path.clone(), known, argv, script) {
+                Ok(captured) => captured,
+                Err(err) => {
+                    not_watched(pid, &path, &err);
+                    continue;
+                }
+            };
             let exec = Exec {
                 proc: ProcId { pid, start },
                 entry: Some(entry),
@@ -217,8 +237,56 @@ fn strip_interpreter(argv: Vec<OsString>, script_argv: Option<usize>) -> Vec<OsS
 }
 
 /// Captures a process's launch context; for a process that is already gone,
-/// what the kernel reported and safe defaults.
+/// what the kernel reported and safe defaults. An error: the process
+/// cannot be restarted where it runs, so it must not be watched.
 pub(super) fn capture(
+    pid: u32,
+    exe: std::path::PathBuf,
+    known: procfs::Known,
+    argv: Vec<OsString>,
+    script: bool,
+) -> Result<(LaunchSpec, bool), PlaceError> {
+    let place = capture_place(pid, script)?;
+    if !place.namespaces.is_empty() || place.cgroup.is_some() {
+        log::debug!("pid {pid} runs in {place:?}");
+    }
+    let (spec, leads_group) = capture_spec(pid, exe, known, argv);
+    Ok((LaunchSpec { place, ..spec }, leads_group))
+}
+
+/// Where process `pid` runs (namespaces, cgroup).
+pub(super) fn capture_place(pid: u32, script: bool) -> Result<Place, PlaceError> {
+    match Place::of(pid) {
+        Ok(mut place) => {
+            if script {
+                // Executed again by the path it was run with, which is
+                // its own path already: the kernel's link names the
+                // interpreter.
+                place.exe = None;
+            }
+            Ok(place)
+        }
+        // Gone within microseconds of its exec: its namespaces are beyond
+        // reach, but its status (a zombie's too) says whether it ran in
+        // another pid namespace. Nothing says so: armourd's, as ever.
+        Err(PlaceError::Gone { .. }) if place::pid_depth(pid).is_none_or(|depth| depth <= 1) => {
+            Ok(Place::default())
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Logs that `pid` is not watched because of `err`.
+fn not_watched(pid: u32, exe: &std::path::Path, err: &PlaceError) {
+    log::warn!(
+        "pid {pid} ({}) is NOT watched: {}",
+        exe.display(),
+        error_chain(err)
+    );
+}
+
+/// The launch context of `pid` (see [`capture`]).
+fn capture_spec(
     pid: u32,
     exe: std::path::PathBuf,
     known: procfs::Known,

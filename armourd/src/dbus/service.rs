@@ -11,6 +11,8 @@ pub struct Service {
     warned: AtomicBool,
     /// The connection that serves [`ROOT_BUS_NAME`], if it could.
     _root: Option<Connection>,
+    /// The connection that serves [`BUS_NAME`].
+    conn: Connection,
 }
 
 impl Service {
@@ -44,6 +46,12 @@ impl Service {
             }
         }
         Ok(service)
+    }
+
+    /// Returns once the bus connection is gone (the bus daemon ended or
+    /// restarted): the names are lost with it.
+    pub async fn closed(&self) {
+        self.conn.closed().await
     }
 
     /// Emits `ProcessExited`.
@@ -124,6 +132,7 @@ pub(super) async fn serve(
         emitter: emitter.into_owned(),
         warned: AtomicBool::new(false),
         _root: None,
+        conn,
     })
 }
 

@@ -171,6 +171,18 @@ fn watch_dirs_cover_missing_parents_and_wildcard_levels() {
 }
 
 #[test]
+fn a_glob_prefix_is_watched_by_its_name_in_the_folder_above() {
+    let dir = TestDir::new();
+    fs::create_dir_all(dir.path().join("apps")).unwrap();
+    let config = dir.config("@/apps/*/bin/*\n@/gone/*\n@/apps/x\n");
+    assert_eq!(
+        prefix_parents(&config),
+        [(dir.path().to_path_buf(), OsString::from("apps"))],
+        "a missing prefix has its nearest folder watched whole instead; a path has none"
+    );
+}
+
+#[test]
 fn recursive_glob_never_follows_a_directory_symlink() {
     let dir = TestDir::new();
     let a = dir.file("bin/a", "\x7fELF", 0o755);

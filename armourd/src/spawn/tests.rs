@@ -296,6 +296,7 @@ fn a_captured_spec_is_reproduced_by_spawn() {
             StdioTarget::Null,
         ],
         session_leader: true,
+        place: Default::default(),
     };
     let pid = spawn(&spec, &ChildSlot::default()).unwrap();
     wait_for_cmdline(pid);
@@ -379,4 +380,83 @@ fn a_fifo_in_place_of_a_log_file_becomes_dev_null() {
     let pid = spawn(&spec, &ChildSlot::default()).expect("no reader needed");
     assert_eq!(wait(pid), 0);
     assert_eq!(fs::read_to_string(result).unwrap().trim(), "/dev/null");
+}
+
+/// The first child of `pid` (`/proc/PID/task/PID/children`), once it has one.
+fn first_child(pid: u32) -> u32 {
+    for _ in 0..500 {
+        let text = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+        if let Some(child) = text.split_whitespace().next() {
+            return child.parse().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{pid} has no child");
+}
+
+fn ns_link(pid: u32, kind: &str) -> PathBuf {
+    fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
+}
+
+#[test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root: makes namespaces and a cgroup and joins them (run as root, or `cargo xtask test`)"
+)]
+fn a_restart_runs_in_the_namespaces_and_cgroup_the_process_ran_in() {
+    let dir = temp_dir("place");
+    let out = dir.join("out");
+    // A container of sorts: its own hostname, pid numbers and mounts.
+    let mut container = std::process::Command::new("unshare")
+        .args(["--uts", "--pid", "--mount", "--fork", "--kill-child"])
+        .args(["sh", "-c", "hostname inside-ns && exec sleep 60"])
+        .spawn()
+        .expect("unshare (util-linux)");
+    let init = first_child(container.id());
+    wait_for_cmdline(init);
+    let cgroup = crate::place::tests_cgroup("spawn-place");
+    fs::write(cgroup.join("cgroup.procs"), init.to_string()).unwrap();
+    let place = crate::place::Place::of(init).unwrap();
+    let kinds: Vec<_> = place.namespaces.iter().map(|j| j.kind).collect();
+    assert_eq!(kinds, ["uts", "pid", "mnt"]);
+    assert_eq!(place.cgroup.as_deref(), Some(cgroup.as_path()));
+    let script = format!(
+        "cat /proc/sys/kernel/hostname > {out}; echo $$ >> {out}; exec sleep 60",
+        out = out.display()
+    );
+    // The place of `sleep`, whose path the restart would execute.
+    assert!(place.exe.as_ref().is_some_and(|exe| exe.ends_with("sleep")));
+    let spec = LaunchSpec {
+        place: crate::place::Place { exe: None, ..place },
+        ..sh(&script)
+    };
+    let pid = spawn(&spec, &ChildSlot::default()).unwrap();
+    // The shell writes its lines, then executes sleep.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut text = String::new();
+    while text.lines().count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        text = fs::read_to_string(&out).unwrap_or_default();
+    }
+    let (pid_ns, mnt_ns) = (ns_link(pid, "pid"), ns_link(pid, "mnt"));
+    let cgroup_of = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    // SAFETY: our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait(pid);
+    assert_eq!(
+        (pid_ns, mnt_ns),
+        (ns_link(init, "pid"), ns_link(init, "mnt"))
+    );
+    let _ = container.kill();
+    let _ = container.wait();
+    let name = cgroup.file_name().unwrap().to_str().unwrap();
+    assert!(cgroup_of.contains(name), "{cgroup_of}");
+    let _ = fs::remove_dir(&cgroup);
+    fs::remove_dir_all(&dir).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "inside-ns");
+    assert!(
+        lines[1].parse::<u32>().unwrap() < 10,
+        "a pid of the namespace: {text}"
+    );
 }

@@ -175,6 +175,40 @@ fn exec_seen_after_adoption_replaces_the_spec_read_from_proc() {
 }
 
 #[test]
+fn watched_program_executing_another_watched_program_is_an_instance_of_the_second() {
+    let mut s = Supervisor::new(vec![Policy::default(), Policy::default()]);
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    let bard = LaunchSpec::minimal(
+        PathBuf::from("/usr/sbin/bard"),
+        vec![OsString::from("bard"), OsString::from("-x")],
+    );
+    let second = Exec {
+        entry: Some(1),
+        spec: bard.clone(),
+        ..exec(100, 7, false)
+    };
+    let actions = s.exec(second, t);
+    assert!(actions.contains(&Action::Notify(Notice::Unwatched {
+        pid: 100,
+        exe: PathBuf::from("/usr/sbin/food"),
+        reason: "it executed another watched program",
+    })));
+    assert!(actions.contains(&Action::Watch(100)));
+    let views: Vec<_> = s.instances().map(|v| (v.pid, v.spec.exe.clone())).collect();
+    assert_eq!(views, [(100, PathBuf::from("/usr/sbin/bard"))]);
+    let actions = s.exit(100, Some(7), SEGV, t);
+    let restarts: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn { spec, .. } => Some((**spec).clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(restarts, [bard]);
+}
+
+#[test]
 fn failed_restart_is_retried_later_through_the_backoff() {
     let mut s = supervisor();
     let t = Instant::now();

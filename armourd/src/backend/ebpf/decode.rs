@@ -2,7 +2,9 @@
 
 use std::{ffi::OsStr, os::unix::ffi::OsStrExt};
 
-use armourd_common::{EventKind, ExecRecord, ExitRecord, ForkRecord, Header, EXEC_INTERPRETER};
+use armourd_common::{
+    EventKind, ExecRecord, ExitRecord, ForkRecord, Header, SpawnedRecord, EXEC_INTERPRETER,
+};
 
 use crate::{
     backend::{Event, ExecEvent},
@@ -41,6 +43,19 @@ pub(crate) fn decode(bytes: &[u8], ns_per_tick: u64) -> Option<Event> {
             }
         }
         EventKind::Exec => Event::Exec(decode_exec(bytes, start)?),
+        EventKind::Spawned => {
+            // What armourd started: the spawner has its command line.
+            let record: SpawnedRecord = read(bytes)?;
+            Event::Exec(ExecEvent {
+                pid: header.tgid,
+                start,
+                file: Some(record.file),
+                uid: Some(record.uid),
+                gid: Some(record.gid),
+                ktime_ns: Some(header.ktime_ns),
+                ..ExecEvent::default()
+            })
+        }
     })
 }
 
@@ -153,5 +168,24 @@ mod tests {
         };
         assert_eq!(exec.argv, Some(vec!["sh".into(), "x".into()]));
         assert_eq!(exec.filename, None, "only an interpreter's is reported");
+    }
+
+    #[test]
+    fn a_restarts_short_record_is_its_exec_without_a_command_line() {
+        let record = SpawnedRecord {
+            header: header(EventKind::Spawned, 77),
+            file: FileKey::new(3, 8, 1),
+            uid: 0,
+            gid: 0,
+        };
+        let Some(Event::Exec(exec)) = decode(bytes_of(&record), 1_000) else {
+            panic!("not an exec");
+        };
+        assert_eq!(
+            (exec.pid, exec.start, exec.ktime_ns),
+            (77, Some(3), Some(42))
+        );
+        assert_eq!(exec.file, Some(FileKey::new(3, 8, 1)));
+        assert!(exec.argv.is_none() && exec.env.is_none());
     }
 }

@@ -69,6 +69,7 @@ pub(super) fn load_object(
     let mut ebpf = EbpfLoader::new()
         .btf(None)
         .override_global("OFFSETS", offsets, true)
+        .override_global("DAEMON_TGID", &std::process::id(), true)
         .map_max_entries("AYA_LOGS", log_bytes)
         .load(object)
         .map_err(EbpfError::Load)?;
