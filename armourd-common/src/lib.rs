@@ -273,10 +273,23 @@ pub const SIGNAL_GROUP_EXIT: u32 = 0x4;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are repr(C), Copy, made of integers and integer
-    // arrays with explicit padding: every bit pattern is a valid value.
+    // SAFETY: repr(C), Copy, integers with explicit padding: every bit
+    // pattern is a valid value.
     unsafe impl aya::Pod for super::FileKey {}
+    // SAFETY: repr(C), Copy, an array of integers: every bit pattern is a
+    // valid value.
     unsafe impl aya::Pod for super::Offsets {}
+    // SAFETY: repr(C), Copy, integers only (24 bytes, asserted below, no
+    // padding): every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::Header {}
+    // SAFETY: repr(C), Copy, a Header and integers with explicit padding:
+    // every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::ExitRecord {}
+    // SAFETY: as for ExitRecord.
+    unsafe impl aya::Pod for super::ForkRecord {}
+    // SAFETY: repr(C), Copy, a Header, a FileKey and two u32 (48 bytes,
+    // asserted below, no padding): every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::SpawnedRecord {}
 }
 
 const _: () = {
@@ -307,12 +320,85 @@ mod tests {
             status: 0x300,
             _pad: 0,
         };
+        // SAFETY: ExitRecord is repr(C), 32 bytes (asserted above), integers only: its bytes are plain data.
         let bytes: [u8; 32] = unsafe { core::mem::transmute(record) };
         assert_eq!(&bytes[0..4], &3u32.to_ne_bytes());
         assert_eq!(&bytes[4..8], &4242u32.to_ne_bytes());
         assert_eq!(&bytes[24..28], &0x300u32.to_ne_bytes());
+        // SAFETY: 32 bytes hold an ExitRecord, all of whose bit patterns are valid; the read is unaligned.
         let back: ExitRecord = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
         assert_eq!(back, record);
+    }
+
+    /// The bytes of `value`, as the kernel half writes them.
+    fn bytes_of<T: Copy>(value: &T) -> &[u8] {
+        // SAFETY: `value` is borrowed for the slice's lifetime; the records
+        // are repr(C) integers with explicit padding, so every byte is
+        // initialised.
+        unsafe {
+            core::slice::from_raw_parts((value as *const T).cast::<u8>(), core::mem::size_of::<T>())
+        }
+    }
+
+    /// A `T` read back from `bytes`, as the daemon reads a record.
+    fn read_back<T: Copy>(bytes: &[u8]) -> T {
+        assert_eq!(bytes.len(), core::mem::size_of::<T>());
+        // SAFETY: as many bytes as a T, which is plain integers: every bit
+        // pattern is valid; the read is unaligned.
+        unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) }
+    }
+
+    #[test]
+    fn fork_record_round_trips_through_bytes() {
+        let record = ForkRecord {
+            header: Header {
+                kind: EventKind::Fork as u32,
+                tgid: 4243,
+                start_boottime_ns: 5,
+                ktime_ns: 6,
+            },
+            parent_tgid: 4242,
+            _pad: 0,
+        };
+        let bytes = bytes_of(&record);
+        assert_eq!(&bytes[0..4], &(EventKind::Fork as u32).to_ne_bytes());
+        assert_eq!(&bytes[4..8], &4243u32.to_ne_bytes());
+        assert_eq!(&bytes[24..28], &4242u32.to_ne_bytes());
+        assert_eq!(read_back::<ForkRecord>(bytes), record);
+    }
+
+    #[test]
+    fn exec_record_round_trips_through_bytes() {
+        let mut record = ExecRecord {
+            header: Header {
+                kind: EventKind::Exec as u32,
+                tgid: 77,
+                start_boottime_ns: 8,
+                ktime_ns: 9,
+            },
+            file: FileKey::new(12, 8, 1),
+            uid: 1000,
+            gid: 100,
+            flags: EXEC_INTERPRETER | EXEC_ENV_TRUNCATED,
+            args_len: 8,
+            env_len: 4,
+            filename_len: 5,
+            filename: [0; FILENAME_MAX],
+            args: [0; ARGS_MAX],
+            env: [0; ENV_MAX],
+        };
+        record.filename[..5].copy_from_slice(b"/a/sh");
+        record.args[..8].copy_from_slice(b"sh\0-c\0x\0");
+        record.env[..4].copy_from_slice(b"A=1\0");
+        let bytes = bytes_of(&record);
+        assert_eq!(&bytes[4..8], &77u32.to_ne_bytes());
+        assert_eq!(&bytes[24..32], &12u64.to_ne_bytes());
+        assert_eq!(&bytes[40..44], &1000u32.to_ne_bytes());
+        assert_eq!(&bytes[64..69], b"/a/sh");
+        let args = 64 + FILENAME_MAX;
+        assert_eq!(&bytes[args..args + 8], b"sh\0-c\0x\0");
+        assert_eq!(&bytes[args + ARGS_MAX..args + ARGS_MAX + 4], b"A=1\0");
+        assert_eq!(read_back::<ExecRecord>(bytes), record);
     }
 
     #[test]

@@ -41,6 +41,8 @@ const _: () = assert!(ARGS_MAX.is_power_of_two() && ENV_MAX.is_power_of_two());
 
 /// Member offsets of the running kernel, set by the loader.
 #[unsafe(no_mangle)]
+// SAFETY: Offsets is integers only, so all zeroes is a valid value (the
+// loader overrides it before any program runs).
 static OFFSETS: Offsets = unsafe { core::mem::zeroed() };
 
 /// armourd's process id, set by the loader: the execs of its children (its

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use super::backend::Backend;
+
 /// `--state-dir` when not given: emptied at each boot, like the state.
 pub const DEFAULT_STATE_DIR: &str = "/run/armourd";
 
@@ -28,7 +30,7 @@ pub struct Args {
     pub backend: Backend,
     /// Message bus to answer on
     #[arg(long, value_enum, default_value = "system")]
-    pub dbus: Bus,
+    pub dbus: Dbus,
     /// Root's control socket: the D-Bus interface without the bus, for
     /// root alone; `none` for none [default with --dbus system: /run/armourd/control]
     #[arg(long, value_name = "PATH")]
@@ -63,17 +65,9 @@ pub struct Args {
     pub watchdog_timeout: Option<u32>,
 }
 
-/// `--backend`.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Backend {
-    Auto,
-    Ebpf,
-    ProcConnector,
-}
-
-/// `--dbus`.
+/// `--dbus`: which bus to answer on, or none.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum Bus {
+pub enum Dbus {
     System,
     Session,
     None,

@@ -20,7 +20,9 @@ use crate::launch::{split_nul, LaunchSpec, StdioTarget};
 
 mod ending;
 
-pub use ending::{ending, live_threads, parse_task_state, Ending, TaskState};
+#[cfg(any(test, fuzzing))]
+pub use ending::parse_task_state;
+pub use ending::{ending, live_threads, Ending};
 
 /// Why something about a process could not be read.
 #[derive(thiserror::Error, Debug)]

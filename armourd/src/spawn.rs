@@ -505,14 +505,17 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
 /// the mount namespace last (it changes the child's root and working
 /// directory). Only system calls on descriptors opened before the clone.
 fn enter_place(p: &Prepared) -> Result<(), Failure> {
-    // SAFETY (both blocks): system calls on live descriptors and a static buffer.
     if let Some(procs) = &p.cgroup_procs {
         // "0" moves the writer itself.
+        // SAFETY: a live descriptor, opened before the clone, and one byte
+        // of a static buffer.
         let written = unsafe { libc::write(procs.as_raw_fd(), c"0".as_ptr().cast(), 1) };
         check("join the cgroup", written as libc::c_long)?;
     }
     for &(fd, flag) in &p.namespaces {
-        check(setns_step(flag), unsafe { libc::setns(fd, flag) }.into())?;
+        // SAFETY: a live namespace descriptor, opened before the clone.
+        let joined = unsafe { libc::setns(fd, flag) };
+        check(setns_step(flag), joined.into())?;
     }
     Ok(())
 }
@@ -598,16 +601,20 @@ const DUP_STEPS: [&str; 3] = ["dup2 stdin", "dup2 stdout", "dup2 stderr"];
 /// The steps of the child in order; returns only on failure. Only
 /// async-signal-safe calls, no allocation, nothing that can panic.
 fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
-    // SAFETY (all blocks in this function): system calls on pointers into
+    // Every call below is a system call on numbers or on pointers into
     // `p`, which outlives the child's use of it; none of them allocates.
     if p.session_leader {
+        // SAFETY: setsid takes no pointer and does not allocate.
         check("setsid", unsafe { libc::setsid() }.into())?;
     } else {
+        // SAFETY: setpgid takes no pointer and does not allocate.
         check("setpgid", unsafe { libc::setpgid(0, 0) }.into())?;
     }
     reset_signals(p.changed_signals)?;
     set_ids(p)?;
+    // SAFETY: umask takes no pointer and cannot fail.
     unsafe { libc::umask(p.umask) };
+    // SAFETY: `p.cwd` is a NUL-terminated string that outlives the call.
     check("chdir", unsafe { libc::chdir(p.cwd.as_ptr()) }.into())?;
     for (target, ((stdio, open), dup)) in (0..).zip(p.stdio.iter().zip(OPEN_STEPS).zip(DUP_STEPS)) {
         let mut fd = open_stdio(stdio);
@@ -615,17 +622,21 @@ fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
             // A log file that cannot be opened any more (its folder removed,
             // its permissions changed, a FIFO put in its place) must not
             // keep the service down.
+            // SAFETY: a static NUL-terminated path; open does not allocate.
             fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
         }
         check(open, fd.into())?;
         let ret = if fd == target {
+            // SAFETY: fcntl on a descriptor number; no pointer.
             unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }
         } else {
+            // SAFETY: dup2 on descriptor numbers; no pointer.
             unsafe { libc::dup2(fd, target) }
         };
         check(dup, ret.into())?;
     }
     close_on_exec_from_3()?;
+    // SAFETY: `p` holds the NUL-terminated strings and the NULL-terminated pointer arrays, and outlives the call.
     unsafe { libc::execve(p.exe.as_ptr(), p.argv_ptrs.as_ptr(), p.env_ptrs.as_ptr()) };
     Err(("execve", errno()))
 }

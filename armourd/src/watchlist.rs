@@ -64,11 +64,6 @@ impl WatchList {
         self.files.len()
     }
 
-    /// Whether nothing is watched.
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
     /// The marks the kernel filter needs.
     pub fn marks(&self) -> impl Iterator<Item = (FileKey, FileMark)> + '_ {
         let files = self.files.keys().map(|k| (*k, FileMark::Watched));

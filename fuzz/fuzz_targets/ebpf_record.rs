@@ -9,7 +9,10 @@
 
 use std::{ffi::OsString, mem::offset_of};
 
-use armourd::{backend::Event, fuzz::decode_record, procfs::clock_ticks_per_second};
+use armourd::{
+    backend::Event,
+    fuzz::{clock_ticks_per_second, decode_record},
+};
 use armourd_common::{
     EventKind, ExecRecord, ExitRecord, ForkRecord, Header, SpawnedRecord, ARGS_MAX, ENV_MAX,
     FILENAME_MAX,

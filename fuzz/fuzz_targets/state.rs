@@ -4,7 +4,9 @@
 
 #![no_main]
 
-use armourd::state::{parse, render, StateError, VERSION};
+use armourd::fuzz::{
+    parse_state as parse, render_state as render, StateError, STATE_VERSION as VERSION,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

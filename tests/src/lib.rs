@@ -45,22 +45,8 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// cleanly ended or unwatched process).
 pub const QUIET_WINDOW: Duration = Duration::from_millis(1500);
 
-/// An event backend of armourd (`--backend`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Ebpf,
-    ProcConnector,
-}
-
-impl Backend {
-    /// The value of `--backend` and of `backend=` in the ready line.
-    pub fn name(self) -> &'static str {
-        match self {
-            Backend::Ebpf => "ebpf",
-            Backend::ProcConnector => "proc-connector",
-        }
-    }
-}
+/// An event backend of armourd (`--backend`): the daemon's own enum.
+pub use armourd::backend::Backend;
 
 static TESTEE: OnceLock<PathBuf> = OnceLock::new();
 
@@ -75,6 +61,7 @@ pub(crate) fn testee_bin() -> &'static PathBuf {
 pub fn run(backend: Backend, testee: &str, test: fn(Backend)) {
     TESTEE.get_or_init(|| PathBuf::from(testee));
     assert!(
+        // SAFETY: geteuid takes nothing and cannot fail.
         unsafe { libc::geteuid() } == 0,
         "the integration tests start armourd and load eBPF programs: run them as root \
          (`cargo xtask test`, or `sudo -E cargo test -p armourd-tests`)"

@@ -181,6 +181,7 @@ fn watches_script_entry(backend: Backend) {
     let sb = Sandbox::new();
     let fifo = sb.path("block.fifo");
     let c_fifo = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c_fifo` is a NUL-terminated string alive during the call.
     assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o666) }, 0, "mkfifo");
     let script = sb.path("svc.sh");
     // Blocks in a builtin `read` on a FIFO nobody writes to: no child processes.

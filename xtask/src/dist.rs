@@ -16,6 +16,11 @@ use clap_complete::Shell;
 
 use crate::{build_cmd, cmd};
 
+// The command line names its backends with this file of armourd's.
+#[path = "../../armourd/src/backend/kind.rs"]
+#[allow(dead_code, reason = "only its values are used, by the command line")]
+mod backend;
+
 #[path = "../../armourd/src/cli.rs"]
 mod daemon_cli;
 

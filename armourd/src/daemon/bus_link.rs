@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::requests::BusSignal;
-use crate::dbus::{self, Queues, Service};
+use super::requests::DbusSignal;
+use crate::dbus::{self, DbusError, Queues, Service};
 
 /// The first wait before connecting again.
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -20,23 +20,33 @@ const LAST_RETRY: Duration = Duration::from_secs(10);
 /// start-up does not wait longer for the first.
 pub(super) const TRY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Why a try at serving armourd on the bus failed.
+#[derive(thiserror::Error, Debug)]
+pub(super) enum LinkError {
+    #[error("{error}{}", cause_text(error))]
+    Dbus { error: DbusError },
+    #[error("the {bus} bus did not answer within {} s", TRY_TIMEOUT.as_secs())]
+    Timeout { bus: dbus::Bus },
+}
+
+/// `": cause"` of `error`: zbus repeats its cause in its own text, so one
+/// level is enough.
+fn cause_text(error: &DbusError) -> String {
+    std::error::Error::source(error)
+        .map(|c| format!(": {c}"))
+        .unwrap_or_default()
+}
+
 /// One try at serving armourd on `bus`.
 pub(super) async fn connect(
     bus: dbus::Bus,
     backend: &'static str,
     queues: Queues,
-) -> Result<Service, String> {
+) -> Result<Service, LinkError> {
     match tokio::time::timeout(TRY_TIMEOUT, Service::start(bus, backend, queues)).await {
         Ok(Ok(service)) => Ok(service),
-        Ok(Err(err)) => {
-            // zbus repeats its cause in its own text: one level is enough.
-            let cause = std::error::Error::source(&err).map(|c| format!(": {c}"));
-            Err(format!("{err}{}", cause.unwrap_or_default()))
-        }
-        Err(_) => Err(format!(
-            "the {bus} bus did not answer within {} s",
-            TRY_TIMEOUT.as_secs()
-        )),
+        Ok(Err(error)) => Err(LinkError::Dbus { error }),
+        Err(_) => Err(LinkError::Timeout { bus }),
     }
 }
 
@@ -47,7 +57,7 @@ pub(super) async fn run(
     backend: &'static str,
     queues: Queues,
     mut service: Option<Service>,
-    mut signals: mpsc::Receiver<BusSignal>,
+    mut signals: mpsc::Receiver<DbusSignal>,
 ) {
     let mut delay = FIRST_RETRY;
     loop {
@@ -94,7 +104,7 @@ pub(super) async fn run(
 
 /// Emits the signals as they come until the connection closes (true) or
 /// armourd stops (false).
-async fn emit_until_closed(service: &Service, signals: &mut mpsc::Receiver<BusSignal>) -> bool {
+async fn emit_until_closed(service: &Service, signals: &mut mpsc::Receiver<DbusSignal>) -> bool {
     loop {
         let signal = tokio::select! {
             biased;
@@ -108,9 +118,9 @@ async fn emit_until_closed(service: &Service, signals: &mut mpsc::Receiver<BusSi
     }
 }
 
-async fn emit(service: &Service, signal: BusSignal) {
+async fn emit(service: &Service, signal: DbusSignal) {
     match signal {
-        BusSignal::Exited {
+        DbusSignal::Exited {
             pid,
             exe,
             code,
@@ -122,7 +132,7 @@ async fn emit(service: &Service, signal: BusSignal) {
                 .process_exited(pid, &exe, code, signal, core_dumped, will_restart)
                 .await
         }
-        BusSignal::Restarted {
+        DbusSignal::Restarted {
             old_pid,
             new_pid,
             exe,
@@ -132,6 +142,8 @@ async fn emit(service: &Service, signal: BusSignal) {
                 .process_restarted(old_pid, new_pid, &exe, restarts)
                 .await
         }
-        BusSignal::Failed { pid, exe, crashes } => service.process_failed(pid, &exe, crashes).await,
+        DbusSignal::Failed { pid, exe, crashes } => {
+            service.process_failed(pid, &exe, crashes).await
+        }
     }
 }

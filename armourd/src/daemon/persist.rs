@@ -24,8 +24,9 @@ use std::{
 
 use armourd_common::FileKey;
 
-use super::{error_chain, latency::monotonic_ns, Daemon};
+use super::{latency::monotonic_ns, Daemon};
 use crate::{
+    logging::error_chain,
     procfs,
     state::{self, file, Record, State},
     supervisor::{InstanceId, ProcId},

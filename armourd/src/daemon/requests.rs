@@ -16,16 +16,18 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{alive, bus_link, capture, capture_place, error_chain, Daemon};
+use super::{
+    bus_link,
+    watching::{alive, capture, capture_place},
+    Daemon,
+};
 use crate::{
-    backend::Kind,
+    backend::Backend,
     dbus::{self, ControlSocket, Incoming, ProcessInfo, Refusal, Request},
+    logging::error_chain,
     procfs,
     supervisor::{Action, Exec, InstanceView, ProcId, State},
 };
-
-/// The default of `--max-user-watches`.
-pub const DEFAULT_MAX_USER_WATCHES: usize = 64;
 
 /// Signals waiting for the bus; beyond this, new ones are dropped (and
 /// counted in the log) rather than held while the bus is slow.
@@ -33,7 +35,7 @@ const SIGNAL_QUEUE: usize = 256;
 
 /// A signal to emit on the bus.
 #[derive(Debug)]
-pub enum BusSignal {
+pub enum DbusSignal {
     Exited {
         pid: i32,
         exe: String,
@@ -68,11 +70,11 @@ pub struct Answering {
 
 /// The D-Bus connection as the event loop sees it: requests come in,
 /// signals go out to a task of their own so that no bus write delays a restart.
-pub struct Bus {
-    pub requests: Incoming,
+pub struct Requests {
+    pub incoming: Incoming,
     /// Root's control socket, served while this is kept.
     _control: Option<ControlSocket>,
-    pub signals: mpsc::Sender<BusSignal>,
+    pub signals: mpsc::Sender<DbusSignal>,
     /// Signals dropped because the queue was full.
     dropped: u64,
     quota: Quota,
@@ -84,8 +86,8 @@ pub struct Bus {
 /// one warning for each that cannot be served, and `None` when neither is
 /// asked for. A bus that cannot be reached, or goes away later, is
 /// connected to again in the background (see `bus_link`).
-pub async fn start(answering: Answering, backend: Kind) -> Option<Bus> {
-    let (queues, requests) = dbus::queues();
+pub async fn start(answering: Answering, backend: Backend) -> Option<Requests> {
+    let (queues, incoming) = dbus::queues();
     let control = match &answering.control_socket {
         Some(path) => match ControlSocket::serve(path, backend.name(), queues.clone()).await {
             Ok(control) => Some(control),
@@ -125,8 +127,8 @@ pub async fn start(answering: Answering, backend: Kind) -> Option<Bus> {
             while outgoing.recv().await.is_some() {}
         })),
     }
-    Some(Bus {
-        requests,
+    Some(Requests {
+        incoming,
         _control: control,
         signals,
         dropped: 0,
@@ -136,9 +138,9 @@ pub async fn start(answering: Answering, backend: Kind) -> Option<Bus> {
 }
 
 /// Waits for the next request, root's first; forever without a bus.
-pub async fn next(bus: &mut Option<Bus>) -> Option<Request> {
-    match bus {
-        Some(bus) => bus.requests.next().await,
+pub async fn next(requests: &mut Option<Requests>) -> Option<Request> {
+    match requests {
+        Some(requests) => requests.incoming.next().await,
         None => std::future::pending().await,
     }
 }
@@ -214,7 +216,9 @@ impl Daemon {
             }
             Request::Reload { reply } => {
                 log::info!("reloading the configuration on request (D-Bus)");
-                drop(reply.send(self.reload().err().unwrap_or_default()))
+                // The D-Bus answer: the errors' text, none when it was applied.
+                let errors = self.reload().err().map(|err| vec![error_chain(&err)]);
+                drop(reply.send(errors.unwrap_or_default()))
             }
         }
     }
@@ -225,11 +229,11 @@ impl Daemon {
     /// debug level so that no caller can flood the log. A caller of
     /// `Watch` gets the reason itself: debug level.
     fn note(&mut self, verb: &str, caller_uid: u32, code_only: bool, result: &Result<(), Refusal>) {
-        let (Err(refusal), Some(bus)) = (result, self.bus.as_mut()) else {
+        let (Err(refusal), Some(requests)) = (result, self.requests.as_mut()) else {
             return;
         };
         if let Refusal::QuotaExceeded { .. } = refusal {
-            if bus.quota.first_refusal(caller_uid) {
+            if requests.quota.first_refusal(caller_uid) {
                 log::warn!(
                     "{refusal}: further watches of uid {caller_uid} are refused (logged once per uid)"
                 );
@@ -238,7 +242,7 @@ impl Daemon {
             }
             return;
         }
-        let first = caller_uid == 0 || bus.logged.insert((caller_uid, refusal.name()));
+        let first = caller_uid == 0 || requests.logged.insert((caller_uid, refusal.name()));
         if code_only && first {
             log::info!("{verb} refused to uid {caller_uid}: {refusal}");
         } else {
@@ -277,13 +281,13 @@ impl Daemon {
                 "armourd is starting it (it has not executed its program yet); try again",
             ));
         }
-        if let Some(bus) = &self.bus {
+        if let Some(requests) = &self.requests {
             let held = self
                 .supervisor
                 .instances()
                 .filter(|i| i.entry.is_none() && i.spec.uid == caller_uid)
                 .count();
-            bus.quota.check(caller_uid, held)?;
+            requests.quota.check(caller_uid, held)?;
         }
         // Kernel threads have no executable to restart.
         let exe = procfs::exe_path(id)
@@ -372,18 +376,18 @@ impl Daemon {
 
     /// Hands a notice to the bus, if there is one; drops it if the bus is
     /// that far behind.
-    pub(super) fn emit(&mut self, signal: BusSignal) {
-        let Some(bus) = &mut self.bus else {
+    pub(super) fn emit(&mut self, signal: DbusSignal) {
+        let Some(requests) = &mut self.requests else {
             return;
         };
-        match bus.signals.try_send(signal) {
+        match requests.signals.try_send(signal) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                bus.dropped += 1;
-                if bus.dropped.is_power_of_two() {
+                requests.dropped += 1;
+                if requests.dropped.is_power_of_two() {
                     log::warn!(
                         "the bus is slow: {} signals dropped so far (queue of {SIGNAL_QUEUE} full)",
-                        bus.dropped
+                        requests.dropped
                     );
                 }
             }

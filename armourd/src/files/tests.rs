@@ -38,7 +38,7 @@ impl TestDir {
     fn config(&self, lines: &str) -> Config {
         let file = self.0.join("armourd.conf");
         fs::write(&file, lines.replace('@', self.0.to_str().unwrap())).unwrap();
-        config::load(&file).unwrap()
+        crate::config_file::load(&file).unwrap()
     }
 }
 

@@ -1,7 +1,7 @@
 use std::{ffi::OsString, path::PathBuf};
 
 use super::*;
-use crate::status::SuccessSet;
+use crate::{spawn::SpawnError, status::SuccessSet};
 
 const SEGV: ExitStatus = ExitStatus::Signaled {
     signal: libc::SIGSEGV,
@@ -214,7 +214,15 @@ fn failed_restart_is_retried_later_through_the_backoff() {
     let t = Instant::now();
     s.exec(exec(100, 7, false), t);
     let id = spawns(&s.exit(100, Some(7), SEGV, t))[0];
-    let actions = s.spawned(id, Err("execve: No such file or directory".into()), t);
+    let actions = s.spawned(
+        id,
+        Err(SpawnError::Exec {
+            exe: "/usr/bin/x".into(),
+            step: "execve",
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        }),
+        t,
+    );
     assert!(matches!(
         &actions[..],
         [Action::Notify(Notice::RestartFailed { .. })]
