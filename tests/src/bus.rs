@@ -121,7 +121,7 @@ impl Scene {
 /// Where [`Bus::daemon`] has armourd make its control socket: in a folder
 /// armourd makes (mode 0700) in the sandbox.
 pub fn control_socket(sandbox: &Sandbox) -> PathBuf {
-    sandbox.path("run/control")
+    sandbox.path("ctl/control")
 }
 
 /// A private `dbus-daemon`; dropping it kills it by pid.
