@@ -237,10 +237,15 @@ fn unescape(text: &str) -> Option<Vec<u8>> {
     while let Some((&byte, tail)) = rest.split_first() {
         if byte == b'%' {
             let hex = tail.get(..2)?;
-            let hex = std::str::from_utf8(hex).ok()?;
-            if hex.bytes().any(|b| b.is_ascii_lowercase()) {
+            // Two upper-case hex digits, as `escape` writes them (a sign,
+            // which `from_str_radix` would take, is not one).
+            if !hex
+                .iter()
+                .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(b))
+            {
                 return None;
             }
+            let hex = std::str::from_utf8(hex).ok()?;
             let value = u8::from_str_radix(hex, 16).ok()?;
             if plain(value) {
                 return None;

@@ -83,6 +83,8 @@ fn damage_is_reported_at_its_line() {
         ("crashes=-", "crashes="),
         ("exe=/usr/sbin/food", "exe=usr/sbin/food"),
         ("exe=/usr/sbin/food", "exe=/usr/sbin/f%6Fod"),
+        ("exe=/usr/sbin/food", "exe=/usr/sbin/f%+Dod"),
+        ("exe=/usr/sbin/food", "exe=/usr/sbin/f%0dod"),
         ("exe=/usr/sbin/food", "exe=/usr/sbin/food extra=1"),
     ] {
         let changed = text.replacen(from, to, 1);
