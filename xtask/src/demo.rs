@@ -92,7 +92,10 @@ impl Demo {
         armourd
             .arg("-c")
             .arg(&config)
-            .args(["--dbus", "none", "--backend", "auto", "-v"]);
+            .args(["--dbus", "none", "--backend", "auto", "-v"])
+            // The demo's own state, not the machine's /run/armourd.
+            .arg("--state-dir")
+            .arg(config.with_file_name("state"));
         println!("demo: starting `{}`", cmd::show(&armourd));
         let mut child = armourd
             .stderr(Stdio::piped())
