@@ -175,6 +175,20 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
 }
 
 /// A temporary directory with a copy of `sleep` as the watched service.
+/// `armourd -c CONFIG --backend BACKEND`, its state kept beside the
+/// configuration (not in the machine's `/run/armourd`).
+fn armourd(daemon: &Path, config: &Path, backend: &str) -> Command {
+    let mut cmd = Command::new(daemon);
+    cmd.arg("-c")
+        .arg(config)
+        .args(["--backend", backend, "--state-dir"])
+        .arg(config.with_file_name("state"));
+    cmd
+}
+
+/// A scratch folder, the daemon and the service of one measurement;
+/// dropping it stops armourd, kills the service's processes and removes
+/// the folder.
 struct Scene {
     dir: PathBuf,
     daemon: Option<Child>,
@@ -218,8 +232,7 @@ fn measure(daemon: &Path, backend: &'static str, options: &BenchOptions) -> Resu
         .spawn()
         .context("cannot start the benchmark service")?;
     // Adopted by armourd at start-up; the first kill below ends it.
-    let mut child = Command::new(daemon)
-        .args(["-c", &config.display().to_string(), "--backend", backend])
+    let mut child = armourd(daemon, &config, backend)
         .args(["--dbus", "none", "-v"])
         .stderr(Stdio::piped())
         .spawn()

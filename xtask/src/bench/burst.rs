@@ -5,8 +5,8 @@
 
 use std::{
     fs,
-    path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    path::Path,
+    process::{Command, Stdio},
     sync::mpsc::Receiver,
     time::{Duration, Instant},
 };
@@ -36,26 +36,6 @@ pub struct Burst {
     pub anon_kib: [u64; 2],
 }
 
-/// A directory with a copy of `sleep` as the service, its processes and armourd.
-struct Scene {
-    dir: PathBuf,
-    service: PathBuf,
-    daemon: Option<Child>,
-}
-
-impl Drop for Scene {
-    fn drop(&mut self) {
-        if let Some(mut daemon) = self.daemon.take() {
-            signal(daemon.id(), libc::SIGTERM);
-            let _ = daemon.wait();
-        }
-        for pid in pids_of(&self.service) {
-            signal(pid, libc::SIGKILL);
-        }
-        let _ = fs::remove_dir_all(&self.dir);
-    }
-}
-
 /// Runs the burst and the soak under armourd (`daemon`, `--backend backend`).
 pub fn measure(daemon: &Path, backend: &str) -> Result<Burst> {
     let dir = std::env::temp_dir().canonicalize()?.join(format!(
@@ -63,7 +43,7 @@ pub fn measure(daemon: &Path, backend: &str) -> Result<Burst> {
         std::process::id()
     ));
     fs::create_dir_all(&dir)?;
-    let mut scene = Scene {
+    let mut scene = super::Scene {
         service: dir.join("burst-service"),
         dir,
         daemon: None,
@@ -84,8 +64,7 @@ pub fn measure(daemon: &Path, backend: &str) -> Result<Burst> {
             .spawn()
             .context("cannot start the service")?;
     }
-    let mut child = Command::new(daemon)
-        .args(["-c", &config.display().to_string(), "--backend", backend])
+    let mut child = super::armourd(daemon, &config, backend)
         .args(["--dbus", "none"])
         .stderr(Stdio::piped())
         .spawn()

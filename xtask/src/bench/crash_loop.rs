@@ -75,8 +75,7 @@ pub fn measure(daemon: &Path, backend: &str) -> Result<CrashLoop> {
         hold.display(),
         fifo.display()
     );
-    let mut child = Command::new(daemon)
-        .args(["-c", &config.display().to_string(), "--backend", backend])
+    let mut child = super::armourd(daemon, &config, backend)
         .args(["--dbus", "none"])
         .stderr(Stdio::piped())
         .spawn()
