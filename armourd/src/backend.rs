@@ -1,14 +1,18 @@
 //! Event sources. Every backend turns what the kernel reports into the same
 //! [`Event`]s and keeps the kernel-side filter (watched pids, watched files)
-//! current. What a process that ended, or executed, before armourd watched
-//! it comes to is decided by the rules of `race`, which a backend applies
-//! to what it saw (the kernel's records, `/proc`); what follows from an
-//! event is the supervisor's.
+//! current. It decides nothing: where the kernel's record of an end may
+//! not come (a watch that began as the process was ending, a process that
+//! ended before the proc connector's filter held it), it reports what
+//! `/proc` showed ([`Event::Ending`], [`Seen`]), and the daemon applies the
+//! rules of `race` to that; what follows from an event is the
+//! supervisor's. The one exception, the proc connector's heir of a vanished
+//! exec, is explained in `race`.
 
 use std::ffi::OsString;
 
 use armourd_common::{FileKey, PidClass};
 
+pub use crate::procfs::Ending;
 use crate::status::ExitStatus;
 
 pub mod ebpf;
@@ -39,6 +43,13 @@ pub enum Event {
         /// CLOCK_MONOTONIC nanoseconds of the end, when the backend knows it.
         ktime_ns: Option<u64>,
     },
+    /// What `/proc` showed of a watched process's end where the kernel's
+    /// record of it may not come: with eBPF, each process the daemon asked
+    /// to look at ([`Engine::read`]), read before the kernel's records that
+    /// come with it; with the proc connector, a process found without a
+    /// live thread once its filter held it, after the datagrams queued
+    /// before (which would have reported it).
+    Ending(Seen),
     /// Events were lost (a full buffer, a failed read in the kernel):
     /// reconcile with /proc.
     Lost { count: u64 },
@@ -47,6 +58,15 @@ pub enum Event {
     /// holding them from user space fails too while the map stays full.
     /// Reconcile once there may be room again.
     Unheld { count: u64 },
+}
+
+/// What `/proc` showed of how far a watched process is in ending.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    pub pid: u32,
+    /// Its start time, when known: the process `/proc` was read for.
+    pub start: Option<u64>,
+    pub ending: Ending,
 }
 
 /// Why the kernel filter did not take a watch or a mark.

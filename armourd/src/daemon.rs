@@ -42,6 +42,7 @@ use crate::{
     config::Config,
     logging::error_chain,
     pidfd,
+    race::{self, Endings},
     status::ExitStatus,
     supervisor::{Action, Notice, ProcId, Supervisor, Target},
     watchdog::critical::View,
@@ -87,6 +88,8 @@ pub struct Daemon {
     upkeep: Upkeep,
     /// The state file that armourd's own restart reads back.
     keeper: persist::Keeper,
+    /// Processes whose watch began as they were ending (`race`).
+    endings: Endings,
 }
 
 /// Runs armourd until SIGTERM or SIGINT, answering requests as
@@ -118,6 +121,7 @@ pub async fn run_service(
         requests,
         upkeep: Upkeep::new(service, Instant::now()),
         keeper,
+        endings: Endings::default(),
     };
     daemon.install_marks();
     daemon.adopt(None);
@@ -191,13 +195,12 @@ impl Daemon {
                     None => std::future::pending().await,
                 }
             };
+            let looking = self.endings.looking();
             tokio::select! {
                 biased;
-                read = self.engine.read(&mut events) => {
+                read = self.engine.read(&mut events, &looking) => {
                     read.map_err(DaemonError::Events)?;
-                    for event in events.drain(..) {
-                        self.handle(event);
-                    }
+                    self.handle_read(&mut events);
                 }
                 done = self.spawner.done() => self.spawn_done(done),
                 _ = chld.recv() => self.reap(),
@@ -253,6 +256,46 @@ impl Daemon {
         Ok(())
     }
 
+    /// Handles the events of one read in order, then the ends that what
+    /// `/proc` showed ([`Event::Ending`]) settles: `race` decides them
+    /// before the kernel's records of the read are handled, as the
+    /// records' order with what `/proc` showed requires, and they are
+    /// handled last, as the backend would have reported them.
+    fn handle_read(&mut self, events: &mut Vec<Event>) {
+        let mut seen = Vec::new();
+        events.retain(|event| match event {
+            Event::Ending(found) => {
+                seen.push(*found);
+                false
+            }
+            _ => true,
+        });
+        let ended = if seen.is_empty() {
+            Vec::new()
+        } else {
+            let recorded: Vec<u32> = (events.iter())
+                .filter_map(|event| match event {
+                    Event::Exit { pid, .. } => Some(*pid),
+                    _ => None,
+                })
+                .collect();
+            let recorded = |pid| recorded.contains(&pid);
+            self.endings.settle(seen, recorded, Instant::now())
+        };
+        for event in events.drain(..) {
+            self.handle(event);
+        }
+        for race::Ended { pid, start, status } in ended {
+            log::debug!("pid {pid} ended unrecorded, as /proc showed it: {status}");
+            self.handle(Event::Exit {
+                pid,
+                start,
+                status,
+                ktime_ns: None,
+            });
+        }
+    }
+
     fn handle(&mut self, event: Event) {
         let now = Instant::now();
         // Logged once a restart is under way.
@@ -276,7 +319,7 @@ impl Daemon {
                 if let Some(ended) = ktime_ns {
                     self.latencies.ended(pid, ended, monotonic_ns());
                 }
-                self.supervisor.exit(pid, start, status, now)
+                self.ended(pid, start, status, now)
             }
             Event::Lost { count } => {
                 log::warn!(
@@ -285,6 +328,8 @@ impl Daemon {
                 self.adopt(None);
                 Vec::new()
             }
+            // Settled with the rest of its read (`handle_read`).
+            Event::Ending(_) => Vec::new(),
             Event::Unheld { .. } => {
                 // The kernel logged it; holding them from here is tried
                 // (and refused, logged) as their records come.
@@ -338,7 +383,11 @@ impl Daemon {
                 }),
                 Action::Signal { target, signal } => sent.extend(send(target, signal)),
                 Action::Watch(pid) => match self.engine.watch(pid) {
-                    Ok(()) => {}
+                    Ok(seen) => {
+                        if let Some(seen) = seen {
+                            self.endings.watched(seen, Instant::now());
+                        }
+                    }
                     // The proc connector holds it; its filter follows later.
                     Err(err @ FilterError::ProcConnector(_)) => log::warn!(
                         "cannot watch pid {pid} in the kernel filter: {}",
@@ -351,7 +400,10 @@ impl Daemon {
                         queue.extend(self.supervisor.unheld(pid));
                     }
                 },
-                Action::Unwatch(pid) => self.engine.unwatch(pid),
+                Action::Unwatch(pid) => {
+                    self.engine.unwatch(pid);
+                    self.endings.unwatched(pid);
+                }
                 Action::Notify(notice) => notices.push(notice),
                 Action::Hook(run) => hooks.push(run),
             }

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{procfs::Ending, status::ExitStatus};
+use crate::{backend::Seen, procfs::Ending, status::ExitStatus};
 
 /// How long a process may take to end (a thread stuck in `do_exit`) before
 /// it counts as ended anyway.
@@ -28,6 +28,87 @@ pub(crate) struct Ended {
     pub(crate) pid: u32,
     pub(crate) start: Option<u64>,
     pub(crate) status: ExitStatus,
+}
+
+/// The processes whose watch began as they were ending (the eBPF backend
+/// reports what `/proc` showed once its map held them), looked at again
+/// at each read of the backend until they have ended.
+#[derive(Debug, Default)]
+pub(crate) struct Endings {
+    late: Vec<Late>,
+}
+
+impl Endings {
+    /// The watch of a process began, and `/proc` showed it then as
+    /// `seen`: one not running is looked at until it has ended (a thread
+    /// not yet in `do_exit` passes the kernel's tracepoint with the map
+    /// holding the process, which then records its end).
+    pub(crate) fn watched(&mut self, seen: Seen, now: Instant) {
+        if seen.ending != Ending::Running {
+            self.unwatched(seen.pid);
+            self.late.push(Late {
+                pid: seen.pid,
+                start: seen.start,
+                since: now,
+            });
+        }
+    }
+
+    /// `pid` is no longer watched.
+    pub(crate) fn unwatched(&mut self, pid: u32) {
+        self.late.retain(|late| late.pid != pid);
+    }
+
+    /// The processes to look at (pid, start time) at the next read.
+    pub(crate) fn looking(&self) -> Vec<(u32, Option<u64>)> {
+        self.late
+            .iter()
+            .map(|late| (late.pid, late.start))
+            .collect()
+    }
+
+    /// What became of the processes looked at, from what `/proc` showed
+    /// of them (`seen`, read before the kernel's records of the same read
+    /// were) and whether the kernel `recorded` their end after all (see
+    /// [`settle`]). A process seen that was not looked at (the proc
+    /// connector found it without a live thread once its filter held it)
+    /// is settled at once.
+    pub(crate) fn settle(
+        &mut self,
+        seen: Vec<Seen>,
+        recorded: impl Fn(u32) -> bool,
+        now: Instant,
+    ) -> Vec<Ended> {
+        let (mut late, mut endings, mut found) = (Vec::new(), Vec::new(), Vec::new());
+        for seen in seen {
+            match self.late.iter().position(|late| late.pid == seen.pid) {
+                Some(at) => {
+                    late.push(self.late.swap_remove(at));
+                    endings.push(seen.ending);
+                }
+                None => found.push(seen),
+            }
+        }
+        let (kept, mut ended) = settle(late, endings, &recorded, now);
+        self.late.extend(kept);
+        for seen in found {
+            // Its threads were all seen ended: `Exiting` is a moment's race.
+            let status = match seen.ending {
+                _ if recorded(seen.pid) => continue,
+                Ending::Running => continue,
+                Ending::Ended(status) => {
+                    status.map_or(ExitStatus::Unknown, ExitStatus::from_wait_status)
+                }
+                Ending::Exiting | Ending::Gone => ExitStatus::Unknown,
+            };
+            ended.push(Ended {
+                pid: seen.pid,
+                start: seen.start,
+                status,
+            });
+        }
+        ended
+    }
 }
 
 /// What became of the processes found ending, given how far each is in
@@ -116,6 +197,35 @@ pub(crate) fn heir<T>(
     None
 }
 
+/// A process that a watched process forked (or that those forked), without
+/// executing anything since, and whether `/proc` shows it running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Forked {
+    pub(crate) pid: u32,
+    pub(crate) runs: bool,
+}
+
+/// The process that the watched process which ended with `status` handed
+/// its watch over to, from what it `forked` (nearest first): the first of
+/// those that runs, if its status is unknown. Its end went unseen (the
+/// proc connector's filter did not hold it yet and the reaper was quicker,
+/// events were lost), and a fork of the same program that runs on is what
+/// a daemonizing fork leaves: the intermediate process of a double fork
+/// ends at once, often before the filter holds it. A known status says
+/// for itself whether the end was clean.
+pub(crate) fn handed_off(
+    status: ExitStatus,
+    forked: impl IntoIterator<Item = Forked>,
+) -> Option<u32> {
+    if status != ExitStatus::Unknown {
+        return None;
+    }
+    forked
+        .into_iter()
+        .find(|fork| fork.runs)
+        .map(|fork| fork.pid)
+}
+
 /// A process adopted in one pass over `/proc`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Adopted {
@@ -193,6 +303,56 @@ mod tests {
         );
     }
 
+    fn seen(pid: u32, ending: Ending) -> Seen {
+        Seen {
+            pid,
+            start: Some(5),
+            ending,
+        }
+    }
+
+    #[test]
+    fn a_watch_that_began_as_the_process_ended_is_looked_at_until_settled() {
+        let now = Instant::now();
+        let mut endings = Endings::default();
+        endings.watched(seen(1, Ending::Running), now);
+        endings.watched(seen(2, Ending::Exiting), now);
+        endings.watched(seen(3, Ending::Ended(Some(0))), now);
+        assert_eq!(endings.looking(), [(2, Some(5)), (3, Some(5))]);
+        let ended = endings.settle(
+            vec![seen(2, Ending::Exiting), seen(3, Ending::Ended(Some(0)))],
+            |_| false,
+            now,
+        );
+        let exited = |pid| Ended {
+            pid,
+            start: Some(5),
+            status: ExitStatus::Exited(0),
+        };
+        assert_eq!(ended, [exited(3)]);
+        assert_eq!(endings.looking(), [(2, Some(5))], "still ending");
+        endings.unwatched(2);
+        assert!(endings.looking().is_empty());
+    }
+
+    #[test]
+    fn a_process_found_ended_without_being_looked_at_is_settled_at_once() {
+        let now = Instant::now();
+        let mut endings = Endings::default();
+        let found = vec![seen(7, Ending::Gone), seen(8, Ending::Ended(Some(0)))];
+        let ended = endings.settle(found.clone(), |_| false, now);
+        let statuses: Vec<_> = ended.iter().map(|e| (e.pid, e.status)).collect();
+        assert_eq!(
+            statuses,
+            [(7, ExitStatus::Unknown), (8, ExitStatus::Exited(0))]
+        );
+        assert!(endings.looking().is_empty());
+        // The kernel's record of it came after all: it says the end.
+        assert!(endings
+            .settle(found, |pid| pid == 7 || pid == 8, now)
+            .is_empty());
+    }
+
     #[test]
     fn the_heir_is_the_first_fork_still_running_the_image() {
         let steps = [
@@ -248,6 +408,33 @@ mod tests {
         ];
         assert_eq!(heir(10, steps, |_| Probe::Heir(())), None);
         assert_eq!(heir::<()>(10, [], |_| Probe::Heir(())), None);
+    }
+
+    #[test]
+    fn an_unseen_end_with_a_running_fork_is_a_hand_off() {
+        let forked = [
+            Forked {
+                pid: 20,
+                runs: false,
+            },
+            Forked {
+                pid: 30,
+                runs: true,
+            },
+        ];
+        assert_eq!(handed_off(ExitStatus::Unknown, forked), Some(30));
+        // Nothing it forked runs on: its end counts as its status says.
+        assert_eq!(handed_off(ExitStatus::Unknown, [forked[0]]), None);
+        assert_eq!(handed_off(ExitStatus::Unknown, []), None);
+    }
+
+    #[test]
+    fn a_known_status_is_never_taken_for_a_hand_off() {
+        let forked = |_| -> Vec<Forked> { panic!("/proc looked at for a known status") };
+        assert_eq!(
+            handed_off(ExitStatus::Exited(3), (0..1).flat_map(forked)),
+            None
+        );
     }
 
     #[test]

@@ -134,6 +134,26 @@ impl Supervisor {
         all
     }
 
+    /// The members of `pid`'s instance that `pid` forked, or that those
+    /// forked, nearest first.
+    pub fn forked_by(&self, pid: u32) -> Vec<ProcId> {
+        let Some(instance) = self.by_pid.get(&pid).map(|id| &self.instances[id]) else {
+            return Vec::new();
+        };
+        let (mut forked, mut parents) = (Vec::new(), vec![pid]);
+        let mut next = 0;
+        while let Some(&parent) = parents.get(next) {
+            next += 1;
+            for (&child, member) in &instance.members {
+                if member.parent == parent && !parents.contains(&child) {
+                    forked.push(member.proc(child));
+                    parents.push(child);
+                }
+            }
+        }
+        forked
+    }
+
     /// The instances, in the order they were first watched.
     pub fn instances(&self) -> impl Iterator<Item = InstanceView> + '_ {
         self.instances.iter().map(|(&id, i)| InstanceView {

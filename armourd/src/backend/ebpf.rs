@@ -8,10 +8,13 @@
 //! it when its last thread passed `sched_process_exit`. A watch that user
 //! space begins (an adoption, an exec of a script, a request) may come
 //! later than that: the process may have been killed as it was found. So
-//! each watch looks at the process once the map holds it; one whose every
-//! thread has entered `do_exit` is reported ended, with its zombie's wait
-//! status, unless its own record comes (it passed the tracepoint after the
-//! map held it).
+//! each watch looks at the process once the map holds it and says what
+//! `/proc` showed ([`Seen`]); the processes the daemon then asks to look at
+//! are looked at again at each read, before the ring's records are read,
+//! and reported as [`Event::Ending`] with those records. The daemon
+//! decides (`race`): one whose every thread has entered `do_exit` ended,
+//! with its zombie's wait status, unless its own record came (it passed
+//! the tracepoint after the map held it).
 //!
 //! Watched pids live in two maps, root's and everyone else's (by the real
 //! uid, [`PidClass`]): a user who forks or watches thousands of processes
@@ -20,10 +23,7 @@
 //! ring buffer, a failed read) it counts per CPU, and logs through aya-log,
 //! whose records are read here too.
 
-use std::{
-    io,
-    time::{Duration, Instant},
-};
+use std::{io, time::Duration};
 
 use armourd_common::{
     Failure, FileKey, PidClass, FAILURE_KINDS, FILE_INTERPRETER, FILE_WATCHED, MAX_WATCHED_PIDS,
@@ -41,12 +41,8 @@ mod load;
 pub(crate) use decode::decode;
 use load::{check_capabilities, load_object, take_map, Loaded, OBJECT};
 
-use super::{Event, FileMark, FilterError};
-use crate::{
-    btf,
-    procfs::{self, Ending},
-    race::{self, Late},
-};
+use super::{Event, FileMark, FilterError, Seen};
+use crate::{btf, procfs};
 
 /// How often a process found ending is looked at again until it has ended.
 const ENDING_POLL: Duration = Duration::from_millis(1);
@@ -107,8 +103,8 @@ pub struct EbpfBackend {
     /// The totals of [`Self::failures`] already reported, by [`Failure`].
     failures_seen: [u64; FAILURE_KINDS as usize],
     ns_per_tick: u64,
-    /// Watched as they were ending: reported ended unless the kernel does.
-    late: Vec<Late>,
+    /// The processes the last read reported `/proc`'s view of.
+    looked: Vec<u32>,
 }
 
 impl EbpfBackend {
@@ -162,18 +158,31 @@ impl EbpfBackend {
             failures,
             failures_seen: [0; FAILURE_KINDS as usize],
             ns_per_tick: 1_000_000_000 / procfs::clock_ticks_per_second(),
-            late: Vec::new(),
+            looked: Vec::new(),
         })
     }
 
-    /// Waits for records and appends their events to `out`.
-    pub async fn read(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
+    /// Waits for records and appends their events to `out`, followed by
+    /// what `/proc` shows of the processes `looking` names (pid, start
+    /// time): at once for one not looked at by the last read, else with
+    /// the next records or after [`ENDING_POLL`].
+    pub async fn read(
+        &mut self,
+        out: &mut Vec<Event>,
+        looking: &[(u32, Option<u64>)],
+    ) -> io::Result<()> {
         let before = out.len();
+        let mut polled = false;
         loop {
             // Looked at before the records are read: the kernel writes the
-            // record of an end before the process turns into a zombie.
-            let endings: Vec<Ending> = (self.late.iter())
-                .map(|late| procfs::ending(late.pid, late.start))
+            // record of an end before the process turns into a zombie, so
+            // one seen ended here has its record among those read below,
+            // if it has one at all.
+            let seen: Vec<Event> = (looking.iter())
+                .map(|&(pid, start)| {
+                    let ending = procfs::ending(pid, start);
+                    Event::Ending(Seen { pid, start, ending })
+                })
                 .collect();
             let ns_per_tick = self.ns_per_tick;
             let ring = self.ring.get_mut();
@@ -186,34 +195,23 @@ impl EbpfBackend {
                     ),
                 }
             }
-            let late = std::mem::take(&mut self.late);
-            let recorded = &out[before..];
-            let recorded = |pid| {
-                (recorded.iter())
-                    .any(|event| matches!(event, Event::Exit { pid: p, .. } if *p == pid))
-            };
-            let (late, ended) = race::settle(late, endings, recorded, Instant::now());
-            self.late = late;
-            for race::Ended { pid, start, status } in ended {
-                log::debug!("pid {pid} ended as its watch began: {status}");
-                out.push(Event::Exit {
-                    pid,
-                    start,
-                    status,
-                    ktime_ns: None,
-                });
-            }
             let totals = self.failure_totals();
             out.extend(failure_events(&self.failures_seen, &totals));
             self.failures_seen = totals;
-            if out.len() > before {
+            let fresh = (looking.iter()).any(|(pid, _)| !self.looked.contains(pid));
+            if out.len() > before || fresh || (polled && !looking.is_empty()) {
+                out.extend(seen);
+                self.looked = looking.iter().map(|&(pid, _)| pid).collect();
                 return Ok(());
             }
             // Every record was read: the next one wakes the ring up.
-            if self.late.is_empty() {
+            if looking.is_empty() {
                 self.wait().await?;
-            } else if let Ok(woken) = tokio::time::timeout(ENDING_POLL, self.wait()).await {
-                woken?;
+            } else {
+                match tokio::time::timeout(ENDING_POLL, self.wait()).await {
+                    Ok(woken) => woken?,
+                    Err(_) => polled = true,
+                }
             }
         }
     }
@@ -256,8 +254,9 @@ impl EbpfBackend {
 
     /// Reports events about `pid` from now on. One the kernel holds already
     /// (a fork, an exec of a watched file) stays in the map it is in;
-    /// another goes into the map of its real uid's class.
-    pub fn watch(&mut self, pid: u32) -> Result<(), FilterError> {
+    /// another goes into the map of its real uid's class. Returns what
+    /// `/proc` showed of it once the map held it.
+    pub fn watch(&mut self, pid: u32) -> Result<Seen, FilterError> {
         if !self.holds(pid) {
             // Gone: it is looked at below, as the least privileged.
             let uid = procfs::status(pid).map_or(u32::MAX, |status| status.uid);
@@ -280,12 +279,8 @@ impl EbpfBackend {
         // Looked at once the map holds it: a thread not yet in `do_exit`
         // will pass the tracepoint with the map holding the process.
         let start = procfs::stat(pid).ok().map(|stat| stat.start_ticks);
-        if procfs::ending(pid, start) != Ending::Running {
-            let since = Instant::now();
-            self.late.retain(|late| late.pid != pid);
-            self.late.push(Late { pid, start, since });
-        }
-        Ok(())
+        let ending = procfs::ending(pid, start);
+        Ok(Seen { pid, start, ending })
     }
 
     /// Stops reporting events about `pid`.
@@ -294,7 +289,6 @@ impl EbpfBackend {
         for map in &mut self.pids {
             let _ = map.remove(&pid);
         }
-        self.late.retain(|late| late.pid != pid);
     }
 
     /// Marks executions of `file` for reporting.

@@ -8,7 +8,7 @@ use armourd_common::FileKey;
 use super::{
     ebpf::{EbpfBackend, EbpfError},
     proc_connector::{ProcConnectorBackend, ProcConnectorError},
-    Backend, Event, FileMark, FilterError,
+    Backend, Event, FileMark, FilterError, Seen,
 };
 use crate::logging::error_chain;
 
@@ -62,10 +62,17 @@ impl Engine {
         }
     }
 
-    /// Waits for events and appends them to `out`.
-    pub async fn read(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
+    /// Waits for events and appends them to `out`. `looking` names the
+    /// processes (pid, start time) whose watch began as they were ending,
+    /// to be looked at in `/proc` until they have ended (eBPF: see
+    /// [`Event::Ending`]; the proc connector looks by itself).
+    pub async fn read(
+        &mut self,
+        out: &mut Vec<Event>,
+        looking: &[(u32, Option<u64>)],
+    ) -> io::Result<()> {
         match self {
-            Self::Ebpf(b) => b.read(out).await,
+            Self::Ebpf(b) => b.read(out, looking).await,
             Self::ProcConnector(b) => b.read(out).await,
         }
     }
@@ -73,11 +80,16 @@ impl Engine {
     /// Reports events about `pid` from now on. [`FilterError::Full`]: the
     /// kernel has no room for it, so it is not watched; a watch asked for
     /// must then be refused (no user can fill the room of root's processes:
-    /// they have a map of their own).
-    pub fn watch(&mut self, pid: u32) -> Result<(), FilterError> {
+    /// they have a map of their own). Returns what `/proc` showed of it
+    /// once the filter held it, if the backend looks then (eBPF; the proc
+    /// connector reports that as [`Event::Ending`] when it has ended).
+    pub fn watch(&mut self, pid: u32) -> Result<Option<Seen>, FilterError> {
         match self {
-            Self::Ebpf(b) => b.watch(pid),
-            Self::ProcConnector(b) => Ok(b.watch(pid)?),
+            Self::Ebpf(b) => Ok(Some(b.watch(pid)?)),
+            Self::ProcConnector(b) => {
+                b.watch(pid)?;
+                Ok(None)
+            }
         }
     }
 

@@ -39,10 +39,11 @@
 //! - So every process the filter did not hold when it was added (a child,
 //!   an exec, a process watched on request) is looked up in `/proc` once the
 //!   filter holds it: one that still runs will be reported by its last
-//!   datagram; one that ended is reported with its zombie's wait status
-//!   (unknown once reaped), after the datagrams already queued, which may
-//!   still report it exactly, and after the events those bring (a daemon's
-//!   child before its parent's end).
+//!   datagram; for one that ended, what `/proc` showed of its end (its
+//!   zombie's wait status, or nothing once reaped) is reported as
+//!   [`Event::Ending`], for the daemon to settle, after the datagrams
+//!   already queued, which may still report it exactly, and after the
+//!   events those bring (a daemon's child before its parent's end).
 //!
 //! [`cn_proc.h`]: https://github.com/torvalds/linux/blob/master/include/uapi/linux/cn_proc.h
 //! [`cn_proc.c`]: https://github.com/torvalds/linux/blob/master/drivers/connector/cn_proc.c
@@ -67,9 +68,9 @@ use libc::{c_int, sockaddr_nl, socklen_t};
 use socket::{attach, await_ack, netlink_address, receive_batch, send_op, set_rcvbuf};
 use tokio::io::{unix::AsyncFd, Interest};
 
-use super::{Event, FileMark};
+use super::{Event, FileMark, Seen};
 use crate::{
-    procfs::{self, live_threads, Ending},
+    procfs::{self, live_threads},
     status::ExitStatus,
 };
 
@@ -120,15 +121,6 @@ struct Watched {
     filtered: bool,
 }
 
-/// A watched process found ended in `/proc` whose last datagram may have
-/// been dropped.
-#[derive(Clone, Copy, Debug)]
-struct Ended {
-    pid: u32,
-    start: Option<u64>,
-    status: ExitStatus,
-}
-
 /// The subscribed socket, the watched set and its filter.
 pub struct ProcConnectorBackend {
     socket: AsyncFd<OwnedFd>,
@@ -141,9 +133,9 @@ pub struct ProcConnectorBackend {
     exact: bool,
     /// Decoded and not yet handled, oldest first.
     pending: VecDeque<Message>,
-    /// Found ended once the filter held them; reported once the datagrams
-    /// queued before are handled.
-    ended: Vec<Ended>,
+    /// Found without a live thread once the filter held them; reported
+    /// once the datagrams queued before are handled.
+    ended: Vec<(u32, Option<u64>)>,
     /// The socket buffer overflowed since the last report.
     lost: bool,
     buf: Vec<u8>,
@@ -363,34 +355,40 @@ impl ProcConnectorBackend {
             };
             let live = live_threads(pid, watched.start);
             if live.is_empty() {
-                let start = watched.start;
-                let status = end_status(pid, start);
-                self.ended.push(Ended { pid, start, status });
+                self.ended.push((pid, watched.start));
             } else {
                 watched.threads = live;
             }
         }
     }
 
-    /// Reports the processes found ended that no datagram reported since.
+    /// Reports what `/proc` shows of the end of the processes found
+    /// ended that no datagram reported since; they are no longer watched.
     fn report_ended(&mut self, out: &mut Vec<Event>) {
-        for Ended { pid, start, status } in std::mem::take(&mut self.ended) {
+        for (pid, start) in std::mem::take(&mut self.ended) {
             if self.watched.get(&pid).is_some_and(|w| w.start == start) {
-                log::debug!("proc connector: {pid} ended before the filter held it: {status}");
-                out.push(self.end(pid, status, None));
+                let ending = procfs::ending(pid, start);
+                log::debug!("proc connector: {pid} ended before the filter held it: {ending:?}");
+                self.forget(pid);
+                out.push(Event::Ending(Seen { pid, start, ending }));
             }
         }
     }
 
     fn end(&mut self, pid: u32, status: ExitStatus, ktime_ns: Option<u64>) -> Event {
-        let start = self.watched.remove(&pid).and_then(|w| w.start);
-        self.synced = false;
+        let start = self.forget(pid);
         Event::Exit {
             pid,
             start,
             status,
             ktime_ns,
         }
+    }
+
+    /// Stops watching `pid`, which ended; returns its start time.
+    fn forget(&mut self, pid: u32) -> Option<u64> {
+        self.synced = false;
+        self.watched.remove(&pid).and_then(|w| w.start)
     }
 
     fn insert(&mut self, pid: u32, start: Option<u64>, threads: HashSet<u32>) {
@@ -488,15 +486,6 @@ impl ProcConnectorBackend {
 
 fn start_ticks(pid: u32) -> Option<u64> {
     procfs::stat(pid).ok().map(|stat| stat.start_ticks)
-}
-
-/// How `pid`, found ended, ended: its zombie's wait status, or unknown
-/// once it was reaped.
-fn end_status(pid: u32, start: Option<u64>) -> ExitStatus {
-    match procfs::ending(pid, start) {
-        Ending::Ended(Some(status)) => ExitStatus::from_wait_status(status),
-        _ => ExitStatus::Unknown,
-    }
 }
 
 /// The process a message is about: the forking one for a new process.

@@ -301,12 +301,19 @@ impl Daemon {
         capture_place(id, false).map_err(|err| failed(&error_chain(&err)))?;
         // The kernel filter first: a watch it cannot hold (no room left,
         // `FilterError::Full`) is refused, never reported as held.
-        if let Err(err) = self.engine.watch(id) {
-            self.refused(id, &err);
-            return Err(failed(&format!(
-                "the kernel filter cannot hold it ({}); try again later",
-                error_chain(&err)
-            )));
+        match self.engine.watch(id) {
+            Ok(seen) => {
+                if let Some(seen) = seen {
+                    self.endings.watched(seen, Instant::now());
+                }
+            }
+            Err(err) => {
+                self.refused(id, &err);
+                return Err(failed(&format!(
+                    "the kernel filter cannot hold it ({}); try again later",
+                    error_chain(&err)
+                )));
+            }
         }
         let argv = procfs::cmdline(id).unwrap_or_default();
         let known = procfs::Known {
@@ -317,6 +324,7 @@ impl Daemon {
             Ok(captured) => captured,
             Err(err) => {
                 self.engine.unwatch(id);
+                self.endings.unwatched(id);
                 return Err(failed(&error_chain(&err)));
             }
         };

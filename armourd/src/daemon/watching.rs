@@ -148,11 +148,33 @@ impl Daemon {
         // events were lost, was not seen ending: its status is unknown.
         for proc in self.supervisor.watched() {
             if !alive(proc) {
-                let actions = self
-                    .supervisor
-                    .exit(proc.pid, proc.start, ExitStatus::Unknown, now);
+                let actions = self.ended(proc.pid, proc.start, ExitStatus::Unknown, now);
                 self.apply(actions);
             }
+        }
+    }
+
+    /// A watched process ended with `status`. Whether an unseen end (an
+    /// unknown status) handed the watch over to a process it forked is
+    /// decided by `race::handed_off`, from what `/proc` shows of those.
+    pub(super) fn ended(
+        &mut self,
+        pid: u32,
+        start: Option<u64>,
+        status: ExitStatus,
+        now: Instant,
+    ) -> Vec<Action> {
+        let forked = self.supervisor.forked_by(pid);
+        let forked = (forked.into_iter()).map(|proc| race::Forked {
+            pid: proc.pid,
+            runs: alive(proc),
+        });
+        match race::handed_off(status, forked) {
+            Some(heir) => {
+                log::debug!("pid {pid} ended unseen while pid {heir}, which it forked, runs on");
+                self.supervisor.handed_off(pid, start, heir, now)
+            }
+            None => self.supervisor.exit(pid, start, status, now),
         }
     }
 

@@ -18,6 +18,31 @@ impl Supervisor {
         status: ExitStatus,
         now: Instant,
     ) -> Vec<Action> {
+        self.end(pid, start, status, None, now)
+    }
+
+    /// A watched process ended with an unknown status while `heir`, a
+    /// process it forked, runs on: as after a clean end, the watch moves
+    /// to `heir` (`race::handed_off` decided that it handed off).
+    pub fn handed_off(
+        &mut self,
+        pid: u32,
+        start: Option<u64>,
+        heir: u32,
+        now: Instant,
+    ) -> Vec<Action> {
+        self.end(pid, start, ExitStatus::Unknown, Some(heir), now)
+    }
+
+    /// `pid` ended with `status`; a leader hands off to `heir` if given.
+    fn end(
+        &mut self,
+        pid: u32,
+        start: Option<u64>,
+        status: ExitStatus,
+        heir: Option<u32>,
+        now: Instant,
+    ) -> Vec<Action> {
         let Some(&id) = self.by_pid.get(&pid) else {
             return Vec::new();
         };
@@ -35,8 +60,8 @@ impl Supervisor {
         instance.last_exit = Some(status);
         instance.last_pid = pid;
         instance.since = now;
-        if policy.success.is_clean(status) {
-            self.leader_ended_cleanly(id, pid, status, &mut actions);
+        if heir.is_some() || policy.success.is_clean(status) {
+            self.leader_ended_cleanly(id, pid, status, heir, &mut actions);
         } else {
             self.leader_crashed(id, &policy, status, now, &mut actions);
         }
@@ -68,13 +93,14 @@ impl Supervisor {
         }
     }
 
-    /// The leader `pid` ended cleanly: a member it leaves running takes
-    /// the watch over, else the instance is done.
+    /// The leader `pid` ended cleanly: a member it leaves running (`chosen`,
+    /// if it is one) takes the watch over, else the instance is done.
     fn leader_ended_cleanly(
         &mut self,
         id: InstanceId,
         pid: u32,
         status: ExitStatus,
+        chosen: Option<u32>,
         actions: &mut Vec<Action>,
     ) {
         let instance = self.instances.get_mut(&id).expect("indexed instance");
@@ -85,7 +111,9 @@ impl Supervisor {
             status,
             will_restart: false,
         }));
-        if let Some(heir) = heir(&instance.members, pid) {
+        let heir = (chosen.filter(|chosen| instance.members.contains_key(chosen)))
+            .or_else(|| heir(&instance.members, pid));
+        if let Some(heir) = heir {
             let member = instance.members.remove(&heir).expect("chosen member");
             instance.leader = Some(ProcId {
                 pid: heir,

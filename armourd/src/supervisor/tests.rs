@@ -288,6 +288,30 @@ fn single_fork_daemon_hands_the_watch_to_its_child() {
 }
 
 #[test]
+fn an_unseen_end_hands_off_to_the_chosen_fork() {
+    let mut s = supervisor();
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    s.fork(100, proc(101, 8));
+    s.fork(101, proc(102, 9));
+    s.fork(100, proc(103, 10));
+    assert_eq!(
+        s.forked_by(100),
+        [proc(101, 8), proc(103, 10), proc(102, 9)],
+        "nearest first"
+    );
+    assert_eq!(s.forked_by(101), [proc(102, 9)]);
+    let actions = s.handed_off(100, Some(7), 102, t);
+    assert!(spawns(&actions).is_empty() && signals(&actions).is_empty());
+    assert!(actions.contains(&Action::Notify(Notice::HandedOff {
+        from: 100,
+        to: 102,
+        exe: PathBuf::from("/usr/sbin/food"),
+    })));
+    assert_eq!(s.instances().next().unwrap().pid, 102);
+}
+
+#[test]
 fn double_fork_daemon_is_followed_to_the_grandchild() {
     let mut s = supervisor();
     let t = Instant::now();

@@ -241,9 +241,16 @@ fn events(
     })
 }
 
+/// The ends of `of` the events report, or what `/proc` showed of it
+/// settles (as the daemon does, by the rules of `race`).
 fn exits_of(events: &[Event], of: u32) -> Vec<ExitStatus> {
     let exits = events.iter().filter_map(|event| match *event {
         Event::Exit { pid, status, .. } if pid == of => Some(status),
+        Event::Ending(seen) if seen.pid == of => {
+            let mut endings = crate::race::Endings::default();
+            let ended = endings.settle(vec![seen], |_| false, std::time::Instant::now());
+            ended.first().map(|ended| ended.status)
+        }
         _ => None,
     });
     exits.collect()
