@@ -1,9 +1,32 @@
 //! The start-up race: a process that ended, or executed, before armourd
-//! watched it. Whoever sees such a process (the eBPF backend as a watch
-//! begins, the proc connector at an exec it could not look at in time, the
-//! daemon as it adopts) gathers the facts — how far `/proc` shows it in
-//! ending, which forks the kernel reported, what runs now — and the rules
-//! here decide what follows. Pure: no I/O, no clock, unit-tested.
+//! watched it. The backends report what the kernel said and what `/proc`
+//! showed; the rules here decide what follows, and the daemon acts on them.
+//! Pure: no I/O, no clock, unit-tested.
+//!
+//! - A watch that began as the process was ending ([`Endings`]): the eBPF
+//!   backend says what `/proc` showed once its map held the process, and
+//!   looks again at each read as the daemon asks, before the ring's records
+//!   of that read (the kernel writes the record of an end before the
+//!   process turns into a zombie); the proc connector reports a process it
+//!   found without a live thread once its filter held it. [`Endings::settle`]
+//!   decides which of them ended, and how.
+//! - An unseen end ([`handed_off`]): a process whose status is unknown
+//!   while a process it forked runs on handed its watch over, as a daemon
+//!   that detaches does; the daemon reads from `/proc` which of its forks
+//!   run, the supervisor moves the watch.
+//! - Adoption ([`forked_by`]): which adopted process holds a process found
+//!   in the same pass over `/proc`.
+//! - The heir of a vanished exec ([`heir`]): the one rule a backend applies
+//!   itself. The proc connector says only which process executed; when that
+//!   process is gone before its executable could be read, what stands for
+//!   it is a process it forked that runs the same image. The backend
+//!   gathers the facts (the forks queued after the exec, what `/proc` shows
+//!   of each child, read lazily and in order: its command line and
+//!   environment must be read before it can change them or end) and calls
+//!   [`heir`]; it must act on the answer before it reads the next datagram,
+//!   which its socket filter judges: the filter holds the heir at once, as
+//!   the kernel half of the eBPF backend does at an exec. The daemon acts
+//!   on the rest, as on any exec: the exec event names the heir.
 
 use std::time::{Duration, Instant};
 

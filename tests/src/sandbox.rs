@@ -130,6 +130,16 @@ impl Sandbox {
         cmd
     }
 
+    /// Like [`Sandbox::command`], but `exe` runs as the child of a process
+    /// that reaps every process ending below it at once (a child subreaper:
+    /// the testee with `TESTEE_REAP`), as a busy init does: what a daemon
+    /// leaves behind as it detaches is gone from `/proc` the moment it ends.
+    pub fn command_reaped(&self, exe: &Path, report: &Report) -> Command {
+        let mut cmd = self.command(testee_bin(), report);
+        cmd.env("TESTEE_REAP", "1").arg(exe);
+        cmd
+    }
+
     /// Spawns `cmd`, keeps its handle for reaping and returns its pid.
     /// Retries while the program is "text file busy": a concurrent test's
     /// fork may briefly hold a copy open for writing until its exec.

@@ -13,6 +13,7 @@ backend_tests!(
     worker_crash_does_not_restart_the_server,
     single_fork_daemon_is_followed,
     double_fork_daemon_is_followed,
+    daemon_is_followed_when_its_middle_process_ends_unseen,
 );
 
 fn workers_of(report: &Report, master: i32) -> Vec<i32> {
@@ -142,4 +143,49 @@ fn single_fork_daemon_is_followed(backend: Backend) {
 
 fn double_fork_daemon_is_followed(backend: Backend) {
     assert_daemon_followed(backend, "daemon2");
+}
+
+/// A double fork while armourd cannot look (stopped, as a slow machine
+/// would be): the middle process ends and is reaped before armourd can
+/// read how, so its status is unknown to the proc connector. The daemon it
+/// left running still is its instance: followed, not restarted.
+fn daemon_is_followed_when_its_middle_process_ends_unseen(backend: Backend) {
+    let sb = Sandbox::new();
+    let svc = sb.testee("forker");
+    let report = sb.report("forker");
+    let go = sb.path("daemonize");
+    sb.write_config(&format!("{}\n", svc.display()));
+    let (mut daemon, _) = Daemon::ready(&sb, backend);
+
+    let reaper = sb.spawn(
+        sb.command_reaped(&svc, &report)
+            .env("TESTEE_MODE", "daemon2")
+            .env("TESTEE_DAEMONIZE_WHEN", &go),
+    );
+    let original = report.wait_starts(1).remove(0);
+    daemon.wait_watching(original.pid);
+    daemon.signal(libc::SIGSTOP);
+    std::fs::write(&go, "").expect("create the file that lets the testee daemonize");
+    let child = report.wait_record("daemon", |r| match r {
+        Record::Daemon(pid) => Some(*pid),
+        _ => None,
+    });
+    // The original and the middle process have ended and were reaped: the
+    // daemon's parent is the reaper, which has no zombie left.
+    let reaped = armourd_tests::wait_until(EVENT_TIMEOUT, || {
+        process::stat(child).is_some_and(|(_, ppid)| ppid == reaper)
+            && process::zombie_children(reaper).is_empty()
+            && !process::is_alive(original.pid)
+    });
+    assert!(reaped, "the daemon's parents did not end");
+    daemon.signal(libc::SIGCONT);
+
+    daemon.wait_watching(child);
+    report.assert_starts_stay(1, QUIET_WINDOW, "the daemon runs: nothing restarts");
+    assert!(process::is_alive(child), "the daemon still runs");
+    // The watch is the daemon's: its crash restarts the original command.
+    assert!(process::kill(child, libc::SIGKILL));
+    let restart = report.wait_starts(2).remove(1);
+    assert_eq!(restart.argv, original.argv);
+    daemon.assert_running();
 }

@@ -14,6 +14,11 @@
 //!   the grandchild records `daemon PID`).
 //! - `TESTEE_MODE=exit`: exits with `TESTEE_EXIT_CODE` at once, unless the
 //!   file named by `TESTEE_RUN_IF` exists (then it sleeps).
+//! - `TESTEE_DAEMONIZE_WHEN`: `daemon1` and `daemon2` fork once the file it
+//!   names exists (instead of after a short pause).
+//! - `TESTEE_REAP=1`: run as `testee PROGRAM ARGS…`, it becomes a child
+//!   subreaper, runs PROGRAM as its child and reaps every process that
+//!   ends below it at once (as a busy init does); it writes no record.
 //! - `TESTEE_EXIT_CODE`: the exit code on SIGUSR1 (default 3).
 //! - `TESTEE_CORE=1`: raise RLIMIT_CORE to unlimited so a fatal signal dumps core.
 //! - `TESTEE_MARK`: recorded (hex) in the start record, to prove env is kept.
@@ -43,6 +48,9 @@ extern "C" fn on_term(_: libc::c_int) {
 }
 
 fn main() {
+    if std::env::var_os("TESTEE_REAP").is_some() {
+        reap();
+    }
     if let Some(code) = std::env::var("TESTEE_EXIT_CODE")
         .ok()
         .and_then(|c| c.parse().ok())
@@ -316,7 +324,43 @@ fn fork_or_die() -> libc::pid_t {
 /// (a limitation the README states); this pause keeps the tests about
 /// following daemons, not about that race.
 fn start_up() {
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    let Some(when) = std::env::var_os("TESTEE_DAEMONIZE_WHEN") else {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        return;
+    };
+    while !std::path::Path::new(&when).exists() {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
+/// `TESTEE_REAP`: runs argv[1..] as a child and reaps everything that ends
+/// below this process, until nothing is left.
+fn reap() -> ! {
+    // SAFETY: prctl with integer arguments only.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } != 0 {
+        panic!(
+            "PR_SET_CHILD_SUBREAPER: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let mut args = std::env::args_os().skip(1);
+    let program = args.next().expect("TESTEE_REAP: no program to run");
+    let spawned = (std::process::Command::new(&program))
+        .args(args)
+        .env_remove("TESTEE_REAP")
+        .spawn();
+    if let Err(e) = spawned {
+        panic!("TESTEE_REAP: cannot run {program:?}: {e}");
+    }
+    loop {
+        let mut status = 0;
+        // SAFETY: waits for any child; `status` outlives the call.
+        if unsafe { libc::waitpid(-1, &mut status, 0) } < 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD)
+        {
+            std::process::exit(0);
+        }
+    }
 }
 
 fn daemon1() -> ! {

@@ -1,7 +1,10 @@
 //! Execs, for the proc-connector backend: a datagram says only which
 //! process executed, so the executed file and what a restart needs are read
 //! from `/proc` at once, and a process already gone is represented by the
-//! fork it left running (a daemon that detached at once).
+//! fork it left running (a daemon that detached at once). Which fork that
+//! is, `race::heir` decides from the facts gathered here; it is asked here
+//! and not by the daemon because the filter must hold that fork before the
+//! next datagram is handled (see `race`).
 
 use std::{collections::HashSet, ffi::OsString, os::fd::AsFd};
 
