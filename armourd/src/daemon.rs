@@ -42,7 +42,7 @@ use crate::{
     config::Config,
     logging::error_chain,
     pidfd,
-    race::{self, Endings},
+    race::Endings,
     status::ExitStatus,
     supervisor::{Action, Notice, ProcId, Supervisor, Target},
     watchdog::critical::View,
@@ -256,47 +256,7 @@ impl Daemon {
         Ok(())
     }
 
-    /// Handles the events of one read in order, then the ends that what
-    /// `/proc` showed ([`Event::Ending`]) settles: `race` decides them
-    /// before the kernel's records of the read are handled, as the
-    /// records' order with what `/proc` showed requires, and they are
-    /// handled last, as the backend would have reported them.
-    fn handle_read(&mut self, events: &mut Vec<Event>) {
-        let mut seen = Vec::new();
-        events.retain(|event| match event {
-            Event::Ending(found) => {
-                seen.push(*found);
-                false
-            }
-            _ => true,
-        });
-        let ended = if seen.is_empty() {
-            Vec::new()
-        } else {
-            let recorded: Vec<u32> = (events.iter())
-                .filter_map(|event| match event {
-                    Event::Exit { pid, .. } => Some(*pid),
-                    _ => None,
-                })
-                .collect();
-            let recorded = |pid| recorded.contains(&pid);
-            self.endings.settle(seen, recorded, Instant::now())
-        };
-        for event in events.drain(..) {
-            self.handle(event);
-        }
-        for race::Ended { pid, start, status } in ended {
-            log::debug!("pid {pid} ended unrecorded, as /proc showed it: {status}");
-            self.handle(Event::Exit {
-                pid,
-                start,
-                status,
-                ktime_ns: None,
-            });
-        }
-    }
-
-    fn handle(&mut self, event: Event) {
+    pub(super) fn handle(&mut self, event: Event) {
         let now = Instant::now();
         // Logged once a restart is under way.
         let ended = match event {

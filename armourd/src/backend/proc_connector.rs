@@ -133,9 +133,10 @@ pub struct ProcConnectorBackend {
     exact: bool,
     /// Decoded and not yet handled, oldest first.
     pending: VecDeque<Message>,
-    /// Found without a live thread once the filter held them; reported
-    /// once the datagrams queued before are handled.
-    ended: Vec<(u32, Option<u64>)>,
+    /// Found without a live thread once the filter held them, with what
+    /// `/proc` showed of their end then; reported once the datagrams
+    /// queued before are handled.
+    ended: Vec<Seen>,
     /// The socket buffer overflowed since the last report.
     lost: bool,
     buf: Vec<u8>,
@@ -355,7 +356,10 @@ impl ProcConnectorBackend {
             };
             let live = live_threads(pid, watched.start);
             if live.is_empty() {
-                self.ended.push((pid, watched.start));
+                // Read now: its zombie may be reaped by the time it is reported.
+                let start = watched.start;
+                let ending = procfs::ending(pid, start);
+                self.ended.push(Seen { pid, start, ending });
             } else {
                 watched.threads = live;
             }
@@ -365,12 +369,12 @@ impl ProcConnectorBackend {
     /// Reports what `/proc` shows of the end of the processes found
     /// ended that no datagram reported since; they are no longer watched.
     fn report_ended(&mut self, out: &mut Vec<Event>) {
-        for (pid, start) in std::mem::take(&mut self.ended) {
+        for seen in std::mem::take(&mut self.ended) {
+            let Seen { pid, start, ending } = seen;
             if self.watched.get(&pid).is_some_and(|w| w.start == start) {
-                let ending = procfs::ending(pid, start);
                 log::debug!("proc connector: {pid} ended before the filter held it: {ending:?}");
                 self.forget(pid);
-                out.push(Event::Ending(Seen { pid, start, ending }));
+                out.push(Event::Ending(seen));
             }
         }
     }

@@ -1,5 +1,6 @@
 //! Starting to watch: execs the kernel reported, adoption of running
-//! processes, and the kernel filter's marks of the watched files.
+//! processes, and the kernel filter's marks of the watched files; and how
+//! a watch ends when the kernel's record of the end may not come.
 
 use std::{ffi::OsString, time::Instant};
 
@@ -7,7 +8,7 @@ use armourd_common::PidClass;
 
 use super::Daemon;
 use crate::{
-    backend::{ExecEvent, FilterError},
+    backend::{Event, ExecEvent, FilterError},
     launch::LaunchSpec,
     logging::error_chain,
     place::{self, Place, PlaceError},
@@ -151,6 +152,46 @@ impl Daemon {
                 let actions = self.ended(proc.pid, proc.start, ExitStatus::Unknown, now);
                 self.apply(actions);
             }
+        }
+    }
+
+    /// Handles the events of one read in order, then the ends that what
+    /// `/proc` showed ([`Event::Ending`]) settles: `race` decides them
+    /// before the kernel's records of the read are handled, as the
+    /// records' order with what `/proc` showed requires, and they are
+    /// handled last, as the backend would have reported them.
+    pub(super) fn handle_read(&mut self, events: &mut Vec<Event>) {
+        let mut seen = Vec::new();
+        events.retain(|event| match event {
+            Event::Ending(found) => {
+                seen.push(*found);
+                false
+            }
+            _ => true,
+        });
+        let ended = if seen.is_empty() {
+            Vec::new()
+        } else {
+            let recorded: Vec<u32> = (events.iter())
+                .filter_map(|event| match event {
+                    Event::Exit { pid, .. } => Some(*pid),
+                    _ => None,
+                })
+                .collect();
+            let recorded = |pid| recorded.contains(&pid);
+            self.endings.settle(seen, recorded, Instant::now())
+        };
+        for event in events.drain(..) {
+            self.handle(event);
+        }
+        for race::Ended { pid, start, status } in ended {
+            log::debug!("pid {pid} ended unrecorded, as /proc showed it: {status}");
+            self.handle(Event::Exit {
+                pid,
+                start,
+                status,
+                ktime_ns: None,
+            });
         }
     }
 
