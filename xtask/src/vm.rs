@@ -145,7 +145,13 @@ pub fn vm_test(options: &VmTestOptions) -> Result<()> {
     arches.dedup();
     for arch in arches {
         qemu.check(arch)?;
-        let programs = build(arch)?;
+        let binaries: Vec<String> = suite
+            .selections()
+            .into_iter()
+            .map(|selection| selection.binary)
+            .chain(["fallback".to_owned()])
+            .collect();
+        let programs = build(arch, &binaries)?;
         let userland = kernels::guest_userland(&apt, arch)?;
         for kernel in kernels
             .iter()
@@ -337,7 +343,9 @@ struct Programs {
     tests: Vec<(String, PathBuf)>,
 }
 
-fn build(arch: Arch) -> Result<Programs> {
+/// Builds the release daemon (what users run) and, for the guest, the
+/// test binaries named in `binaries` with the testee.
+fn build(arch: Arch, binaries: &[String]) -> Result<Programs> {
     let target = arch.rust_target();
     let built = build_cmd::build(&build_cmd::BuildOptions {
         debug: false,
@@ -355,7 +363,13 @@ fn build(arch: Arch) -> Result<Programs> {
             "--target",
             target,
         ])
+        .args(binaries.iter().flat_map(|binary| ["--test", binary]))
         .args(["--message-format", "json-render-diagnostics"])
+        // The tests themselves need no whole-program optimisation: linking
+        // each test binary with LTO and one codegen unit took most of the
+        // build (the daemon above keeps the release profile).
+        .env("CARGO_PROFILE_RELEASE_LTO", "false")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
         .stderr(Stdio::inherit());
     build_cmd::cross_linker(&mut cargo, target);
     println!(
