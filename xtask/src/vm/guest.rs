@@ -450,6 +450,23 @@ armourd-vm: done
     }
 
     #[test]
+    fn named_tests_run_exactly_and_a_backend_may_leave_one_out() {
+        let selection = Selection {
+            binary: "fork".to_owned(),
+            tests: Some(vec!["single".to_owned(), "double".to_owned()]),
+            not_proc_connector: vec!["double".to_owned()],
+        };
+        let script = init_script(&Plan::Suites {
+            suite: vec![selection, Selection::all("watch")],
+            fallback: None,
+        });
+        assert!(script.contains("\nrun_test ebpf fork --exact ebpf::single ebpf::double\n"));
+        assert!(script.contains("\nrun_test proc-connector fork --exact proc_connector::single\n"));
+        assert!(script.contains("\nrun_test ebpf watch ebpf::\n"));
+        assert!(script.contains("\nrun_test proc-connector watch proc_connector::\n"));
+    }
+
+    #[test]
     fn binary_cut_off_mid_run_leaves_its_suite_incomplete() {
         let report = parse("armourd-vm: begin ebpf watch\ntest ebpf::x ... ok\n");
         assert!(!report.ebpf.complete);
