@@ -140,12 +140,18 @@ load() {
         sleep 0.2
         i=$((i + 1))
     done
-    kill $pid 2>/dev/null
-    wait $pid 2>/dev/null
+    if kill -0 $pid 2>/dev/null; then
+        kill $pid
+        wait $pid
+    else
+        # Gone before it was stopped: say how (a crash writes nothing).
+        wait $pid
+        echo "armourd ended by itself, status $?" >> /tmp/load.log
+    fi
 }
 # One line: the log's last error, or its last line.
 reason() {
-    { grep -iE "error|cannot|falling back" /tmp/load.log || cat /tmp/load.log; } | tail -n 1 | tr -s ' '
+    { grep -iE "error|cannot|falling back|by itself" /tmp/load.log || cat /tmp/load.log; } | tail -n 1 | tr -s ' '
 }
 # run_test SUITE BINARY LIBTEST-ARGS…: one test binary, one test at a time.
 run_test() {
