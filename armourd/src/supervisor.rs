@@ -100,6 +100,18 @@ impl Supervisor {
         self.by_pid.contains_key(&pid)
     }
 
+    /// Whether `pid` (started at `start`, when known) leads an instance
+    /// adopted from `/proc` whose exec has not been reported since.
+    pub fn adopted_leader(&self, pid: u32, start: Option<u64>) -> bool {
+        self.by_pid.get(&pid).is_some_and(|id| {
+            let instance = &self.instances[id];
+            instance.adopted
+                && instance
+                    .leader
+                    .is_some_and(|leader| leader.pid == pid && leader.same_start(start))
+        })
+    }
+
     /// Whether `pid` is a restart armourd spawned whose exec was not yet reported.
     pub fn awaits_exec(&self, pid: u32) -> bool {
         self.by_pid

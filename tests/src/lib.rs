@@ -45,8 +45,12 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// cleanly ended or unwatched process).
 pub const QUIET_WINDOW: Duration = Duration::from_millis(1500);
 
+// armourd's own file of the enum (it needs only clap).
+#[path = "../../armourd/src/backend/kind.rs"]
+mod backend_kind;
+
 /// An event backend of armourd (`--backend`): the daemon's own enum.
-pub use armourd::backend::Backend;
+pub use backend_kind::Backend;
 
 static TESTEE: OnceLock<PathBuf> = OnceLock::new();
 

@@ -270,8 +270,15 @@ fn llvm_prefix(sysroot: &Path) -> Result<(PathBuf, u32)> {
 
 /// Debian packages `cargo xtask vm-test` needs on the host: the qemu of the
 /// distribution brings the shared libraries of the newer qemu the vm-test
-/// unpacks from bookworm-backports; xz unpacks the kernels' modules.
-const VM_PACKAGES: [&str; 4] = ["qemu-system-x86", "qemu-system-arm", "xz-utils", "dpkg"];
+/// unpacks from bookworm-backports; xz unpacks the kernels' modules; the
+/// archive keyring checks what its private APT configuration downloads.
+const VM_PACKAGES: [&str; 5] = [
+    "qemu-system-x86",
+    "qemu-system-arm",
+    "xz-utils",
+    "dpkg",
+    "debian-archive-keyring",
+];
 
 /// Installs the [`VM_PACKAGES`] that are missing (needs root and apt).
 pub fn vm_packages() -> Result<()> {
@@ -301,6 +308,13 @@ pub fn vm_packages() -> Result<()> {
         "setup: installing {} (for `cargo xtask vm-test`)",
         missing.join(" ")
     );
+    // A fresh machine (a CI runner) may have no package lists yet.
+    cmd::run(
+        Command::new("apt-get")
+            .args(["update", "-q"])
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("apt-get update failed")?;
     cmd::run(
         Command::new("apt-get")
             .args(["install", "-y", "--no-install-recommends"])

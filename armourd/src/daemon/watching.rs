@@ -80,6 +80,13 @@ impl Daemon {
         let start = exec
             .start
             .or_else(|| procfs::stat(pid).ok().map(|stat| stat.start_ticks));
+        if self.supervisor.adopted_leader(pid, start) && !alive(ProcId { pid, start }) {
+            // Adopted from /proc (a file that appeared in a globbed folder,
+            // a rescan) before this exec's event was read, and gone since:
+            // what was just read is defaults (/dev/null, no environment),
+            // while what the adoption read is how it was started.
+            return Vec::new();
+        }
         let exec = Exec {
             proc: ProcId { pid, start },
             entry: Some(entry),

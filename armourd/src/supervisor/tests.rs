@@ -701,3 +701,21 @@ fn a_spawn_outcome_after_its_process_came_and_went_changes_nothing() {
     assert_eq!(view.restarts, 1);
     assert!(matches!(view.state, State::Backoff { .. }));
 }
+
+#[test]
+fn adopted_leader_is_known_until_its_exec_is_reported() {
+    let mut s = supervisor();
+    let t = Instant::now();
+    s.exec(
+        Exec {
+            adopted: true,
+            ..exec(100, 7, false)
+        },
+        t,
+    );
+    assert!(s.adopted_leader(100, Some(7)));
+    assert!(!s.adopted_leader(100, Some(8)), "another process, same pid");
+    assert!(!s.adopted_leader(101, Some(7)));
+    s.exec(exec(100, 7, false), t);
+    assert!(!s.adopted_leader(100, Some(7)), "its exec was reported");
+}

@@ -18,13 +18,50 @@ pub enum Plan {
     /// capabilities dropped), then with the kernel's BTF hidden the
     /// `--backend auto` fall-back and the proc-connector suite.
     Suites {
-        /// Test binaries (file names in [`TESTS_DIR`]) run per backend.
-        suite: Vec<String>,
-        /// The fallback tests' binary, when the guest can run them.
+        /// Test binaries run per backend, with the tests each runs.
+        suite: Vec<Selection>,
+        /// The fallback tests' binary (all its tests), when the guest can run them.
         fallback: Option<String>,
     },
     /// One watchdog check against the softdog module (see [`Watchdog`]).
     Watchdog(Watchdog),
+}
+
+/// One test binary (a file name in [`TESTS_DIR`]) and which of its tests a
+/// backend runs.
+#[derive(Clone, Debug)]
+pub struct Selection {
+    pub binary: String,
+    /// The scenarios (test names without the backend's module) both
+    /// backends run; `None`: every test of the binary.
+    pub tests: Option<Vec<String>>,
+    /// Scenarios of `tests` the proc-connector suite leaves out.
+    pub not_proc_connector: Vec<String>,
+}
+
+impl Selection {
+    /// Every test of `binary` on both backends.
+    pub fn all(binary: &str) -> Selection {
+        Selection {
+            binary: binary.to_owned(),
+            tests: None,
+            not_proc_connector: Vec::new(),
+        }
+    }
+
+    /// The libtest arguments that run this selection's tests of `module`
+    /// (`ebpf` or `proc_connector`); `None` when that backend runs none.
+    fn filter(&self, module: &str) -> Option<String> {
+        let Some(tests) = &self.tests else {
+            return Some(format!("{module}::"));
+        };
+        let names: Vec<String> = tests
+            .iter()
+            .filter(|t| module != "proc_connector" || !self.not_proc_connector.contains(t))
+            .map(|t| format!("{module}::{t}"))
+            .collect();
+        (!names.is_empty()).then(|| format!("--exact {}", names.join(" ")))
+    }
 }
 
 /// The watchdog checks; each boots its own guest.
@@ -103,22 +140,27 @@ load() {
         sleep 0.2
         i=$((i + 1))
     done
-    kill $pid 2>/dev/null
-    wait $pid 2>/dev/null
+    if kill -0 $pid 2>/dev/null; then
+        kill $pid
+        wait $pid
+    else
+        # Gone before it was stopped: say how (a crash writes nothing).
+        wait $pid
+        echo "armourd ended by itself, status $?" >> /tmp/load.log
+    fi
 }
 # One line: the log's last error, or its last line.
 reason() {
-    { grep -iE "error|cannot|falling back" /tmp/load.log || cat /tmp/load.log; } | tail -n 1 | tr -s ' '
+    { grep -iE "error|cannot|falling back|by itself" /tmp/load.log || cat /tmp/load.log; } | tail -n 1 | tr -s ' '
 }
-run_suite() {
+# run_test SUITE BINARY LIBTEST-ARGS…: one test binary, one test at a time.
+run_test() {
     suite=$1
-    filter=$2
+    test=$2
     shift 2
-    for test in "$@"; do
-        say begin "$suite" "$test"
-        /armourd/tests/"$test" --test-threads=1 $filter
-        say end "$suite" "$test" $?
-    done
+    say begin "$suite" "$test"
+    /armourd/tests/"$test" --test-threads=1 "$@"
+    say end "$suite" "$test" $?
 }
 "#;
 
@@ -132,7 +174,13 @@ pub fn init_script(plan: &Plan) -> String {
     let mut script = PRELUDE.to_owned();
     match plan {
         Plan::Suites { suite, fallback } => {
-            let tests = suite.join(" ");
+            let run_suite = |script: &mut String, name: &str, module: &str| {
+                for selection in suite {
+                    if let Some(filter) = selection.filter(module) {
+                        let _ = writeln!(script, "run_test {name} {} {filter}", selection.binary);
+                    }
+                }
+            };
             script.push_str(
                 r#"load ebpf
 if grep -q "ready: backend=ebpf" /tmp/load.log; then
@@ -143,9 +191,9 @@ else
 fi
 "#,
             );
-            let _ = writeln!(script, "run_suite ebpf ebpf:: {tests}");
+            run_suite(&mut script, "ebpf", "ebpf");
             if let Some(fallback) = fallback {
-                let _ = writeln!(script, "run_suite fallback '' {fallback}");
+                let _ = writeln!(script, "run_test fallback {fallback}");
             }
             script.push_str(
                 r#"mount -t tmpfs nobtf /sys/kernel/btf
@@ -158,7 +206,7 @@ else
 fi
 "#,
             );
-            let _ = writeln!(script, "run_suite proc-connector proc_connector:: {tests}");
+            run_suite(&mut script, "proc-connector", "proc_connector");
         }
         Plan::Watchdog(check) => script.push_str(&watchdog_script(*check)),
     }
@@ -405,6 +453,23 @@ armourd-vm: done
             ))
         );
         assert!(report.done);
+    }
+
+    #[test]
+    fn named_tests_run_exactly_and_a_backend_may_leave_one_out() {
+        let selection = Selection {
+            binary: "fork".to_owned(),
+            tests: Some(vec!["single".to_owned(), "double".to_owned()]),
+            not_proc_connector: vec!["double".to_owned()],
+        };
+        let script = init_script(&Plan::Suites {
+            suite: vec![selection, Selection::all("watch")],
+            fallback: None,
+        });
+        assert!(script.contains("\nrun_test ebpf fork --exact ebpf::single ebpf::double\n"));
+        assert!(script.contains("\nrun_test proc-connector fork --exact proc_connector::single\n"));
+        assert!(script.contains("\nrun_test ebpf watch ebpf::\n"));
+        assert!(script.contains("\nrun_test proc-connector watch proc_connector::\n"));
     }
 
     #[test]
