@@ -58,6 +58,9 @@ pub struct BenchOptions {
     /// Measure only the burst and the soak and print them (BENCHMARKS.md is left as it is)
     #[arg(long)]
     burst_only: bool,
+    /// With `--burst-only`: measure this backend only (`ebpf` or `proc-connector`)
+    #[arg(long, requires = "burst_only", value_parser = BACKENDS)]
+    backend: Option<String>,
 }
 
 const BACKENDS: [&str; 2] = ["ebpf", "proc-connector"];
@@ -126,7 +129,10 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
     };
     if options.burst_only {
         let mut text = String::new();
-        for backend in BACKENDS {
+        let chosen = BACKENDS
+            .into_iter()
+            .filter(|b| options.backend.as_deref().is_none_or(|only| only == *b));
+        for backend in chosen {
             println!("bench: {backend} burst and soak …");
             let burst = burst::measure(&built.daemon, backend)?;
             render_burst_row(&mut text, backend, &burst);
