@@ -151,7 +151,7 @@ fn damage_is_reported_at_its_line() {
     let text = render(&sample());
     let cut = &text[..text.len() - 3];
     assert!(
-        matches!(parse(cut), Err(StateError::Damaged { line: 4, .. })),
+        matches!(parse(cut), Err(StateError::Damaged { line: 6, .. })),
         "{:?}",
         parse(cut)
     );
