@@ -44,6 +44,14 @@
 //!   still report it exactly, and after the events those bring (a daemon's
 //!   child before its parent's end).
 //!
+//! Attaching a filter costs the kernel a translation to eBPF and a JIT
+//! compilation of the whole program (O(watched) instructions), so changes
+//! the attached filter already covers wait up to [`FLUSH_DELAY`] and are
+//! attached together: a watched process that ended (its pid passes a few
+//! more datagrams, which are ignored), and a restart armourd started (its
+//! datagrams pass already, armourd being its parent). A burst of 1,000
+//! restarts then costs a few attachments instead of one or two per restart.
+//!
 //! [`cn_proc.h`]: https://github.com/torvalds/linux/blob/master/include/uapi/linux/cn_proc.h
 //! [`cn_proc.c`]: https://github.com/torvalds/linux/blob/master/drivers/connector/cn_proc.c
 //! [`exit.c`]: https://github.com/torvalds/linux/blob/master/kernel/exit.c
@@ -57,7 +65,7 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     io,
     os::fd::{AsFd, FromRawFd, OwnedFd},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use armourd_common::FileKey;
@@ -81,6 +89,8 @@ const RCVBUF: c_int = 4 << 20;
 /// Datagrams read per [`ProcConnectorBackend::read`], to bound its latency.
 const BATCH: usize = 256;
 const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long changes the attached filter covers may wait to be attached.
+const FLUSH_DELAY: Duration = Duration::from_millis(50);
 
 /// Why the proc-connector backend cannot run.
 #[derive(thiserror::Error, Debug)]
@@ -137,6 +147,9 @@ pub struct ProcConnectorBackend {
     files: HashSet<FileKey>,
     /// Whether the attached filter reflects `watched`.
     synced: bool,
+    /// When the changes since the last attachment are due, if the attached
+    /// filter covers them (`None` with `!synced`: at once).
+    flush_at: Option<Instant>,
     /// Whether the attached filter holds every watched pid.
     exact: bool,
     /// Decoded and not yet handled, oldest first.
@@ -201,6 +214,7 @@ impl ProcConnectorBackend {
             socket,
             watched: HashMap::new(),
             synced: true,
+            flush_at: None,
             exact: true,
             files: HashSet::new(),
             pending: pending.into(),
@@ -218,12 +232,19 @@ impl ProcConnectorBackend {
         loop {
             // Before the next datagram is handled; not before the events
             // of the last ones were handed over, which may start a restart.
-            self.sync_filter();
+            self.sync_filter_when_due();
             let mut drained = false;
             if self.pending.is_empty() {
                 let (buf, pending) = (&mut self.buf, &mut self.pending);
                 let received = if self.ended.is_empty() {
-                    let mut guard = self.socket.readable().await?;
+                    let mut guard = match self.flush_at.filter(|_| !self.synced) {
+                        Some(due) => tokio::select! {
+                            guard = self.socket.readable() => guard?,
+                            // Attached at the top of the loop.
+                            () = tokio::time::sleep_until(due.into()) => continue,
+                        },
+                        None => self.socket.readable().await?,
+                    };
                     let received = receive_batch(guard.get_inner().as_fd(), buf, BATCH, pending)?;
                     if received.drained {
                         guard.clear_ready();
@@ -304,12 +325,17 @@ impl ProcConnectorBackend {
             return;
         }
         self.forks.newest = tgid;
+        if parent == std::process::id() {
+            // armourd's own restarts and hooks: armourd's pid is in every
+            // filter, so a newer threshold would not drop them.
+            return;
+        }
         if !self.watched.contains_key(&parent) {
             // Passed for its age only: once too many did, the filter is
             // made anew with a newer threshold.
             self.forks.stale += 1;
             if self.forks.stale >= Forks::STALE {
-                self.synced = false;
+                self.sync_soon();
             }
             return;
         }
@@ -384,7 +410,7 @@ impl ProcConnectorBackend {
 
     fn end(&mut self, pid: u32, status: ExitStatus, ktime_ns: Option<u64>) -> Event {
         let start = self.watched.remove(&pid).and_then(|w| w.start);
-        self.synced = false;
+        self.defer_sync();
         Event::Exit {
             pid,
             start,
@@ -393,7 +419,21 @@ impl ProcConnectorBackend {
         }
     }
 
+    /// Watches `pid`; the filter is attached anew before the next
+    /// datagram is handled.
     fn insert(&mut self, pid: u32, start: Option<u64>, threads: HashSet<u32>) {
+        self.add(pid, start, threads);
+        self.sync_soon();
+    }
+
+    /// Watches `pid`, a child of armourd, whose datagrams the attached
+    /// filter passes already: attached anew within [`FLUSH_DELAY`].
+    fn insert_covered(&mut self, pid: u32, start: Option<u64>) {
+        self.add(pid, start, HashSet::from([pid]));
+        self.defer_sync();
+    }
+
+    fn add(&mut self, pid: u32, start: Option<u64>, threads: HashSet<u32>) {
         self.watched.insert(
             pid,
             Watched {
@@ -402,7 +442,21 @@ impl ProcConnectorBackend {
                 ..Watched::default()
             },
         );
+    }
+
+    /// The filter is attached anew before the next datagram is handled.
+    fn sync_soon(&mut self) {
         self.synced = false;
+        self.flush_at = None;
+    }
+
+    /// The attached filter no longer reflects the watched set, but still
+    /// passes everything it must: attached anew within [`FLUSH_DELAY`].
+    fn defer_sync(&mut self) {
+        if self.synced {
+            self.synced = false;
+            self.flush_at = Some(Instant::now() + FLUSH_DELAY);
+        }
     }
 
     /// Reports events about `pid` from now on.
@@ -410,16 +464,23 @@ impl ProcConnectorBackend {
         if self.watched.contains_key(&pid) {
             return Ok(());
         }
+        let stat = procfs::stat(pid).ok();
+        let covered = stat.is_some_and(|s| s.ppid == std::process::id());
         // Its threads are read once the filter holds it.
-        self.insert(pid, start_ticks(pid), HashSet::from([pid]));
+        let start = stat.map(|s| s.start_ticks);
+        if covered {
+            self.insert_covered(pid, start);
+            return Ok(());
+        }
+        self.insert(pid, start, HashSet::from([pid]));
         self.try_sync_filter()
     }
 
-    /// Stops reporting events about `pid`. The filter follows before the
-    /// next datagram is handled (until then it passes a few more).
+    /// Stops reporting events about `pid`. The filter follows within
+    /// [`FLUSH_DELAY`] (until then it passes a few more, which are ignored).
     pub fn unwatch(&mut self, pid: u32) {
         if self.watched.remove(&pid).is_some() {
-            self.synced = false;
+            self.defer_sync();
         }
     }
 
@@ -436,6 +497,13 @@ impl ProcConnectorBackend {
     /// Stops watching execs of `file` at once.
     pub fn remove_file(&mut self, file: FileKey) {
         self.files.remove(&file);
+    }
+
+    /// Attaches the filter anew if the changes are due.
+    fn sync_filter_when_due(&mut self) {
+        if self.flush_at.is_none_or(|due| due <= Instant::now()) {
+            self.sync_filter();
+        }
     }
 
     fn sync_filter(&mut self) {
@@ -481,6 +549,7 @@ impl ProcConnectorBackend {
         }
         self.exact = filter.exact;
         self.synced = true;
+        self.flush_at = None;
         self.look_up(&held);
         Ok(())
     }
