@@ -45,12 +45,14 @@
 //!   child before its parent's end).
 //!
 //! Attaching a filter costs the kernel a translation to eBPF and a JIT
-//! compilation of the whole program (O(watched) instructions), so changes
-//! the attached filter already covers wait up to [`FLUSH_DELAY`] and are
-//! attached together: a watched process that ended (its pid passes a few
-//! more datagrams, which are ignored), and a restart armourd started (its
-//! datagrams pass already, armourd being its parent). A burst of 1,000
-//! restarts then costs a few attachments instead of one or two per restart.
+//! compilation of the whole program (O(watched) instructions), so it is
+//! done once for many changes: pids that need no longer pass (a watched
+//! process that ended or was let go: its pid passes a few more datagrams,
+//! which are ignored) wait up to [`FLUSH_DELAY`], and the restarts one
+//! turn of the daemon's loop started are added together at its end
+//! ([`ProcConnectorBackend::watch_soon`], [`ProcConnectorBackend::flush`]).
+//! A burst of 1,000 restarts then costs far fewer attachments than two per
+//! restart.
 //!
 //! [`cn_proc.h`]: https://github.com/torvalds/linux/blob/master/include/uapi/linux/cn_proc.h
 //! [`cn_proc.c`]: https://github.com/torvalds/linux/blob/master/drivers/connector/cn_proc.c
@@ -422,18 +424,6 @@ impl ProcConnectorBackend {
     /// Watches `pid`; the filter is attached anew before the next
     /// datagram is handled.
     fn insert(&mut self, pid: u32, start: Option<u64>, threads: HashSet<u32>) {
-        self.add(pid, start, threads);
-        self.sync_soon();
-    }
-
-    /// Watches `pid`, a child of armourd, whose datagrams the attached
-    /// filter passes already: attached anew within [`FLUSH_DELAY`].
-    fn insert_covered(&mut self, pid: u32, start: Option<u64>) {
-        self.add(pid, start, HashSet::from([pid]));
-        self.defer_sync();
-    }
-
-    fn add(&mut self, pid: u32, start: Option<u64>, threads: HashSet<u32>) {
         self.watched.insert(
             pid,
             Watched {
@@ -442,6 +432,7 @@ impl ProcConnectorBackend {
                 ..Watched::default()
             },
         );
+        self.sync_soon();
     }
 
     /// The filter is attached anew before the next datagram is handled.
@@ -464,16 +455,26 @@ impl ProcConnectorBackend {
         if self.watched.contains_key(&pid) {
             return Ok(());
         }
-        let stat = procfs::stat(pid).ok();
-        let covered = stat.is_some_and(|s| s.ppid == std::process::id());
         // Its threads are read once the filter holds it.
-        let start = stat.map(|s| s.start_ticks);
-        if covered {
-            self.insert_covered(pid, start);
-            return Ok(());
-        }
-        self.insert(pid, start, HashSet::from([pid]));
+        self.insert(pid, start_ticks(pid), HashSet::from([pid]));
         self.try_sync_filter()
+    }
+
+    /// Reports events about `pid` from now on, once [`Self::flush`] (or
+    /// the next read) has attached the filter: several watches asked for
+    /// together cost one attachment.
+    pub fn watch_soon(&mut self, pid: u32) {
+        if !self.watched.contains_key(&pid) {
+            self.insert(pid, start_ticks(pid), HashSet::from([pid]));
+        }
+    }
+
+    /// Attaches the filter now if a change is due at once (see [`Self::watch_soon`]).
+    pub fn flush(&mut self) -> Result<(), ProcConnectorError> {
+        if self.flush_at.is_none() {
+            self.try_sync_filter()?;
+        }
+        Ok(())
     }
 
     /// Stops reporting events about `pid`. The filter follows within

@@ -41,20 +41,6 @@ impl ProcConnectorBackend {
             ktime_ns,
             ..ExecEvent::default()
         };
-        let stat = procfs::stat(pid).ok();
-        // A restart armourd started (or its hook) that executed a file it
-        // still runs: armourd knows what it started, and, as its parent,
-        // reaps it (the eBPF backend's kernel half sends no context for
-        // these either). Its datagrams pass the attached filter already.
-        let armourds = stat.is_some_and(|s| s.ppid == std::process::id());
-        if armourds && own.is_some() {
-            let watch = own.is_some_and(|key| self.files.contains(&key));
-            if watch {
-                exec.start = stat.map(|s| s.start_ticks);
-                self.insert_covered(pid, exec.start);
-            }
-            return (exec, watch);
-        }
         let own_watched = own.is_some_and(|key| self.files.contains(&key));
         // Read at once, before it can end: the daemon falls back on it.
         let mut context = own_watched.then(|| launch_context(pid)).flatten();
