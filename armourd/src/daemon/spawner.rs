@@ -8,12 +8,9 @@
 //! event loop goes on; a child that has not executed its program by
 //! [`SPAWN_TIMEOUT`] is killed and its restart fails (to be retried).
 //!
-//! One spawn per uid runs at a time (two for root), so one user's hung
-//! restarts delay no other user's; restarts of configured entries are
-//! started before those of processes watched on request. Root's restarts
-//! (most configured services) run two at a time so that a burst of them
-//! uses two CPUs: the child of a spawn holds its worker until it has
-//! executed its program. Idle workers are kept, a few, so that a
+//! One spawn per uid runs at a time, so one user's hung restarts delay no
+//! other user's; restarts of configured entries are started before those of
+//! processes watched on request. Idle workers are kept, a few, so that a
 //! restart does not wait for a thread to be created.
 
 use std::{
@@ -39,8 +36,6 @@ pub const SPAWN_TIMEOUT: Duration = Duration::from_secs(2);
 const KILL_GRACE: Duration = Duration::from_secs(1);
 /// Workers for unprivileged uids at most; root always gets one more.
 const MAX_WORKERS: usize = 8;
-/// Spawns of root's under way at once (every other uid: one).
-const ROOT_SPAWNS: usize = 2;
 /// Idle workers kept for the next restarts.
 const IDLE_KEPT: usize = 2;
 /// A worker's own stack: the spawn's child has a stack of its own.
@@ -261,14 +256,13 @@ impl Spawner {
         })
     }
 
-    /// Starts every waiting job whose uid has none under way (root: fewer
-    /// than [`ROOT_SPAWNS`]), on an idle worker or a new one.
+    /// Starts every waiting job whose uid has none under way, on an idle
+    /// worker or a new one.
     fn dispatch(&mut self) {
         let mut index = 0;
         while index < self.waiting.len() {
             let uid = self.waiting[index].1.spec.uid;
-            let under_way = self.running.iter().filter(|r| r.uid == uid).count();
-            let uid_busy = under_way >= if uid == 0 { ROOT_SPAWNS } else { 1 };
+            let uid_busy = self.running.iter().any(|r| r.uid == uid);
             let root_reserve = uid == 0 && !self.running.iter().any(|r| r.uid == 0);
             let room = self.running.len() < MAX_WORKERS || root_reserve;
             if uid_busy || !room {
