@@ -124,7 +124,7 @@ fn failed_and_backoff_survive_sigkill_of_armourd(backend: Backend) {
         gives_up.display(),
         waits.display()
     ));
-    let (daemon, _) = bus.daemon(&sb, backend);
+    let (mut daemon, _) = bus.daemon(&sb, backend);
     let failing = looping(&sb, &daemon, &gives_up, &failed_report, "run-gives-up");
     let waiting = looping(&sb, &daemon, &waits, &backoff_report, "run-waits");
 
@@ -136,7 +136,12 @@ fn failed_and_backoff_survive_sigkill_of_armourd(backend: Backend) {
     // `waits` crashes twice in a row: the second crash waits 8 s.
     assert!(process::kill(waiting, libc::SIGSEGV));
     let first = backoff_report.wait_starts(2).remove(1).pid;
-    daemon.wait_watching(first);
+    let restarted = format!("-> pid {first} (restart 1)");
+    assert!(
+        daemon.wait_log(EVENT_TIMEOUT, |log| log.contains(&restarted)),
+        "{}",
+        daemon.log()
+    );
     assert!(process::kill(first, libc::SIGSEGV));
     assert!(
         wait_until(EVENT_TIMEOUT, || {
