@@ -191,9 +191,7 @@ impl Daemon {
                         // Ended meanwhile: its end is on its way.
                         continue;
                     };
-                    keeper
-                        .exes
-                        .insert(k.id, (leader, start, key, exe.clone()));
+                    keeper.exes.insert(k.id, (leader, start, key, exe.clone()));
                     (start, key, exe)
                 }
             };

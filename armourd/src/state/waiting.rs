@@ -68,9 +68,31 @@ pub struct Waiting {
 }
 
 const KEYS: [&str; 25] = [
-    "state", "next", "entry", "by", "dev", "ino", "last-pid", "last-exit", "since", "restarts",
-    "streak", "crashes", "uid", "gid", "groups", "umask", "session", "cwd", "stdin", "stdout",
-    "stderr", "cgroup", "argv", "env", "exe",
+    "state",
+    "next",
+    "entry",
+    "by",
+    "dev",
+    "ino",
+    "last-pid",
+    "last-exit",
+    "since",
+    "restarts",
+    "streak",
+    "crashes",
+    "uid",
+    "gid",
+    "groups",
+    "umask",
+    "session",
+    "cwd",
+    "stdin",
+    "stdout",
+    "stderr",
+    "cgroup",
+    "argv",
+    "env",
+    "exe",
 ];
 
 /// Most items of `argv` or `env`, and most supplementary groups (the
@@ -88,12 +110,12 @@ pub(super) fn render(w: &Waiting, text: &mut String) {
             .map_or("-".to_owned(), |p| escape(p.as_os_str().as_bytes()))
     };
     let some = |n: Option<u32>| n.map_or("-".to_owned(), |n| n.to_string());
-    let _ = write!(
+    let _ = writeln!(
         text,
         "waiting state={state} next={next} entry={} by={} dev={}:{} ino={} last-pid={} \
          last-exit={} since={} restarts={} streak={} crashes={} uid={} gid={} groups={} \
          umask={} session={} cwd={} stdin={} stdout={} stderr={} cgroup={} argv={} env={} \
-         exe={}\n",
+         exe={}",
         path(&w.entry),
         some(w.by),
         w.dev.0,
@@ -203,7 +225,10 @@ pub(super) fn parse(rest: &str) -> Result<Waiting, &'static str> {
     })
 }
 
-fn optional<T: std::str::FromStr>(text: &str, what: &'static str) -> Result<Option<T>, &'static str> {
+fn optional<T: std::str::FromStr>(
+    text: &str,
+    what: &'static str,
+) -> Result<Option<T>, &'static str> {
     match text {
         "-" => Ok(None),
         text => number(text).map(Some).ok_or(what),

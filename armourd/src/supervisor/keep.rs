@@ -315,8 +315,14 @@ mod tests {
             matches!(actions.as_slice(), [Action::Spawn { instance, .. }] if *instance == backoff),
             "{actions:?}"
         );
-        let view = supervisor.instances().find(|v| v.id == failed).expect("failed");
-        assert_eq!((view.state, view.pid, view.restarts), (State::Failed, 20, 5));
+        let view = supervisor
+            .instances()
+            .find(|v| v.id == failed)
+            .expect("failed");
+        assert_eq!(
+            (view.state, view.pid, view.restarts),
+            (State::Failed, 20, 5)
+        );
         let (count, actions) = supervisor.reset(&crate::supervisor::Selector::Pid(20), due);
         assert_eq!(count, 2, "both instances last ran as pid 20");
         assert!(

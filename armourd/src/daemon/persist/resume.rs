@@ -25,9 +25,8 @@ use armourd_common::FileKey;
 use super::{from_mono, from_mono_past, to_mono, Daemon};
 use crate::{
     config::{Entry, Pattern},
-    dbus,
     daemon::latency::monotonic_ns,
-    files,
+    dbus, files,
     launch::{LaunchSpec, StdioTarget},
     place::Place,
     state::{Waiting, WaitingState},
@@ -77,7 +76,11 @@ pub(super) fn record(
         umask: spec.umask,
         session_leader: spec.session_leader,
         cwd: spec.cwd.clone(),
-        stdio: [stdio(&spec.stdio[0]), stdio(&spec.stdio[1]), stdio(&spec.stdio[2])],
+        stdio: [
+            stdio(&spec.stdio[0]),
+            stdio(&spec.stdio[1]),
+            stdio(&spec.stdio[2]),
+        ],
         cgroup: spec.place.cgroup.clone(),
         argv: spec.argv.clone(),
         env: spec.env.clone(),
@@ -177,7 +180,8 @@ impl Daemon {
                 if !dbus::authorize(uid, waiting.uid) {
                     return Err(format!("uid {uid} may not watch uid {}'s", waiting.uid));
                 }
-                self.quota_check(uid).map_err(|refusal| refusal.to_string())?;
+                self.quota_check(uid)
+                    .map_err(|refusal| refusal.to_string())?;
                 None
             }
             (None, None) => return Err("it names no entry and no watcher".to_owned()),
