@@ -199,14 +199,7 @@ impl Daemon {
                         self.handle(event);
                     }
                 }
-                done = self.spawner.done() => {
-                    self.spawn_done(done);
-                    // Those that finished meanwhile too: their watches
-                    // are then held together (see `flush_watches`).
-                    while let Some(done) = self.spawner.try_done() {
-                        self.spawn_done(done);
-                    }
-                }
+                done = self.spawner.done() => self.spawn_done(done),
                 _ = chld.recv() => self.reap(),
                 Some(request) = requests::next(&mut self.requests) => self.request(request),
                 // Before the notifications: a stream of them must not hold
@@ -244,7 +237,6 @@ impl Daemon {
                 _ = term.recv() => break,
                 _ = int.recv() => break,
             }
-            self.flush_watches();
             if std::mem::take(&mut self.entries_changed) {
                 dirs.get_mut().update(&self.config);
             }
@@ -345,7 +337,7 @@ impl Daemon {
                     configured,
                 }),
                 Action::Signal { target, signal } => sent.extend(send(target, signal)),
-                Action::Watch(pid) => match self.engine.watch_soon(pid) {
+                Action::Watch(pid) => match self.engine.watch(pid) {
                     Ok(()) => {}
                     // The proc connector holds it; its filter follows later.
                     Err(err @ FilterError::ProcConnector(_)) => log::warn!(
@@ -380,17 +372,6 @@ impl Daemon {
                 Notice::Watching { pid, .. } if refused.contains(&pid) => {}
                 notice => self.notify(notice),
             }
-        }
-    }
-
-    /// Holds the watches this turn of the loop asked for, at once: before
-    /// the next datagram is handled, and in one filter for all of them.
-    fn flush_watches(&mut self) {
-        if let Err(err) = self.engine.flush() {
-            log::warn!(
-                "cannot update the kernel filter: {}; will retry",
-                error_chain(&err)
-            );
         }
     }
 

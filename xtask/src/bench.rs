@@ -61,6 +61,10 @@ pub struct BenchOptions {
     /// With `--burst-only`: measure this backend only (`ebpf` or `proc-connector`)
     #[arg(long, requires = "burst_only", value_parser = BACKENDS)]
     backend: Option<String>,
+    /// With `--burst-only`: run this armourd instead of building one (to
+    /// compare two builds under the same load)
+    #[arg(long, requires = "burst_only")]
+    daemon: Option<std::path::PathBuf>,
 }
 
 const BACKENDS: [&str; 2] = ["ebpf", "proc-connector"];
@@ -132,9 +136,10 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         let chosen = BACKENDS
             .into_iter()
             .filter(|b| options.backend.as_deref().is_none_or(|only| only == *b));
+        let daemon = options.daemon.as_ref().unwrap_or(&built.daemon);
         for backend in chosen {
             println!("bench: {backend} burst and soak …");
-            let burst = burst::measure(&built.daemon, backend)?;
+            let burst = burst::measure(daemon, backend)?;
             render_burst_row(&mut text, backend, &burst);
         }
         print!("{}{text}", burst_header());

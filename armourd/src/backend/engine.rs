@@ -81,27 +81,6 @@ impl Engine {
         }
     }
 
-    /// Reports events about `pid` from now on, once [`Engine::flush`] ran
-    /// (the proc connector attaches its filter once for many watches; the
-    /// eBPF backend holds it at once). Errors as [`Engine::watch`]'s.
-    pub fn watch_soon(&mut self, pid: u32) -> Result<(), FilterError> {
-        match self {
-            Self::Ebpf(b) => b.watch(pid),
-            Self::ProcConnector(b) => {
-                b.watch_soon(pid);
-                Ok(())
-            }
-        }
-    }
-
-    /// Holds the watches asked for with [`Engine::watch_soon`].
-    pub fn flush(&mut self) -> Result<(), FilterError> {
-        match self {
-            Self::Ebpf(_) => Ok(()),
-            Self::ProcConnector(b) => Ok(b.flush()?),
-        }
-    }
-
     /// Stops reporting events about `pid`.
     pub fn unwatch(&mut self, pid: u32) {
         match self {

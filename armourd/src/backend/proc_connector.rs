@@ -44,16 +44,6 @@
 //!   still report it exactly, and after the events those bring (a daemon's
 //!   child before its parent's end).
 //!
-//! Attaching a filter costs the kernel a translation to eBPF and a JIT
-//! compilation of the whole program (O(watched) instructions), so it is
-//! done once for many changes: pids that need no longer pass (a watched
-//! process that ended or was let go: its pid passes a few more datagrams,
-//! which are ignored) wait up to [`FLUSH_DELAY`], and the restarts one
-//! turn of the daemon's loop started are added together at its end
-//! ([`ProcConnectorBackend::watch_soon`], [`ProcConnectorBackend::flush`]).
-//! A burst of 1,000 restarts then costs far fewer attachments than two per
-//! restart.
-//!
 //! [`cn_proc.h`]: https://github.com/torvalds/linux/blob/master/include/uapi/linux/cn_proc.h
 //! [`cn_proc.c`]: https://github.com/torvalds/linux/blob/master/drivers/connector/cn_proc.c
 //! [`exit.c`]: https://github.com/torvalds/linux/blob/master/kernel/exit.c
@@ -67,7 +57,7 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     io,
     os::fd::{AsFd, FromRawFd, OwnedFd},
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
 use armourd_common::FileKey;
@@ -91,8 +81,6 @@ const RCVBUF: c_int = 4 << 20;
 /// Datagrams read per [`ProcConnectorBackend::read`], to bound its latency.
 const BATCH: usize = 256;
 const ACK_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long changes the attached filter covers may wait to be attached.
-const FLUSH_DELAY: Duration = Duration::from_millis(50);
 
 /// Why the proc-connector backend cannot run.
 #[derive(thiserror::Error, Debug)]
@@ -149,9 +137,6 @@ pub struct ProcConnectorBackend {
     files: HashSet<FileKey>,
     /// Whether the attached filter reflects `watched`.
     synced: bool,
-    /// When the changes since the last attachment are due, if the attached
-    /// filter covers them (`None` with `!synced`: at once).
-    flush_at: Option<Instant>,
     /// Whether the attached filter holds every watched pid.
     exact: bool,
     /// Decoded and not yet handled, oldest first.
@@ -216,7 +201,6 @@ impl ProcConnectorBackend {
             socket,
             watched: HashMap::new(),
             synced: true,
-            flush_at: None,
             exact: true,
             files: HashSet::new(),
             pending: pending.into(),
@@ -234,19 +218,12 @@ impl ProcConnectorBackend {
         loop {
             // Before the next datagram is handled; not before the events
             // of the last ones were handed over, which may start a restart.
-            self.sync_filter_when_due();
+            self.sync_filter();
             let mut drained = false;
             if self.pending.is_empty() {
                 let (buf, pending) = (&mut self.buf, &mut self.pending);
                 let received = if self.ended.is_empty() {
-                    let mut guard = match self.flush_at.filter(|_| !self.synced) {
-                        Some(due) => tokio::select! {
-                            guard = self.socket.readable() => guard?,
-                            // Attached at the top of the loop.
-                            () = tokio::time::sleep_until(due.into()) => continue,
-                        },
-                        None => self.socket.readable().await?,
-                    };
+                    let mut guard = self.socket.readable().await?;
                     let received = receive_batch(guard.get_inner().as_fd(), buf, BATCH, pending)?;
                     if received.drained {
                         guard.clear_ready();
@@ -328,8 +305,8 @@ impl ProcConnectorBackend {
         }
         self.forks.newest = tgid;
         if parent == std::process::id() {
-            // armourd's own restarts and hooks: armourd's pid is in every
-            // filter, so a newer threshold would not drop them.
+            // armourd's own restarts and hooks pass because armourd's pid
+            // is in every filter: a newer threshold would not drop them.
             return;
         }
         if !self.watched.contains_key(&parent) {
@@ -337,7 +314,7 @@ impl ProcConnectorBackend {
             // made anew with a newer threshold.
             self.forks.stale += 1;
             if self.forks.stale >= Forks::STALE {
-                self.sync_soon();
+                self.synced = false;
             }
             return;
         }
@@ -412,7 +389,7 @@ impl ProcConnectorBackend {
 
     fn end(&mut self, pid: u32, status: ExitStatus, ktime_ns: Option<u64>) -> Event {
         let start = self.watched.remove(&pid).and_then(|w| w.start);
-        self.defer_sync();
+        self.synced = false;
         Event::Exit {
             pid,
             start,
@@ -421,8 +398,6 @@ impl ProcConnectorBackend {
         }
     }
 
-    /// Watches `pid`; the filter is attached anew before the next
-    /// datagram is handled.
     fn insert(&mut self, pid: u32, start: Option<u64>, threads: HashSet<u32>) {
         self.watched.insert(
             pid,
@@ -432,22 +407,7 @@ impl ProcConnectorBackend {
                 ..Watched::default()
             },
         );
-        self.sync_soon();
-    }
-
-    /// The filter is attached anew before the next datagram is handled.
-    fn sync_soon(&mut self) {
         self.synced = false;
-        self.flush_at = None;
-    }
-
-    /// The attached filter no longer reflects the watched set, but still
-    /// passes everything it must: attached anew within [`FLUSH_DELAY`].
-    fn defer_sync(&mut self) {
-        if self.synced {
-            self.synced = false;
-            self.flush_at = Some(Instant::now() + FLUSH_DELAY);
-        }
     }
 
     /// Reports events about `pid` from now on.
@@ -460,28 +420,11 @@ impl ProcConnectorBackend {
         self.try_sync_filter()
     }
 
-    /// Reports events about `pid` from now on, once [`Self::flush`] (or
-    /// the next read) has attached the filter: several watches asked for
-    /// together cost one attachment.
-    pub fn watch_soon(&mut self, pid: u32) {
-        if !self.watched.contains_key(&pid) {
-            self.insert(pid, start_ticks(pid), HashSet::from([pid]));
-        }
-    }
-
-    /// Attaches the filter now if a change is due at once (see [`Self::watch_soon`]).
-    pub fn flush(&mut self) -> Result<(), ProcConnectorError> {
-        if self.flush_at.is_none() {
-            self.try_sync_filter()?;
-        }
-        Ok(())
-    }
-
-    /// Stops reporting events about `pid`. The filter follows within
-    /// [`FLUSH_DELAY`] (until then it passes a few more, which are ignored).
+    /// Stops reporting events about `pid`. The filter follows before the
+    /// next datagram is handled (until then it passes a few more).
     pub fn unwatch(&mut self, pid: u32) {
         if self.watched.remove(&pid).is_some() {
-            self.defer_sync();
+            self.synced = false;
         }
     }
 
@@ -498,13 +441,6 @@ impl ProcConnectorBackend {
     /// Stops watching execs of `file` at once.
     pub fn remove_file(&mut self, file: FileKey) {
         self.files.remove(&file);
-    }
-
-    /// Attaches the filter anew if the changes are due.
-    fn sync_filter_when_due(&mut self) {
-        if self.flush_at.is_none_or(|due| due <= Instant::now()) {
-            self.sync_filter();
-        }
     }
 
     fn sync_filter(&mut self) {
@@ -550,7 +486,6 @@ impl ProcConnectorBackend {
         }
         self.exact = filter.exact;
         self.synced = true;
-        self.flush_at = None;
         self.look_up(&held);
         Ok(())
     }

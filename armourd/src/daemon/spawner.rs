@@ -172,19 +172,6 @@ impl Spawner {
         }
     }
 
-    /// A restart that finished already, without waiting.
-    pub fn try_done(&mut self) -> Option<Done> {
-        loop {
-            if let Some(done) = self.decided.pop_front() {
-                return Some(done);
-            }
-            let report = self.incoming.try_recv().ok()?;
-            if let Some(done) = self.finish(report) {
-                return Some(done);
-            }
-        }
-    }
-
     /// When [`Spawner::expire`] has something to do.
     pub fn next_deadline(&self) -> Option<Instant> {
         (self.running.iter())
