@@ -1,12 +1,15 @@
 //! What armourd keeps across its own restarts (a crash, SIGKILL, an
 //! upgrade): the processes it watches with their restart counters and
-//! crash history, and which of them were watched on request over D-Bus
-//! (and by whom). The format is a small line format, parsed strictly:
+//! crash history, which of them were watched on request over D-Bus (and by
+//! whom), and the instances that have no process (waiting for their
+//! backoff, or given up) with what their restart needs. The format is a
+//! small line format, parsed strictly:
 //!
 //! ```text
-//! armourd-state 1
+//! armourd-state 2
 //! boot 6c1f2a0e-8d7b-4c55-9a51-0f1d6f7c3b2a
 //! instance pid=812 start=1934 dev=8:1 ino=393231 by=- restarts=2 streak=1 crashes=51873000000 exe=/usr/sbin/food
+//! waiting state=backoff next=52873000000 entry=/usr/sbin/bard by=- dev=8:1 ino=393240 last-pid=815 last-exit=11 since=51873000000 restarts=4 streak=3 crashes=51873000000 uid=0 gid=0 groups=- umask=18 session=1 cwd=/ stdin=- stdout=/var/log/bard.log stderr=- cgroup=- argv=2:bard,-f env=1:PATH%3D/usr/bin exe=/usr/sbin/bard
 //! ```
 //!
 //! `by` is the uid that asked for the watch over D-Bus (`-`: a configured
@@ -15,10 +18,13 @@
 //! boot id is there: those times, and the pids, mean nothing after a
 //! reboot. The executable is its device (`major:minor`), inode and path,
 //! the path with `%XX` for bytes outside printable ASCII and for `%`, `=`
-//! and blanks. Nothing in it is trusted beyond what armourd can check
-//! again: a record is used only for a process that runs now with that pid,
-//! start time and executable (see `daemon`). This module only reads and
-//! writes the text; the file's own checks and I/O are in [`file`].
+//! and blanks. A `waiting` line is described in [`waiting`]. Nothing in it
+//! is trusted beyond what armourd can check again: a record is used only
+//! for a process that runs now with that pid, start time and executable,
+//! a waiting instance only while its entry and executable are still those
+//! (see `daemon`). Format 1 (no `waiting` lines) is read too. This module
+//! only reads and writes the text; the file's own checks and I/O are in
+//! [`file`].
 
 use std::{
     ffi::OsStr,
@@ -28,9 +34,14 @@ use std::{
 };
 
 pub mod file;
+mod waiting;
+
+pub use waiting::{Waiting, WaitingState};
 
 /// The format this armourd writes and reads.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
+/// The oldest format this armourd still reads (it has no `waiting` lines).
+const OLDEST: u32 = 1;
 /// The first word of the file.
 const MAGIC: &str = "armourd-state";
 
@@ -40,6 +51,8 @@ pub struct State {
     /// `/proc/sys/kernel/random/boot_id` when it was written.
     pub boot: String,
     pub instances: Vec<Record>,
+    /// Instances without a process (format 2 on).
+    pub waiting: Vec<Waiting>,
 }
 
 /// One watched instance, named by its running process.
@@ -96,6 +109,9 @@ pub fn render(state: &State) -> String {
             escape(r.exe.as_os_str().as_bytes()),
         );
     }
+    for w in &state.waiting {
+        waiting::render(w, &mut text);
+    }
     text
 }
 
@@ -119,7 +135,7 @@ pub fn parse(text: &str) -> Result<State, StateError> {
     if version > VERSION {
         return Err(StateError::Newer { found: version });
     }
-    if version != VERSION {
+    if version < OLDEST {
         return Err(StateError::NotState);
     }
     let damaged = |line: usize, what| StateError::Damaged {
@@ -133,10 +149,16 @@ pub fn parse(text: &str) -> Result<State, StateError> {
             .ok_or(damaged(1, "expected `boot ID`"))?,
         None => return Err(damaged(1, "expected `boot ID`")),
     };
-    let mut instances = Vec::new();
+    let (mut instances, mut waits) = (Vec::new(), Vec::new());
     for (index, line) in lines {
-        let record = parse_instance(line).map_err(|what| damaged(index, what))?;
-        instances.push(record);
+        // Running instances first, as `render` writes them.
+        if let Some(rest) = line.strip_prefix("waiting ").filter(|_| version >= 2) {
+            waits.push(waiting::parse(rest).map_err(|what| damaged(index, what))?);
+        } else if waits.is_empty() {
+            instances.push(parse_instance(line).map_err(|what| damaged(index, what))?);
+        } else {
+            return Err(damaged(index, "expected `waiting …`"));
+        }
     }
     if !text.is_empty() && !text.ends_with('\n') {
         return Err(StateError::Damaged {
@@ -147,6 +169,7 @@ pub fn parse(text: &str) -> Result<State, StateError> {
     Ok(State {
         boot: boot.to_owned(),
         instances,
+        waiting: waits,
     })
 }
 
@@ -213,15 +236,19 @@ fn number<T: std::str::FromStr>(text: &str) -> Option<T> {
     canonical.then(|| text.parse().ok()).flatten()
 }
 
-/// Whether `byte` is written as itself.
-fn plain(byte: u8) -> bool {
-    byte.is_ascii_graphic() && !matches!(byte, b'%' | b'=')
+/// Whether `byte` is written as itself (in a list item, `,` is not).
+fn plain(byte: u8, item: bool) -> bool {
+    byte.is_ascii_graphic() && !matches!(byte, b'%' | b'=') && !(item && byte == b',')
 }
 
 fn escape(bytes: &[u8]) -> String {
+    escape_as(bytes, false)
+}
+
+fn escape_as(bytes: &[u8], item: bool) -> String {
     let mut text = String::with_capacity(bytes.len());
     for &byte in bytes {
-        if plain(byte) {
+        if plain(byte, item) {
             text.push(byte as char);
         } else {
             let _ = write!(text, "%{byte:02X}");
@@ -232,6 +259,11 @@ fn escape(bytes: &[u8]) -> String {
 
 /// The bytes [`escape`] wrote; `None` for anything it would not write.
 fn unescape(text: &str) -> Option<Vec<u8>> {
+    unescape_as(text, false).filter(|bytes| !bytes.is_empty())
+}
+
+/// The bytes [`escape_as`] wrote (perhaps none).
+fn unescape_as(text: &str, item: bool) -> Option<Vec<u8>> {
     let mut bytes = Vec::with_capacity(text.len());
     let mut rest = text.as_bytes();
     while let Some((&byte, tail)) = rest.split_first() {
@@ -247,19 +279,19 @@ fn unescape(text: &str) -> Option<Vec<u8>> {
             }
             let hex = std::str::from_utf8(hex).ok()?;
             let value = u8::from_str_radix(hex, 16).ok()?;
-            if plain(value) {
+            if plain(value, item) {
                 return None;
             }
             bytes.push(value);
             rest = &tail[2..];
-        } else if plain(byte) {
+        } else if plain(byte, item) {
             bytes.push(byte);
             rest = tail;
         } else {
             return None;
         }
     }
-    (!bytes.is_empty()).then_some(bytes)
+    Some(bytes)
 }
 
 /// The path of the state file in `dir`.

@@ -21,6 +21,7 @@ mod policy;
 mod restart;
 mod types;
 
+pub use keep::{Kept, KeptAs, Pending};
 use policy::Crashes;
 pub use types::*;
 

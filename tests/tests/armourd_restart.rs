@@ -1,7 +1,9 @@
 //! armourd's own restart loses nothing: killed with SIGKILL and started
 //! again, it watches again what it watched over D-Bus, and the restart
 //! counters go on; a damaged or foreign state file is logged and ignored;
-//! a recorded pid that now runs another program is never adopted.
+//! a recorded pid that now runs another program is never adopted; an
+//! instance that gave up stays failed and one waiting for its backoff is
+//! restarted when its delay is over.
 
 use std::{
     fs,
@@ -10,12 +12,15 @@ use std::{
 };
 
 use armourd_tests::{
-    backend_tests, bus::run, bus::Scene, process, wait_until, Backend, Daemon, LaunchExt, Sandbox,
-    EVENT_TIMEOUT, QUIET_WINDOW,
+    backend_tests,
+    bus::{run, Bus, Scene},
+    process, wait_until, Backend, Daemon, LaunchExt, Report, Sandbox, Value, EVENT_TIMEOUT,
+    QUIET_WINDOW,
 };
 
 backend_tests!(
     watches_and_counters_survive_sigkill_of_armourd,
+    failed_and_backoff_survive_sigkill_of_armourd,
     damaged_or_foreign_state_file_is_logged_and_ignored,
     recorded_pid_running_another_program_is_not_adopted,
 );
@@ -102,6 +107,109 @@ fn watches_and_counters_survive_sigkill_of_armourd(backend: Backend) {
         );
     }
     daemon.assert_running();
+}
+
+/// A service that gave up (`give-up=2/1m`) and one waiting for a long
+/// backoff; armourd is killed (SIGKILL) while they have no process and
+/// started again with the same state folder: the failed one is still
+/// `failed` and not started, until `armourctl reset` starts it; the other
+/// is restarted when its backoff is over, as its second restart.
+fn failed_and_backoff_survive_sigkill_of_armourd(backend: Backend) {
+    let sb = Sandbox::new();
+    let bus = Bus::start(&sb);
+    let (gives_up, waits) = (sb.testee("gives-up"), sb.testee("waits"));
+    let (failed_report, backoff_report) = (sb.report("gives-up"), sb.report("waits"));
+    sb.write_config(&format!(
+        "{} give-up=2/1m\n{} backoff=8s..8s stable-after=1m\n",
+        gives_up.display(),
+        waits.display()
+    ));
+    let (mut daemon, _) = bus.daemon(&sb, backend);
+    let failing = looping(&sb, &daemon, &gives_up, &failed_report, "run-gives-up");
+    let waiting = looping(&sb, &daemon, &waits, &backoff_report, "run-waits");
+
+    // Every start of `gives-up` exits 3 at once: the restart after the
+    // first crash, then the second crash gives up.
+    fs::remove_file(sb.path("run-gives-up")).expect("rm run file");
+    assert!(process::kill(failing, libc::SIGUSR1));
+    let last = failed_report.wait_starts(2).remove(1).pid;
+    // `waits` crashes twice in a row: the second crash waits 8 s.
+    assert!(process::kill(waiting, libc::SIGSEGV));
+    let first = backoff_report.wait_starts(2).remove(1).pid;
+    let restarted = format!("-> pid {first} (restart 1)");
+    assert!(
+        daemon.wait_log(EVENT_TIMEOUT, |log| log.contains(&restarted)),
+        "{}",
+        daemon.log()
+    );
+    assert!(process::kill(first, libc::SIGSEGV));
+    assert!(
+        wait_until(EVENT_TIMEOUT, || {
+            let text = fs::read_to_string(state_file(&sb)).unwrap_or_default();
+            text.contains("waiting state=failed") && text.contains("waiting state=backoff")
+        }),
+        "the state file never kept both:\n{}\n{}",
+        fs::read_to_string(state_file(&sb)).unwrap_or_default(),
+        daemon.log()
+    );
+    assert_eq!(process_state(&bus, last).as_deref(), Some("failed"));
+
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_exit(EVENT_TIMEOUT);
+    let (daemon, watched) = bus.daemon(&sb, backend);
+    assert_eq!(watched, 0, "neither has a process:\n{}", daemon.log());
+    assert_eq!(
+        process_state(&bus, last).as_deref(),
+        Some("failed"),
+        "still failed after armourd's restart:\n{}",
+        daemon.log()
+    );
+    assert_eq!(process_state(&bus, first).as_deref(), Some("backoff"));
+    let status = run(&mut bus.armourctl(&["status"]));
+    assert!(status.stdout.contains("failed after"), "{}", status.stdout);
+
+    let resumed = backoff_report.wait_starts(3).remove(2).pid;
+    let line = format!("pid {first} -> pid {resumed} (restart 2)");
+    assert!(
+        daemon.wait_log(EVENT_TIMEOUT, |log| log.contains(&line)),
+        "the backoff did not resume ({line}):\n{}",
+        daemon.log()
+    );
+    failed_report.assert_starts_stay(2, QUIET_WINDOW, "a failed instance stays down");
+
+    fs::write(sb.path("run-gives-up"), "").expect("run file");
+    let reset = run(&mut bus.armourctl(&["reset", &gives_up.display().to_string()]));
+    assert_eq!(reset.code, Some(0), "{reset:?}");
+    let back = failed_report.wait_starts(3).remove(2);
+    let original = failed_report.starts().remove(0);
+    assert_eq!(
+        (&back.argv, &back.env, &back.cwd),
+        (&original.argv, &original.env, &original.cwd),
+        "restarted with the command line, environment and folder it had"
+    );
+}
+
+/// Starts `svc` in `TESTEE_MODE=exit`, running while the sandbox's file
+/// `run_file` exists, and waits until armourd watches it.
+fn looping(sb: &Sandbox, daemon: &Daemon, svc: &Path, report: &Report, run_file: &str) -> i32 {
+    let run_if = sb.path(run_file);
+    fs::write(&run_if, "").expect("run file");
+    let pid = sb.spawn(
+        sb.command(svc, report)
+            .env("TESTEE_MODE", "exit")
+            .env("TESTEE_RUN_IF", &run_if),
+    );
+    report.wait_starts(1);
+    daemon.wait_watching(pid);
+    pid
+}
+
+/// The `state` `GetProcesses` gives the instance of `pid`.
+fn process_state(bus: &Bus, pid: i32) -> Option<String> {
+    match bus.process(pid)?.get("state") {
+        Some(Value::Str(state)) => Some(state.clone()),
+        other => panic!("state is {other:?}"),
+    }
 }
 
 /// Garbage in the state file, then a state file others may write: each

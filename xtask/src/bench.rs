@@ -58,6 +58,13 @@ pub struct BenchOptions {
     /// Measure only the burst and the soak and print them (BENCHMARKS.md is left as it is)
     #[arg(long)]
     burst_only: bool,
+    /// With `--burst-only`: measure this backend only (`ebpf` or `proc-connector`)
+    #[arg(long, requires = "burst_only", value_parser = BACKENDS)]
+    backend: Option<String>,
+    /// With `--burst-only`: run this armourd instead of building one (to
+    /// compare two builds under the same load)
+    #[arg(long, requires = "burst_only")]
+    daemon: Option<std::path::PathBuf>,
 }
 
 const BACKENDS: [&str; 2] = ["ebpf", "proc-connector"];
@@ -99,6 +106,9 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         cmd::is_root(),
         "the benchmark runs armourd, which needs root"
     );
+    if let (true, Some(daemon)) = (options.burst_only, &options.daemon) {
+        return burst_only(options, daemon);
+    }
     let built = build_cmd::build(&build_cmd::BuildOptions {
         debug: false,
         target: None,
@@ -125,14 +135,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
             .collect::<Vec<_>>()
     };
     if options.burst_only {
-        let mut text = String::new();
-        for backend in BACKENDS {
-            println!("bench: {backend} burst and soak …");
-            let burst = burst::measure(&built.daemon, backend)?;
-            render_burst_row(&mut text, backend, &burst);
-        }
-        print!("{}{text}", burst_header());
-        return Ok(());
+        return burst_only(options, &built.daemon);
     }
     if options.flood_only {
         let floods = floods();
@@ -776,6 +779,21 @@ fn restarts(flood: &flood::FloodReport) -> String {
         );
     }
     text
+}
+
+/// `--burst-only`: the burst and soak of `daemon`, printed.
+fn burst_only(options: &BenchOptions, daemon: &Path) -> Result<()> {
+    let mut text = String::new();
+    let chosen = BACKENDS
+        .into_iter()
+        .filter(|b| options.backend.as_deref().is_none_or(|only| only == *b));
+    for backend in chosen {
+        println!("bench: {backend} burst and soak …");
+        let burst = burst::measure(daemon, backend)?;
+        render_burst_row(&mut text, backend, &burst);
+    }
+    print!("{}{text}", burst_header());
+    Ok(())
 }
 
 /// The heading and table head of the burst rows.

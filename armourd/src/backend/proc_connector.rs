@@ -297,6 +297,11 @@ impl ProcConnectorBackend {
             return;
         }
         self.forks.newest = tgid;
+        if parent == std::process::id() {
+            // armourd's own restarts and hooks pass because armourd's pid
+            // is in every filter: a newer threshold would not drop them.
+            return;
+        }
         if !self.watched.contains_key(&parent) {
             // Passed for its age only: once too many did, the filter is
             // made anew with a newer threshold.

@@ -14,7 +14,10 @@
 //! to another program, or a process that ended while armourd was down, is
 //! forgotten. A configured process gets its counters back; one watched on
 //! request is watched again as if its watcher asked again (owner and
-//! `--max-user-watches` checked), then gets its counters back.
+//! `--max-user-watches` checked), then gets its counters back. An
+//! instance without a process (waiting for its backoff, or given up) is
+//! kept with what its restart needs and taken back as it was (see
+//! [`resume`]).
 
 use std::{
     collections::HashMap,
@@ -29,8 +32,10 @@ use crate::{
     logging::error_chain,
     procfs,
     state::{self, file, Record, State},
-    supervisor::{InstanceId, ProcId},
+    supervisor::{InstanceId, KeptAs, ProcId},
 };
+
+mod resume;
 
 /// The shortest time between two writes.
 const WRITE_EVERY: Duration = Duration::from_secs(1);
@@ -153,16 +158,30 @@ impl Daemon {
             .retain(|id, _| kept.iter().any(|k| k.id == *id));
         keeper.exes.retain(|id, _| kept.iter().any(|k| k.id == *id));
         let mut instances = Vec::with_capacity(kept.len());
+        let mut waiting = Vec::new();
         for k in kept {
-            let known = keeper.exes.get(&k.id).filter(|(p, ..)| *p == k.leader);
+            let by = k
+                .entry
+                .is_none()
+                .then(|| keeper.watchers.get(&k.id).copied().unwrap_or(0));
+            let leader = match &k.now {
+                KeptAs::Running(leader) => *leader,
+                KeptAs::Waiting(pending) => {
+                    let pattern = k.entry.and_then(|e| self.config.entries.get(e));
+                    let record = resume::record(&k, pending.clone(), pattern, by, (now, mono));
+                    waiting.extend(record);
+                    continue;
+                }
+            };
+            let known = keeper.exes.get(&k.id).filter(|(p, ..)| *p == leader);
             let (start, key, exe) = match known {
                 Some((_, start, key, exe)) => (*start, *key, exe.clone()),
                 None => {
                     // A restart's start time is read here when its exec
                     // was not reported; it has executed its program by
                     // the time it leads its instance (vfork).
-                    let pid = k.leader.pid;
-                    let start = match k.leader.start {
+                    let pid = leader.pid;
+                    let start = match leader.start {
                         Some(start) => Ok(start),
                         None => procfs::stat(pid).map(|s| s.start_ticks),
                     };
@@ -172,18 +191,12 @@ impl Daemon {
                         // Ended meanwhile: its end is on its way.
                         continue;
                     };
-                    keeper
-                        .exes
-                        .insert(k.id, (k.leader, start, key, exe.clone()));
+                    keeper.exes.insert(k.id, (leader, start, key, exe.clone()));
                     (start, key, exe)
                 }
             };
-            let by = k
-                .entry
-                .is_none()
-                .then(|| keeper.watchers.get(&k.id).copied().unwrap_or(0));
             instances.push(Record {
-                pid: k.leader.pid,
+                pid: leader.pid,
                 start,
                 dev: (key.dev >> 20, key.dev & 0xf_ffff),
                 ino: key.ino,
@@ -191,18 +204,13 @@ impl Daemon {
                 by,
                 restarts: k.restarts,
                 streak: k.streak,
-                crashes: k
-                    .crashes
-                    .iter()
-                    .map(|&t| {
-                        mono.saturating_sub(now.saturating_duration_since(t).as_nanos() as u64)
-                    })
-                    .collect(),
+                crashes: k.crashes.iter().map(|&t| to_mono(t, (now, mono))).collect(),
             });
         }
         State {
             boot: keeper.boot.clone(),
             instances,
+            waiting,
         }
     }
 
@@ -242,14 +250,31 @@ impl Daemon {
             return;
         }
         let (mut taken, mut gone) = (0, 0);
+        let mut found_again = Vec::new();
         for record in state.instances {
             match self.take_back(&record) {
-                true => taken += 1,
+                true => {
+                    taken += 1;
+                    found_again.push(record.pid);
+                }
                 false => gone += 1,
             }
         }
+        let (waiting, failed, forgotten) = self.resume(state.waiting, &found_again);
+        let waiting = if waiting + forgotten > 0 {
+            format!(
+                "; {waiting} without a process resumed ({failed} of them failed){}",
+                if forgotten > 0 {
+                    format!(", {forgotten} forgotten (see above)")
+                } else {
+                    String::new()
+                }
+            )
+        } else {
+            String::new()
+        };
         log::info!(
-            "state of the last run: {taken} instances taken back{}",
+            "state of the last run: {taken} instances taken back{}{waiting}",
             if gone > 0 {
                 format!(
                     ", {gone} forgotten (ended while armourd was down, or their pid now runs \
@@ -290,17 +315,35 @@ impl Daemon {
                 }
             }
         }
-        let mono = monotonic_ns();
-        let now = Instant::now();
-        let crashes = record
-            .crashes
-            .iter()
-            .filter(|&&ns| ns <= mono)
-            .filter_map(|&ns| now.checked_sub(Duration::from_nanos(mono - ns)))
-            .collect();
+        let crashes = from_mono_past(&record.crashes, (Instant::now(), monotonic_ns()));
         self.supervisor
             .restore(leader, record.restarts, record.streak, crashes)
     }
+}
+
+/// `at` in ns of `CLOCK_MONOTONIC`, given `now` in both clocks.
+fn to_mono(at: Instant, (now, mono): (Instant, u64)) -> u64 {
+    match at.checked_duration_since(now) {
+        Some(ahead) => mono.saturating_add(ahead.as_nanos() as u64),
+        None => mono.saturating_sub(now.saturating_duration_since(at).as_nanos() as u64),
+    }
+}
+
+/// `ns` of `CLOCK_MONOTONIC` as an `Instant`, given `now` in both clocks;
+/// `None` for a time in the past that `Instant` cannot show.
+fn from_mono(ns: u64, (now, mono): (Instant, u64)) -> Option<Instant> {
+    if ns >= mono {
+        return now.checked_add(Duration::from_nanos(ns - mono));
+    }
+    now.checked_sub(Duration::from_nanos(mono - ns))
+}
+
+/// The crash times of a record that lie in the past.
+fn from_mono_past(times: &[u64], clocks: (Instant, u64)) -> Vec<Instant> {
+    (times.iter())
+        .filter(|&&ns| ns <= clocks.1)
+        .filter_map(|&ns| from_mono(ns, clocks))
+        .collect()
 }
 
 /// Whether the process `record` names runs now: pid, start time and

@@ -250,6 +250,19 @@ impl Daemon {
         }
     }
 
+    /// Whether `uid` may hold one more watch made on request (`--max-user-watches`).
+    pub(super) fn quota_check(&self, uid: u32) -> Result<(), Refusal> {
+        if let Some(requests) = &self.requests {
+            let held = self
+                .supervisor
+                .instances()
+                .filter(|i| i.entry.is_none() && i.spec.uid == uid)
+                .count();
+            requests.quota.check(uid, held)?;
+        }
+        Ok(())
+    }
+
     pub(super) fn watch_request(&mut self, pid: i32, caller_uid: u32) -> Result<(), Refusal> {
         let no_such = Refusal::NoSuchProcess { pid };
         let failed = |reason: &str| Refusal::Failed {
@@ -281,14 +294,7 @@ impl Daemon {
                 "armourd is starting it (it has not executed its program yet); try again",
             ));
         }
-        if let Some(requests) = &self.requests {
-            let held = self
-                .supervisor
-                .instances()
-                .filter(|i| i.entry.is_none() && i.spec.uid == caller_uid)
-                .count();
-            requests.quota.check(caller_uid, held)?;
-        }
+        self.quota_check(caller_uid)?;
         // Kernel threads have no executable to restart.
         let exe = procfs::exe_path(id)
             .map_err(|_| failed("it has no executable to restart (a kernel thread?)"))?;

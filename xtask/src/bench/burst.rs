@@ -80,9 +80,14 @@ pub fn measure(daemon: &Path, backend: &str) -> Result<Burst> {
     );
     let (seconds, lost, peak_kib) = burst(&scene.service, &lines, pid)?;
     let before = (fds(pid)?, memory(pid)?[1]);
+    let mut times = vec![seconds];
     for _ in 0..SOAK / COUNT {
-        burst(&scene.service, &lines, pid)?;
+        times.push(burst(&scene.service, &lines, pid)?.0);
     }
+    // One burst is one sample of a busy machine: every burst's time, for
+    // comparing runs.
+    let times: Vec<String> = times.iter().map(|s| format!("{s:.2}")).collect();
+    println!("bench: {backend} bursts (s): {}", times.join(" "));
     let after = (fds(pid)?, memory(pid)?[1]);
     Ok(Burst {
         seconds,

@@ -46,8 +46,23 @@ fn state() -> Seeds {
              instance pid=9 start=0 dev=0:42 ino=7 by=1000 restarts=0 streak=0 crashes=- \
              exe=/opt/my%20app/x%3D%25%FF\n",
         ),
-        text("empty", "armourd-state 1\nboot 1\n"),
-        text("newer", "armourd-state 2\nboot 1\n"),
+        text(
+            "waiting",
+            "armourd-state 2\nboot 6c1f2a0e-8d7b-4c55-9a51-0f1d6f7c3b2a\n\
+             instance pid=812 start=1934 dev=8:1 ino=393231 by=- restarts=2 streak=1 \
+             crashes=51873000000 exe=/usr/sbin/food\n\
+             waiting state=backoff next=52873000000 entry=/usr/sbin/bar* by=- dev=8:1 \
+             ino=393240 last-pid=815 last-exit=11 since=51873000000 restarts=4 streak=3 \
+             crashes=51873000000 uid=0 gid=0 groups=4,27 umask=18 session=1 cwd=/ stdin=- \
+             stdout=/var/log/bard.log stderr=- cgroup=/sys/fs/cgroup/system.slice/bard.service \
+             argv=4:bard,-f,,a%2Cb%20c env=1:PATH%3D/usr/bin exe=/usr/sbin/bard\n\
+             waiting state=failed next=- entry=- by=1000 dev=0:42 ino=8 last-pid=9 \
+             last-exit=- since=0 restarts=0 streak=5 crashes=- uid=1000 gid=1000 groups=- \
+             umask=63 session=0 cwd=/home/u stdin=- stdout=- stderr=- cgroup=- argv=0: \
+             env=1: exe=/home/u/x\n",
+        ),
+        text("empty", "armourd-state 2\nboot 1\n"),
+        text("newer", "armourd-state 3\nboot 1\n"),
         text(
             "cut",
             "armourd-state 1\nboot 1\ninstance pid=1 start=2 dev=8:1 ino=3 by=- re",
