@@ -1,7 +1,7 @@
 //! The backend that runs, chosen at start-up (`--backend`), with the
 //! automatic fallback from eBPF to the proc connector.
 
-use std::io;
+use std::{io, path::Path};
 
 use armourd_common::FileKey;
 
@@ -60,6 +60,7 @@ impl Engine {
     pub fn kind(&self) -> Kind {
         match self {
             Self::Ebpf(_) => Kind::Ebpf,
+            Self::ProcConnector(b) if b.has_fanotify() => Kind::ProcConnectorFanotify,
             Self::ProcConnector(_) => Kind::ProcConnector,
         }
     }
@@ -91,11 +92,16 @@ impl Engine {
         }
     }
 
-    /// Marks executions of `file`.
-    pub fn set_file(&mut self, file: FileKey, mark: FileMark) -> Result<(), FilterError> {
+    /// Marks executions of `file`, found at `path`.
+    pub fn set_file(
+        &mut self,
+        file: FileKey,
+        mark: FileMark,
+        path: &Path,
+    ) -> Result<(), FilterError> {
         match self {
             Self::Ebpf(b) => b.set_file(file, mark),
-            Self::ProcConnector(b) => Ok(b.set_file(file, mark)?),
+            Self::ProcConnector(b) => Ok(b.set_file(file, mark, path)?),
         }
     }
 

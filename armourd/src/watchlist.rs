@@ -71,11 +71,14 @@ impl WatchList {
 
     /// The marks the kernel filter needs.
     pub fn marks(&self) -> impl Iterator<Item = (FileKey, FileMark)> + '_ {
-        let files = self.files.keys().map(|k| (*k, FileMark::Watched));
+        self.marked().map(|(key, mark, _)| (key, mark))
+    }
+
+    /// The marks the kernel filter needs, with where each file was found.
+    pub fn marked(&self) -> impl Iterator<Item = (FileKey, FileMark, &Path)> + '_ {
+        let files = (self.files.iter()).map(|(k, f)| (*k, FileMark::Watched, f.path.as_path()));
         files.chain(
-            self.interpreters
-                .keys()
-                .map(|k| (*k, FileMark::Interpreter)),
+            (self.interpreters.iter()).map(|(k, path)| (*k, FileMark::Interpreter, path.as_path())),
         )
     }
 

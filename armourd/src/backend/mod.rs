@@ -88,6 +88,9 @@ pub struct ExecEvent {
 pub enum Kind {
     Ebpf,
     ProcConnector,
+    /// The proc connector, with fanotify telling which processes execute
+    /// watched files (so that other execs are dropped in the kernel too).
+    ProcConnectorFanotify,
 }
 
 impl Kind {
@@ -96,6 +99,7 @@ impl Kind {
         match self {
             Self::Ebpf => "ebpf",
             Self::ProcConnector => "proc-connector",
+            Self::ProcConnectorFanotify => "proc-connector+fanotify",
         }
     }
 }

@@ -2,7 +2,9 @@
 //! generating the classic BPF socket filter the proc-connector backend
 //! attaches to its netlink socket.
 //!
-//! The filter passes execs of thread-group leaders; forks by watched
+//! The filter passes execs of thread-group leaders (all of them, or with
+//! [`Execs::Held`] only those of the watched set, which then also holds the
+//! processes fanotify saw opening a watched executable); forks by watched
 //! processes, and by processes newer than the filter (pid at or above a
 //! threshold user space keeps just below the newest pids it has seen: so
 //! that it sees a just-forked child's own forks before the filter holds it,
@@ -165,6 +167,17 @@ const DROP: u32 = 0;
 /// Keys compared one by one at the leaves of a search tree.
 const BUCKET: usize = 4;
 
+/// Which execs the filter passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Execs {
+    /// Every exec of a thread-group leader: the connector does not say
+    /// which file ran, so user space must look at each.
+    All,
+    /// Only execs of processes in the watched set (fanotify tells which
+    /// other processes are about to execute a watched file).
+    Held,
+}
+
 /// A generated program.
 #[derive(Debug)]
 pub struct Filter {
@@ -174,19 +187,19 @@ pub struct Filter {
 }
 
 /// The program for the (sorted or unsorted) set `watched`, passing forks
-/// by processes whose pid is `newer_than` or above too.
-pub fn filter(watched: &[u32], newer_than: u32) -> Filter {
+/// by processes whose pid is `newer_than` or above too, and `execs`.
+pub fn filter(watched: &[u32], newer_than: u32, execs: Execs) -> Filter {
     // Loads yield big-endian words and the datagram holds host-order ones:
     // the trees compare, and are ordered by, what the loads will yield.
     let mut keys: Vec<u32> = watched.iter().map(|&pid| wire(pid)).collect();
     keys.sort_unstable();
     keys.dedup();
-    let insns = program(Some(&keys), newer_than);
+    let insns = program(Some(&keys), newer_than, execs);
     if insns.len() <= BPF_MAXINSNS {
         return Filter { insns, exact: true };
     }
     Filter {
-        insns: program(None, newer_than),
+        insns: program(None, newer_than, execs),
         exact: false,
     }
 }
@@ -275,8 +288,8 @@ fn dispatch(k: u32, label: Label) -> [Op; 2] {
     [jump(JEQ_K, k, 0, 1), Op::Goto(label)]
 }
 
-/// The whole program; with `keys` None, every fork and exit passes.
-fn program(keys: Option<&[u32]>, newer_than: u32) -> Vec<sock_filter> {
+/// The whole program; with `keys` None, every fork, exit and exec passes.
+fn program(keys: Option<&[u32]>, newer_than: u32, execs: Execs) -> Vec<sock_filter> {
     use offset::*;
     let mut ops = vec![stmt(LD_H_ABS, NLMSG_TYPE as u32)];
     ops.extend(require(wire16(libc::NLMSG_DONE as u16)));
@@ -290,14 +303,22 @@ fn program(keys: Option<&[u32]>, newer_than: u32) -> Vec<sock_filter> {
     ops.extend([jump(JEQ_K, wire(PROC_EVENT_NONE), 0, 1), stmt(RET_K, PASS)]);
     ops.push(stmt(RET_K, DROP));
 
-    // Exec: pass when pid == tgid (always so once de_thread ran).
+    // Exec: pass when pid == tgid (always so once de_thread ran), and with
+    // `Execs::Held` when the process is in the set (searched twice, as M[0]
+    // holds it too).
     ops.extend([
         Op::Here(Label::Exec),
         load(EXEC_PID),
         stmt(TAX, 0),
         load(EXEC_TGID),
     ]);
-    ops.extend([jump(JEQ_X, 0, 0, 1), stmt(RET_K, PASS), stmt(RET_K, DROP)]);
+    match execs {
+        Execs::All => ops.extend([jump(JEQ_X, 0, 0, 1), stmt(RET_K, PASS), stmt(RET_K, DROP)]),
+        Execs::Held => {
+            ops.extend([jump(JEQ_X, 0, 1, 0), stmt(RET_K, DROP), stmt(ST, 0)]);
+            ops.push(Op::Goto(Label::First));
+        }
+    }
 
     // Fork: a new thread (child_pid != child_tgid) of a watched process, or
     // of a watched process's child (its `parent` is the process's parent):

@@ -44,11 +44,29 @@
 //!   still report it exactly, and after the events those bring (a daemon's
 //!   child before its parent's end).
 //!
+//! With fanotify (see `fanotify.rs`; CAP_SYS_ADMIN), execs are filtered
+//! in the kernel too: the filter passes only those of the watched set and
+//! of the processes fanotify saw opening a watched executable or a watched
+//! script's interpreter ("learnt" ones). The fanotify event comes as
+//! `execve` opens the file, before the exec's datagram, and the race
+//! between them closes by order: the process is added to the filter, then
+//! looked at in `/proc` once the datagrams queued are handled. If it runs
+//! a marked file already, or has ended, its exec may have been judged by
+//! the old filter, and it is reported from `/proc` (twice at worst, which
+//! the daemon takes as the same exec); else its datagram passes the new
+//! filter. A learnt process leaves the filter when its exec's datagram was
+//! handled, when it ends, or after [`LEARNT_TTL`] (a failed exec).
+//! The same holds for a watched process's child that executed before the
+//! filter held it: its exec is reported from `/proc` if its executable is
+//! no longer its parent's. Without fanotify every exec passes, as the
+//! connector alone cannot say which file ran.
+//!
 //! [`cn_proc.h`]: https://github.com/torvalds/linux/blob/master/include/uapi/linux/cn_proc.h
 //! [`cn_proc.c`]: https://github.com/torvalds/linux/blob/master/drivers/connector/cn_proc.c
 //! [`exit.c`]: https://github.com/torvalds/linux/blob/master/kernel/exit.c
 
 mod exec;
+pub mod fanotify;
 pub(crate) mod filter;
 mod forks;
 mod socket;
@@ -57,11 +75,13 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     io,
     os::fd::{AsFd, FromRawFd, OwnedFd},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    path::Path,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use armourd_common::FileKey;
-use filter::{Message, CN_IDX_PROC};
+use fanotify::{ExecWatch, DISABLE_VAR};
+use filter::{Execs, Message, CN_IDX_PROC};
 use forks::Forks;
 use libc::{c_int, sockaddr_nl, socklen_t};
 use socket::{attach, await_ack, netlink_address, receive_batch, send_op, set_rcvbuf};
@@ -69,6 +89,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 
 use super::{Event, FileMark};
 use crate::{
+    daemon::error_chain,
     procfs::{self, live_threads, Ending},
     status::ExitStatus,
 };
@@ -81,6 +102,9 @@ const RCVBUF: c_int = 4 << 20;
 /// Datagrams read per [`ProcConnectorBackend::read`], to bound its latency.
 const BATCH: usize = 256;
 const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a process learnt from fanotify stays in the filter when
+/// neither its exec nor its end was seen (its exec failed).
+const LEARNT_TTL: Duration = Duration::from_secs(30);
 
 /// Why the proc-connector backend cannot run.
 #[derive(thiserror::Error, Debug)]
@@ -118,6 +142,8 @@ struct Watched {
     /// Whether the attached filter holds it; its threads were read from
     /// `/proc` once it did.
     filtered: bool,
+    /// The executable it ran when it was added (a child: its parent's).
+    exe: Option<FileKey>,
 }
 
 /// A watched process found ended in `/proc` whose last datagram may have
@@ -149,11 +175,27 @@ pub struct ProcConnectorBackend {
     buf: Vec<u8>,
     /// Which forks the filter passes by age: see [`Forks`].
     forks: Forks,
+    /// Which processes are executing a watched file; `None`: every exec
+    /// passes the filter.
+    execs: Option<ExecWatch>,
+    /// Processes fanotify saw opening a watched file, held by the filter
+    /// until their exec is handled or they end, and when they were.
+    learnt: HashMap<u32, Instant>,
+    /// Processes to look at in `/proc` once the datagrams queued are
+    /// handled: their exec may have been dropped by an older filter.
+    unseen: Vec<u32>,
 }
 
 impl ProcConnectorBackend {
-    /// Opens and subscribes the socket. Must run inside the tokio runtime.
+    /// Opens and subscribes the socket, with fanotify unless the
+    /// environment turns it off ([`DISABLE_VAR`]) or it is unavailable
+    /// (said once). Must run inside the tokio runtime.
     pub fn open() -> Result<Self, ProcConnectorError> {
+        Self::open_with(!ExecWatch::disabled())
+    }
+
+    /// [`Self::open`], with fanotify if `fanotify` (and available).
+    pub fn open_with(fanotify: bool) -> Result<Self, ProcConnectorError> {
         tokio::runtime::Handle::try_current()
             .map_err(|e| ProcConnectorError::Poll(io::Error::other(e)))?;
         let flags = libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
@@ -165,9 +207,15 @@ impl ProcConnectorBackend {
         // SAFETY: a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         set_rcvbuf(fd.as_fd());
+        let execs = open_exec_watch(fanotify);
+        let mode = if execs.is_some() {
+            Execs::Held
+        } else {
+            Execs::All
+        };
         // Filter first, so that nothing unfiltered is queued once bound.
         let forks = Forks::read();
-        let initial = filter::filter(&[std::process::id()], forks.threshold());
+        let initial = filter::filter(&[std::process::id()], forks.threshold(), mode);
         attach(fd.as_fd(), &initial.insns)
             .map_err(|source| ProcConnectorError::Filter { watched: 0, source })?;
         let address = netlink_address(CN_IDX_PROC);
@@ -208,7 +256,110 @@ impl ProcConnectorBackend {
             lost: false,
             buf,
             forks,
+            execs,
+            learnt: HashMap::new(),
+            unseen: Vec::new(),
         })
+    }
+
+    /// Whether fanotify tells which processes execute watched files.
+    pub fn has_fanotify(&self) -> bool {
+        self.execs.is_some()
+    }
+
+    fn execs_mode(&self) -> Execs {
+        if self.execs.is_some() {
+            Execs::Held
+        } else {
+            Execs::All
+        }
+    }
+
+    /// Every exec passes the filter from now on, for `why`.
+    fn drop_fanotify(&mut self, why: &str) {
+        if self.execs.take().is_some() {
+            log::warn!(
+                "proc connector: fanotify no longer used ({why}): every exec on the machine wakes armourd"
+            );
+            self.learnt.clear();
+            self.synced = false;
+        }
+    }
+
+    /// Waits for the socket or fanotify; true when fanotify has events.
+    async fn wait(&self) -> io::Result<bool> {
+        let Some(watch) = &self.execs else {
+            return Ok(false);
+        };
+        tokio::select! {
+            biased;
+            ready = watch.readable() => ready.map(|()| true),
+            ready = self.socket.readable() => ready.map(|_| false),
+        }
+    }
+
+    /// Holds in the filter the processes fanotify saw opening a watched
+    /// file, then has them looked at once the datagrams queued are handled.
+    async fn learn(&mut self, out: &mut Vec<Event>) {
+        let Some(watch) = &mut self.execs else {
+            return;
+        };
+        let opened = match watch.read().await {
+            Ok(opened) => opened,
+            Err(e) => return self.drop_fanotify(&format!("cannot read its events: {e}")),
+        };
+        if opened.overflowed {
+            log::warn!("fanotify: its queue overflowed, execs of watched files were lost");
+            out.push(Event::Lost { count: 1 });
+        }
+        let now = Instant::now();
+        let before = self.learnt.len();
+        self.learnt
+            .retain(|pid, at| now.duration_since(*at) < LEARNT_TTL || self.unseen.contains(pid));
+        let own = std::process::id();
+        for pid in opened.pids {
+            if pid == own || self.watched.get(&pid).is_some_and(|w| w.filtered) {
+                continue; // its execs pass already
+            }
+            if self.learnt.insert(pid, now).is_none() {
+                self.unseen.push(pid);
+                self.synced = false;
+            }
+        }
+        if self.learnt.len() != before {
+            self.synced = false;
+        }
+        // Before the look in /proc, which waits for the queue to drain.
+        self.sync_filter();
+    }
+
+    /// Reports the execs that older filters may have dropped (see the
+    /// module's documentation), once the datagrams queued are handled.
+    fn report_unseen(&mut self, out: &mut Vec<Event>) {
+        let now = monotonic_ns();
+        for pid in std::mem::take(&mut self.unseen) {
+            let exe = procfs::exe_key(pid).ok();
+            if self.learnt.contains_key(&pid) {
+                let marked = |key| self.execs.as_ref().is_some_and(|w| w.is_marked(&key));
+                match exe {
+                    // Ended: every datagram it sent was handled, and none
+                    // was its exec's.
+                    None => {
+                        self.learnt.remove(&pid);
+                        self.synced = false;
+                    }
+                    Some(key) if marked(key) => {}
+                    Some(_) => continue, // its exec's datagram will pass
+                }
+                log::debug!("proc connector: exec of {pid} seen from /proc");
+                out.push(Event::Exec(self.exec_seen(pid, now)));
+            } else if let Some(watched) = self.watched.get(&pid) {
+                if exe.is_some() && exe != watched.exe {
+                    log::debug!("proc connector: {pid} executed before the filter held it");
+                    out.push(Event::Exec(self.exec_seen(pid, now)));
+                }
+            }
+        }
     }
 
     /// Waits for datagrams and appends their events to `out`. A full socket
@@ -220,9 +371,12 @@ impl ProcConnectorBackend {
             // of the last ones were handed over, which may start a restart.
             self.sync_filter();
             let mut drained = false;
-            if self.pending.is_empty() {
+            let waits = self.ended.is_empty() && self.unseen.is_empty();
+            if self.pending.is_empty() && waits && self.wait().await? {
+                self.learn(out).await;
+            } else if self.pending.is_empty() {
                 let (buf, pending) = (&mut self.buf, &mut self.pending);
-                let received = if self.ended.is_empty() {
+                let received = if waits {
                     let mut guard = self.socket.readable().await?;
                     let received = receive_batch(guard.get_inner().as_fd(), buf, BATCH, pending)?;
                     if received.drained {
@@ -237,6 +391,7 @@ impl ProcConnectorBackend {
             }
             self.handle(out);
             if drained && self.pending.is_empty() {
+                self.report_unseen(out);
                 self.report_ended(out);
             }
             if std::mem::take(&mut self.lost) {
@@ -268,6 +423,9 @@ impl ProcConnectorBackend {
                     tgid,
                     ktime_ns,
                 } if pid == tgid => {
+                    if self.learnt.remove(&pid).is_some() {
+                        self.synced = false;
+                    }
                     let (exec, newly_watched) = self.on_exec(pid, ktime_ns);
                     out.push(Event::Exec(exec));
                     if newly_watched {
@@ -317,7 +475,8 @@ impl ProcConnectorBackend {
             return;
         }
         let start = start_ticks(tgid);
-        self.insert(tgid, start, HashSet::from([tgid]));
+        let exe = self.watched.get(&parent).and_then(|p| p.exe);
+        self.insert(tgid, start, HashSet::from([tgid]), exe);
         out.push(Event::Fork {
             parent,
             child: tgid,
@@ -327,6 +486,10 @@ impl ProcConnectorBackend {
 
     /// Reports the process ended if `tid` was its last thread.
     fn on_exit(&mut self, tid: u32, tgid: u32, code: u32, ktime_ns: u64, out: &mut Vec<Event>) {
+        // A learnt process whose exec may have been dropped is looked at first.
+        if tid == tgid && !self.unseen.contains(&tgid) && self.learnt.remove(&tgid).is_some() {
+            self.synced = false;
+        }
         let Some(watched) = self.watched.get_mut(&tgid) else {
             return;
         };
@@ -393,12 +556,19 @@ impl ProcConnectorBackend {
         }
     }
 
-    fn insert(&mut self, pid: u32, start: Option<u64>, threads: HashSet<u32>) {
+    fn insert(
+        &mut self,
+        pid: u32,
+        start: Option<u64>,
+        threads: HashSet<u32>,
+        exe: Option<FileKey>,
+    ) {
         self.watched.insert(
             pid,
             Watched {
                 start,
                 threads,
+                exe,
                 ..Watched::default()
             },
         );
@@ -411,7 +581,8 @@ impl ProcConnectorBackend {
             return Ok(());
         }
         // Its threads are read once the filter holds it.
-        self.insert(pid, start_ticks(pid), HashSet::from([pid]));
+        let exe = procfs::exe_key(pid).ok();
+        self.insert(pid, start_ticks(pid), HashSet::from([pid]), exe);
         self.try_sync_filter()
     }
 
@@ -423,19 +594,34 @@ impl ProcConnectorBackend {
         }
     }
 
-    /// Watches every exec of `file` from the moment it is read, when it is
-    /// a watched executable (an interpreter's execs are left to the daemon).
-    pub fn set_file(&mut self, file: FileKey, mark: FileMark) -> Result<(), ProcConnectorError> {
+    /// Watches every exec of `file`, found at `path`, from the moment it
+    /// is read, when it is a watched executable (an interpreter's execs are
+    /// left to the daemon). With fanotify, both are marked; a file that
+    /// cannot be marked makes every exec pass the filter again.
+    pub fn set_file(
+        &mut self,
+        file: FileKey,
+        mark: FileMark,
+        path: &Path,
+    ) -> Result<(), ProcConnectorError> {
         match mark {
             FileMark::Watched => self.files.insert(file),
             FileMark::Interpreter => self.files.remove(&file),
         };
+        if let Some(watch) = &mut self.execs {
+            if let Err(e) = watch.mark(file, path) {
+                self.drop_fanotify(&error_chain(&e));
+            }
+        }
         Ok(())
     }
 
     /// Stops watching execs of `file` at once.
     pub fn remove_file(&mut self, file: FileKey) {
         self.files.remove(&file);
+        if let Some(watch) = &mut self.execs {
+            watch.unmark(file);
+        }
     }
 
     fn sync_filter(&mut self) {
@@ -449,10 +635,11 @@ impl ProcConnectorBackend {
             return Ok(());
         }
         let mut pids: Vec<u32> = self.watched.keys().copied().collect();
+        pids.extend(self.learnt.keys().copied());
         // armourd itself counts as a watched parent: the exit of a process it
         // just restarted passes even before the filter holds that process.
         pids.push(std::process::id());
-        let filter = filter::filter(&pids, self.forks.threshold());
+        let filter = filter::filter(&pids, self.forks.threshold(), self.execs_mode());
         self.forks.stale = 0;
         attach(self.socket.get_ref().as_fd(), &filter.insns).map_err(|source| {
             ProcConnectorError::Filter {
@@ -482,8 +669,51 @@ impl ProcConnectorBackend {
         self.exact = filter.exact;
         self.synced = true;
         self.look_up(&held);
+        if self.execs.is_some() {
+            // Its exec, if it executed before, was dropped.
+            for pid in held {
+                if !self.unseen.contains(&pid) {
+                    self.unseen.push(pid);
+                }
+            }
+        }
         Ok(())
     }
+}
+
+/// The fanotify group, unless turned off or unavailable (said once).
+fn open_exec_watch(wanted: bool) -> Option<ExecWatch> {
+    if !wanted {
+        log::info!(
+            "proc connector: fanotify turned off by {DISABLE_VAR}: every exec on the machine wakes armourd"
+        );
+        return None;
+    }
+    match ExecWatch::open() {
+        Ok(watch) => {
+            if !watch.exec_only() {
+                log::info!(
+                    "proc connector: this kernel has no FAN_OPEN_EXEC (Linux 5.0+): \
+                     reads of watched executables wake armourd too"
+                );
+            }
+            Some(watch)
+        }
+        Err(e) => {
+            log::warn!(
+                "proc connector: fanotify unavailable: {}; every exec on the machine wakes armourd",
+                error_chain(&e)
+            );
+            None
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of the connector's timestamps.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
 }
 
 fn start_ticks(pid: u32) -> Option<u64> {

@@ -124,14 +124,38 @@ fn datagrams_decode_to_messages() {
 
 #[test]
 fn execs_of_leaders_pass() {
-    let f = filter(&[], 1000);
+    let f = filter(&[], 1000, Execs::All);
     assert!(passes(&f, &exec(100, 100)));
     assert!(!passes(&f, &exec(101, 100)));
 }
 
 #[test]
+fn held_execs_pass_only_for_processes_in_the_set() {
+    let f = filter(&[100, 70_000], 5000, Execs::Held);
+    assert!(passes(&f, &exec(100, 100)));
+    assert!(passes(&f, &exec(70_000, 70_000)));
+    assert!(!passes(&f, &exec(101, 101)), "another process");
+    assert!(
+        !passes(&f, &exec(9000, 9000)),
+        "newer than the filter: still dropped"
+    );
+    assert!(!passes(&f, &exec(101, 100)), "not a leader");
+    // Forks and exits are judged as with every exec passing.
+    assert!(passes(&f, &fork(100, 101, 101)));
+    assert!(passes(&f, &exit(100, 100, 0, 1)));
+    assert!(!passes(&f, &exit(101, 101, 0, 1)));
+}
+
+#[test]
+fn too_many_pids_pass_every_held_exec() {
+    let f = filter(&pids(5000), 1000, Execs::Held);
+    assert!(!f.exact);
+    assert!(passes(&f, &exec(7, 7)));
+}
+
+#[test]
 fn forks_pass_by_watched_processes_and_by_processes_newer_than_the_filter() {
-    let f = filter(&[100, 70_000], 5000);
+    let f = filter(&[100, 70_000], 5000, Execs::All);
     assert!(passes(&f, &fork(100, 6000, 6000)), "by a watched process");
     assert!(passes(&f, &fork(70_000, 6001, 6001)), "by another");
     assert!(passes(&f, &fork(5000, 6002, 6002)), "by the oldest new one");
@@ -143,14 +167,14 @@ fn forks_pass_by_watched_processes_and_by_processes_newer_than_the_filter() {
         assert!(!passes(&f, &fork(older, 6004, 6004)), "by {older}");
     }
     assert!(
-        passes(&filter(&[], 0), &fork(1, 2, 2)),
+        passes(&filter(&[], 0, Execs::All), &fork(1, 2, 2)),
         "threshold 0: every fork"
     );
 }
 
 #[test]
 fn other_events_and_foreign_datagrams_are_dropped() {
-    let f = filter(&[100], 1000);
+    let f = filter(&[100], 1000, Execs::All);
     for what in [0x4, 0x40, 0x80, 0x100, 0x200, 0x2000_0000, 0x4000_0000] {
         assert!(!passes(&f, &datagram(what, &[100, 100])), "what {what:#x}");
     }
@@ -170,7 +194,7 @@ fn other_events_and_foreign_datagrams_are_dropped() {
 
 #[test]
 fn threads_pass_of_watched_processes_and_their_children() {
-    let f = filter(&[100, 200], 1000);
+    let f = filter(&[100, 200], 1000, Execs::All);
     assert!(
         passes(&f, &fork(1, 301, 100)),
         "a new thread of a watched process"
@@ -201,7 +225,7 @@ fn pids(n: u32) -> Vec<u32> {
 fn every_watched_pid_and_no_other_is_found_at_every_size() {
     for n in (0..40).chain([100, 255, 256, 500, 1000, 1150]) {
         let watched = pids(n);
-        let f = filter(&watched, u32::MAX);
+        let f = filter(&watched, u32::MAX, Execs::All);
         assert!(f.exact, "{n} pids");
         for &pid in &watched {
             let found = [
@@ -227,7 +251,7 @@ fn every_watched_pid_and_no_other_is_found_at_every_size() {
 #[test]
 fn a_datagram_costs_logarithmic_instructions() {
     let watched = pids(1150);
-    let f = filter(&watched, u32::MAX);
+    let f = filter(&watched, u32::MAX, Execs::All);
     let most = (watched.iter().flat_map(|&p| [p, p + 1]))
         .map(|pid| run(&f.insns, &exit(pid, pid, 0, 1)).1)
         .max();
@@ -238,10 +262,10 @@ fn a_datagram_costs_logarithmic_instructions() {
 #[test]
 fn too_many_pids_pass_every_fork_and_exit() {
     let fits = (1..3000)
-        .take_while(|&n| filter(&pids(n), 1000).exact)
+        .take_while(|&n| filter(&pids(n), 1000, Execs::All).exact)
         .last();
     assert!(fits >= Some(1150), "only {fits:?} pids fit");
-    let f = filter(&pids(fits.unwrap() + 1), 1000);
+    let f = filter(&pids(fits.unwrap() + 1), 1000, Execs::All);
     assert!(!f.exact);
     let all = [exit(99_999, 99_999, 0, 1), fork(1, 9, 99_998), exec(7, 7)];
     assert!(all.iter().all(|p| passes(&f, p)));
