@@ -76,11 +76,12 @@ impl Daemon {
         let mut cmd = Command::new(armourd_bin());
         cmd.arg("-c")
             .arg(sandbox.config_path())
-            .args(["--backend", backend.name()])
+            .args(["--backend", backend.flag()])
             .args(args)
             .arg("-v")
             .current_dir("/")
             .env("RUST_BACKTRACE", "1")
+            .envs(backend.env().iter().copied())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -137,7 +138,7 @@ impl Daemon {
     /// Waits for the line with `ready`, `backend=NAME` and `N watched`;
     /// returns N. Panics if armourd ends first or takes over [`READY_TIMEOUT`].
     pub fn wait_ready(&mut self) -> usize {
-        let wanted = format!("backend={}", self.backend.name());
+        let wanted = format!("backend={},", self.backend.name());
         let found = wait_for(READY_TIMEOUT, || {
             let log = self.log();
             let line = log

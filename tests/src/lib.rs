@@ -49,16 +49,42 @@ pub const QUIET_WINDOW: Duration = Duration::from_millis(1500);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     Ebpf,
+    /// The proc connector with fanotify, as it runs by default.
     ProcConnector,
+    /// The proc connector with fanotify turned off (`ARMOURD_FANOTIFY=off`),
+    /// as it runs without CAP_SYS_ADMIN.
+    ProcConnectorPlain,
 }
 
 impl Backend {
-    /// The value of `--backend` and of `backend=` in the ready line.
+    /// The value of `--backend`.
+    pub fn flag(self) -> &'static str {
+        match self {
+            Backend::Ebpf => "ebpf",
+            Backend::ProcConnector | Backend::ProcConnectorPlain => "proc-connector",
+        }
+    }
+
+    /// What the ready line (`backend=`) and the D-Bus `Backend` property say.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Ebpf => "ebpf",
-            Backend::ProcConnector => "proc-connector",
+            Backend::ProcConnector => "proc-connector+fanotify",
+            Backend::ProcConnectorPlain => "proc-connector",
         }
+    }
+
+    /// The environment armourd needs for this variant.
+    pub fn env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Backend::ProcConnectorPlain => &[("ARMOURD_FANOTIFY", "off")],
+            _ => &[],
+        }
+    }
+
+    /// Whether this is the proc connector, with or without fanotify.
+    pub fn is_proc_connector(self) -> bool {
+        self != Backend::Ebpf
     }
 }
 
@@ -83,13 +109,15 @@ pub fn run(backend: Backend, testee: &str, test: fn(Backend)) {
 }
 
 /// Instantiates tests `fn NAME(backend: Backend)` once per event backend,
-/// as `ebpf::NAME` and `proc_connector::NAME`; run one backend's with a
-/// cargo test filter such as `ebpf::`.
+/// as `ebpf::NAME`, `proc_connector::NAME` (with fanotify) and
+/// `proc_connector_plain::NAME` (without); run one backend's with a cargo
+/// test filter such as `ebpf::`.
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
         $crate::backend_tests!(@instances ebpf, Ebpf, $($name),*);
         $crate::backend_tests!(@instances proc_connector, ProcConnector, $($name),*);
+        $crate::backend_tests!(@instances proc_connector_plain, ProcConnectorPlain, $($name),*);
     };
     (@instances $module:ident, $backend:ident, $($name:ident),*) => {
         mod $module {
