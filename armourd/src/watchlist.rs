@@ -121,11 +121,11 @@ impl WatchList {
             self.files.get(&key).filter(|f| f.interpreter.is_some())
         };
         // The kernel puts the script's path after the interpreter and its
-        // one optional argument.
-        let file = match filename {
-            Some(name) => named(name)?,
-            None => argv.iter().skip(1).take(2).find_map(|a| named(a))?,
-        };
+        // one optional argument; an interpreter executed by name (`sh
+        // SCRIPT`) has it at the same place.
+        let file = filename
+            .and_then(named)
+            .or_else(|| argv.iter().skip(1).take(2).find_map(|a| named(a)))?;
         let index = argv
             .iter()
             .skip(1)

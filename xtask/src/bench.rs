@@ -56,7 +56,25 @@ pub struct BenchOptions {
     flood_only: bool,
 }
 
-const BACKENDS: [&str; 2] = ["ebpf", "proc-connector"];
+/// The rows: each backend as `ready` names it; the proc connector with
+/// fanotify (as it runs with CAP_SYS_ADMIN) and without (as without it).
+const BACKENDS: [&str; 3] = ["ebpf", "proc-connector+fanotify", "proc-connector"];
+
+/// How armourd is started for the row `backend`: `--backend`, and the
+/// environment added.
+fn launch(backend: &str) -> (&'static str, &'static [(&'static str, &'static str)]) {
+    match backend {
+        "ebpf" => ("ebpf", &[]),
+        "proc-connector+fanotify" => ("proc-connector", &[]),
+        _ => ("proc-connector", &[("ARMOURD_FANOTIFY", "off")]),
+    }
+}
+
+/// `/proc/loadavg`'s three load averages: how busy the machine was.
+fn load_average() -> String {
+    let text = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
 
 /// The names root calls during the flood: the one every user calls, and
 /// the one only root may call (SPEC §7).
@@ -122,6 +140,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         print!("{text}");
         return Ok(());
     }
+    let load_before = load_average();
     let mut reports = Vec::new();
     for backend in BACKENDS {
         println!("bench: {backend} …");
@@ -139,7 +158,8 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
     }
     ensure!(!reports.is_empty(), "no backend could be measured");
     let floods = floods();
-    let text = render(&reports, &floods, binary_size, options);
+    let load = [load_before, load_average()];
+    let text = render(&reports, &floods, binary_size, options, &load);
     print!("{text}");
     let path = cmd::workspace_root().join("BENCHMARKS.md");
     fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
@@ -191,8 +211,10 @@ fn measure(daemon: &Path, backend: &'static str, options: &BenchOptions) -> Resu
         .spawn()
         .context("cannot start the benchmark service")?;
     // Adopted by armourd at start-up; the first kill below ends it.
+    let (flag, env) = launch(backend);
     let mut child = Command::new(daemon)
-        .args(["-c", &config.display().to_string(), "--backend", backend])
+        .args(["-c", &config.display().to_string(), "--backend", flag])
+        .envs(env.iter().copied())
         .args(["--dbus", "none", "-v"])
         .stderr(Stdio::piped())
         .spawn()
@@ -425,10 +447,17 @@ fn render(
     floods: &[flood::FloodReport],
     binary_size: u64,
     options: &BenchOptions,
+    load: &[String; 2],
 ) -> String {
     let mut out = String::from("# armourd benchmarks\n\n");
     let _ = writeln!(out, "Written by `cargo xtask bench`.\n");
     let _ = writeln!(out, "- machine: {}", machine());
+    let _ = writeln!(
+        out,
+        "- load average (1, 5, 15 min) as the backends' runs began: {}; as they ended: {} \
+         (anything else running on the machine shares its cores with the runs)",
+        load[0], load[1]
+    );
     let _ = writeln!(
         out,
         "- release binary: {:.2} MiB ({binary_size} bytes)",
