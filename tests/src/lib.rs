@@ -110,14 +110,14 @@ pub fn run(backend: Backend, testee: &str, test: fn(Backend)) {
 
 /// Instantiates tests `fn NAME(backend: Backend)` once per event backend,
 /// as `ebpf::NAME`, `proc_connector::NAME` (with fanotify) and
-/// `proc_connector_plain::NAME` (without); run one backend's with a cargo
+/// `proc_plain::NAME` (without); run one backend's with a cargo
 /// test filter such as `ebpf::`.
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
         $crate::backend_tests!(@instances ebpf, Ebpf, $($name),*);
         $crate::backend_tests!(@instances proc_connector, ProcConnector, $($name),*);
-        $crate::backend_tests!(@instances proc_connector_plain, ProcConnectorPlain, $($name),*);
+        $crate::backend_tests!(@instances proc_plain, ProcConnectorPlain, $($name),*);
     };
     (@instances $module:ident, $backend:ident, $($name:ident),*) => {
         mod $module {

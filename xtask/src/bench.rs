@@ -73,7 +73,10 @@ fn launch(backend: &str) -> (&'static str, &'static [(&'static str, &'static str
 /// `/proc/loadavg`'s three load averages: how busy the machine was.
 fn load_average() -> String {
     let text = fs::read_to_string("/proc/loadavg").unwrap_or_default();
-    text.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The names root calls during the flood: the one every user calls, and

@@ -322,8 +322,10 @@ impl ProcConnectorBackend {
                 continue; // its execs pass already
             }
             if self.learnt.insert(pid, now).is_none() {
-                self.unseen.push(pid);
                 self.synced = false;
+            }
+            if !self.unseen.contains(&pid) {
+                self.unseen.push(pid);
             }
         }
         if self.learnt.len() != before {
@@ -348,13 +350,15 @@ impl ProcConnectorBackend {
                         self.learnt.remove(&pid);
                         self.synced = false;
                     }
-                    Some(key) if marked(key) => {}
+                    // Its exec is over once argv is laid out (the datagram
+                    // follows at once, perhaps through the old filter).
+                    Some(key) if marked(key) && laid_out(pid) => {}
                     Some(_) => continue, // its exec's datagram will pass
                 }
                 log::debug!("proc connector: exec of {pid} seen from /proc");
                 out.push(Event::Exec(self.exec_seen(pid, now)));
             } else if let Some(watched) = self.watched.get(&pid) {
-                if exe.is_some() && exe != watched.exe {
+                if exe.is_some() && exe != watched.exe && laid_out(pid) {
                     log::debug!("proc connector: {pid} executed before the filter held it");
                     out.push(Event::Exec(self.exec_seen(pid, now)));
                 }
@@ -462,6 +466,15 @@ impl ProcConnectorBackend {
             return;
         }
         self.forks.newest = tgid;
+        if parent == std::process::id() && self.execs.is_some() {
+            // A restart or a hook: held before it executes (it would be
+            // learnt only as it does), so that its exec's datagram, with
+            // the kernel's timestamp, passes.
+            if self.learnt.insert(tgid, Instant::now()).is_none() {
+                self.synced = false;
+            }
+            return;
+        }
         if !self.watched.contains_key(&parent) {
             // Passed for its age only: once too many did, the filter is
             // made anew with a newer threshold.
@@ -670,9 +683,10 @@ impl ProcConnectorBackend {
         self.synced = true;
         self.look_up(&held);
         if self.execs.is_some() {
-            // Its exec, if it executed before, was dropped.
+            // Its exec, if it executed before, was dropped (a learnt
+            // process is looked at as such).
             for pid in held {
-                if !self.unseen.contains(&pid) {
+                if !self.unseen.contains(&pid) && !self.learnt.contains_key(&pid) {
                     self.unseen.push(pid);
                 }
             }
@@ -707,6 +721,12 @@ fn open_exec_watch(wanted: bool) -> Option<ExecWatch> {
             None
         }
     }
+}
+
+/// Whether `pid`'s exec, if it was executing, is over: its new argv is
+/// laid out (`/proc/PID/cmdline` reads empty in the middle of an exec).
+fn laid_out(pid: u32) -> bool {
+    procfs::cmdline(pid).is_ok_and(|argv| !argv.is_empty())
 }
 
 /// CLOCK_MONOTONIC in nanoseconds, the clock of the connector's timestamps.
