@@ -318,9 +318,12 @@ impl ProcConnectorBackend {
             .retain(|pid, at| now.duration_since(*at) < LEARNT_TTL || self.unseen.contains(pid));
         let own = std::process::id();
         for pid in opened.pids {
-            if pid == own || self.watched.get(&pid).is_some_and(|w| w.filtered) {
-                continue; // its execs pass already
+            // Watched ones too: the filter may have taken one after its
+            // exec (a restart, watched as its spawn returns).
+            if pid == own {
+                continue;
             }
+            log::trace!("fanotify: {pid} opened a watched file");
             if self.learnt.insert(pid, now).is_none() {
                 self.synced = false;
             }
@@ -353,7 +356,10 @@ impl ProcConnectorBackend {
                     // Its exec is over once argv is laid out (the datagram
                     // follows at once, perhaps through the old filter).
                     Some(key) if marked(key) && laid_out(pid) => {}
-                    Some(_) => continue, // its exec's datagram will pass
+                    Some(_) => {
+                        log::trace!("proc connector: {pid} still executing");
+                        continue; // its exec's datagram will pass
+                    }
                 }
                 log::debug!("proc connector: exec of {pid} seen from /proc");
                 out.push(Event::Exec(self.exec_seen(pid, now)));
