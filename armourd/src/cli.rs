@@ -26,6 +26,10 @@ pub struct Args {
     /// Message bus to answer on
     #[arg(long, value_enum, default_value = "system")]
     pub dbus: Bus,
+    /// Root's control socket: the D-Bus interface without the bus, for
+    /// root alone; `none` for none [default with --dbus system: /run/armourd/control]
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
     /// Watches a user other than root may make over D-Bus
     #[arg(long, value_name = "N", default_value_t = DEFAULT_MAX_USER_WATCHES)]
     pub max_user_watches: usize,

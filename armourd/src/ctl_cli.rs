@@ -1,6 +1,8 @@
 //! armourctl's command line. Only clap in here: `cargo xtask` includes
 //! this file to write the man page and shell completions.
 
+use std::path::PathBuf;
+
 use clap::{Parser, Subcommand};
 
 /// Talks to armourd, the process watchdog, over D-Bus.
@@ -13,6 +15,10 @@ pub struct Args {
     /// Use the session bus (DBUS_SESSION_BUS_ADDRESS)
     #[arg(long)]
     pub session: bool,
+    /// Talk to armourd on its control socket, not through a bus (root only;
+    /// root's default is /run/armourd/control when it is there, else the system bus)
+    #[arg(long, value_name = "PATH")]
+    pub control_socket: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -24,7 +24,7 @@ mod spawner;
 mod unheld;
 mod upkeep;
 
-pub use requests::DEFAULT_MAX_USER_WATCHES;
+pub use requests::{Answering, DEFAULT_MAX_USER_WATCHES};
 pub use upkeep::Service;
 
 use armourd_common::PidClass;
@@ -91,26 +91,17 @@ pub struct Daemon {
     upkeep: Upkeep,
 }
 
-/// Runs armourd until SIGTERM or SIGINT, answering on `bus` if given,
-/// where a uid other than root may hold `max_user_watches` watches;
-/// `config` was read from `config_path` (`None`: the default file), which
-/// a reload reads again. Must run inside a tokio runtime.
+/// Runs armourd until SIGTERM or SIGINT, answering requests as
+/// `answering` says; `config` was read from `config_path` (`None`: the
+/// default file), which a reload reads again. Must run inside a tokio
+/// runtime.
 pub async fn run(
     config: Config,
     config_path: Option<PathBuf>,
     choice: BackendChoice,
-    bus: Option<crate::dbus::Bus>,
-    max_user_watches: usize,
+    answering: Answering,
 ) -> Result<(), DaemonError> {
-    run_service(
-        config,
-        config_path,
-        choice,
-        bus,
-        max_user_watches,
-        Service::default(),
-    )
-    .await
+    run_service(config, config_path, choice, answering, Service::default()).await
 }
 
 /// [`run`] as a system service: feeding `service`'s watchdog, telling its
@@ -119,15 +110,11 @@ pub async fn run_service(
     config: Config,
     config_path: Option<PathBuf>,
     choice: BackendChoice,
-    bus: Option<crate::dbus::Bus>,
-    max_user_watches: usize,
+    answering: Answering,
     service: Service,
 ) -> Result<(), DaemonError> {
     let engine = Engine::start(choice)?;
-    let bus = match bus {
-        Some(bus) => requests::start(bus, engine.kind(), max_user_watches).await,
-        None => None,
-    };
+    let bus = requests::start(answering, engine.kind()).await;
     let mut daemon = Daemon {
         engine,
         supervisor: Supervisor::new(reload::policies(&config)),

@@ -36,9 +36,11 @@ use zbus::{
     Connection, OwnedVariant, Variant,
 };
 
+pub mod control;
 mod gate;
 mod process_info;
 
+pub use control::ControlSocket;
 pub use gate::{Gate, Refused};
 pub use process_info::{group_by_exe, Pids, ProcessInfo, STATES};
 
@@ -327,13 +329,22 @@ impl Incoming {
     }
 }
 
+/// How the interface learns who calls.
+enum Callers {
+    /// Asked of the bus, on this connection, once per sender.
+    Bus(Connection),
+    /// The one peer of a connection without a bus (the control socket),
+    /// known from the socket's credentials.
+    Peer(u32),
+}
+
 /// The object served at [`OBJECT_PATH`].
 struct Interface {
     backend: &'static str,
     queues: Queues,
     gate: Gate,
-    /// Where callers' uids are asked for.
-    lookup: Connection,
+    /// How the caller's uid is learnt.
+    callers: Callers,
     /// Served under [`ROOT_BUS_NAME`]: only root's calls are served.
     root_only: bool,
 }
@@ -362,17 +373,26 @@ impl Interface {
     /// The caller's uid (asked of the bus once per connection), if its
     /// share of calls has room for this one.
     async fn admit(&self, header: &Header<'_>) -> Result<u32, CallError> {
+        let lookup = match &self.callers {
+            Callers::Peer(uid) => return self.admit_uid(*uid),
+            Callers::Bus(lookup) => lookup,
+        };
         let sender = header
             .sender()
             .ok_or_else(|| CallError::UnknownCaller("the call has no sender".into()))?;
         let uid = match self.gate.uid_of(sender.as_str()) {
             Some(uid) => uid,
             None => {
-                let uid = caller_uid(&self.lookup, sender).await?;
+                let uid = caller_uid(lookup, sender).await?;
                 self.gate.remember(sender.as_str(), uid);
                 uid
             }
         };
+        self.admit_uid(uid)
+    }
+
+    /// `uid`, if it may call here and its share of calls has room for this one.
+    fn admit_uid(&self, uid: u32) -> Result<u32, CallError> {
         if self.root_only && uid != 0 {
             return Err(CallError::AccessDenied(format!(
                 "only root may call armourd at {ROOT_BUS_NAME}; call {BUS_NAME}"
@@ -713,7 +733,7 @@ async fn serve(
         backend,
         queues,
         gate: Gate::default(),
-        lookup,
+        callers: Callers::Bus(lookup),
         root_only: false,
     };
     conn.object_server()
@@ -744,7 +764,7 @@ async fn serve_root(
         backend,
         queues,
         gate: Gate::default(),
-        lookup,
+        callers: Callers::Bus(lookup),
         root_only: true,
     };
     conn.object_server()

@@ -2,7 +2,10 @@
 //! configuration and runs the daemon (see the library's `daemon` module),
 //! in the foreground or detached (`-d`).
 
-use std::{path::Path, process::ExitCode};
+use std::{
+    path::{Path, PathBuf},
+    process::ExitCode,
+};
 
 use anyhow::Context;
 use armourd::{
@@ -130,12 +133,24 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
         notifier: service::Notifier::from_env(),
         detached,
     };
+    let control_socket = match &args.control_socket {
+        Some(path) if path.as_os_str() == "none" => None,
+        Some(path) => Some(path.clone()),
+        None if bus == Some(armourd::dbus::Bus::System) => {
+            Some(PathBuf::from(armourd::dbus::control::DEFAULT_PATH))
+        }
+        None => None,
+    };
+    let answering = daemon::Answering {
+        bus,
+        control_socket,
+        max_user_watches: args.max_user_watches,
+    };
     let result = runtime.block_on(daemon::run_service(
         config,
         args.config.clone(),
         choice,
-        bus,
-        args.max_user_watches,
+        answering,
         service,
     ));
     drop(pidfile);

@@ -13,7 +13,7 @@ use std::{
     ffi::OsStr,
     fs,
     io::{BufRead, BufReader},
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::mpsc,
 };
@@ -118,6 +118,12 @@ impl Scene {
     }
 }
 
+/// Where [`Bus::daemon`] has armourd make its control socket: in a folder
+/// armourd makes (mode 0700) in the sandbox.
+pub fn control_socket(sandbox: &Sandbox) -> PathBuf {
+    sandbox.path("run/control")
+}
+
 /// A private `dbus-daemon`; dropping it kills it by pid.
 pub struct Bus {
     child: Child,
@@ -205,13 +211,20 @@ impl Bus {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Starts armourd with `--dbus session` on this bus and waits until it
-    /// is ready; returns it and the number of processes it watches.
+    /// Starts armourd with `--dbus session` on this bus, and its control
+    /// socket at [`control_socket`], and waits until it is ready; returns it
+    /// and the number of processes it watches.
     pub fn daemon(&self, sandbox: &Sandbox, backend: Backend) -> (Daemon, usize) {
+        let control = control_socket(sandbox);
         Daemon::ready_with(
             sandbox,
             backend,
-            &["--dbus", "session"],
+            &[
+                "--dbus",
+                "session",
+                "--control-socket",
+                control.to_str().expect("the sandbox's path is UTF-8"),
+            ],
             &[("DBUS_SESSION_BUS_ADDRESS", self.address())],
         )
     }
@@ -320,6 +333,13 @@ impl Bus {
     pub fn armourctl(&self, args: &[&str]) -> Command {
         let mut cmd = self.command(armourctl_bin());
         cmd.arg("--session").args(args);
+        cmd
+    }
+
+    /// `armourctl --control-socket SOCKET ARGS…`: past this bus.
+    pub fn armourctl_at(&self, socket: &Path, args: &[&str]) -> Command {
+        let mut cmd = self.command(armourctl_bin());
+        cmd.arg("--control-socket").arg(socket).args(args);
         cmd
     }
 

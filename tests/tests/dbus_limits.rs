@@ -15,7 +15,7 @@ use std::{
 
 use armourd_tests::{
     backend_tests,
-    bus::{run, Background, Output, Scene, OBJECT_PATH},
+    bus::{control_socket, run, Background, Output, Scene, OBJECT_PATH},
     process, wait_until, Backend, Bus, LaunchExt, Value, EVENT_TIMEOUT,
 };
 
@@ -24,6 +24,7 @@ backend_tests!(
     a_thread_id_is_refused,
     armourd_itself_is_refused_even_for_root,
     flood_keeps_memory_bounded_and_root_answered,
+    flood_spares_root_on_the_control_socket,
     only_root_may_call_the_root_name,
     the_c_daemons_client_maps_every_answer,
 );
@@ -308,12 +309,40 @@ impl RssSampler {
     }
 }
 
+/// How root calls during a flood.
+#[derive(Clone, Copy, Debug)]
+enum RootVia {
+    /// `ListProcesses` through the bus the flood goes through.
+    Bus,
+    /// `armourctl list` on armourd's control socket, past the bus.
+    ControlSocket,
+}
+
 /// 40 connections of uid 65534 send 1,500 `GetProcesses` each (60,000
 /// calls, half of them asking for no reply) and read no reply, while 20
 /// watched processes with long command lines make each reply large; root's
 /// `ListProcesses` is answered all along, and armourd's VmRSS stays under
 /// 16 MiB.
 fn flood_keeps_memory_bounded_and_root_answered(backend: Backend) {
+    flood(backend, RootVia::Bus);
+}
+
+/// The same flood; root's `armourctl list` on the control socket is
+/// answered all along and lists every watched process.
+fn flood_spares_root_on_the_control_socket(backend: Backend) {
+    flood(backend, RootVia::ControlSocket);
+}
+
+/// The pids of `armourctl list`'s table (its first column).
+fn pids_of_list(table: &str) -> Vec<i32> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| line.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn flood(backend: Backend, via: RootVia) {
     let Scene {
         sb,
         bus,
@@ -347,18 +376,32 @@ fn flood_keeps_memory_bounded_and_root_answered(backend: Backend) {
             after_sent += 1;
         }
         let began = Instant::now();
-        let list = bus.call("com.github.Armourd.ListProcesses", &[]).value();
-        latencies.push(began.elapsed());
-        assert!(
-            matches!(list.get(&exe), Some(Value::Array(p)) if p.len() == pids.len()),
-            "root's ListProcesses lacks the {} pids of {exe}: {list:?}",
-            pids.len()
-        );
+        match via {
+            RootVia::Bus => {
+                let list = bus.call("com.github.Armourd.ListProcesses", &[]).value();
+                latencies.push(began.elapsed());
+                assert!(
+                    matches!(list.get(&exe), Some(Value::Array(p)) if p.len() == pids.len()),
+                    "root's ListProcesses lacks the {} pids of {exe}: {list:?}",
+                    pids.len()
+                );
+            }
+            RootVia::ControlSocket => {
+                let out = run(&mut bus.armourctl_at(&control_socket(&sb), &["list"]));
+                latencies.push(began.elapsed());
+                assert_eq!(out.code, Some(0), "root's armourctl list: {out:?}");
+                let mut listed = pids_of_list(&out.stdout);
+                listed.sort_unstable();
+                let mut expected = pids.clone();
+                expected.sort_unstable();
+                assert_eq!(listed, expected, "root's armourctl list: {}", out.stdout);
+            }
+        }
     }
     let peak = sampler.peak();
     // Not asserted (timings belong in `cargo xtask bench`); shown with --nocapture.
     eprintln!(
-        "{} root calls during the flood took {:?}; armourd's peak VmRSS {peak} KiB",
+        "{} root calls ({via:?}) during the flood took {:?}; armourd's peak VmRSS {peak} KiB",
         latencies.len(),
         latencies
     );

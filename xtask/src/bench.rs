@@ -79,9 +79,13 @@ fn load_average() -> String {
         .join(" ")
 }
 
-/// The names root calls during the flood: the one every user calls, and
-/// the one only root may call (SPEC §7).
-const ROOT_NAMES: [&str; 2] = ["com.github.Armourd", "com.github.Armourd.Root"];
+/// Where root calls during the flood: the name every user calls, the one
+/// only root may call, and the control socket, past the bus (SPEC §7).
+const ROOT_NAMES: [&str; 3] = [
+    "com.github.Armourd",
+    "com.github.Armourd.Root",
+    flood::CONTROL_SOCKET,
+];
 
 struct Report {
     backend: &'static str,

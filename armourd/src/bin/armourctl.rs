@@ -3,8 +3,10 @@
 //! configuration reloaded, or prints its signals as they come.
 
 use std::{
+    fmt,
     future::poll_fn,
     io::{self, Write},
+    path::{Path, PathBuf},
     pin::Pin,
     process::ExitCode,
     time::{Duration, SystemTime, UNIX_EPOCH},
@@ -13,24 +15,37 @@ use std::{
 use armourd::ctl_cli::{Args, Command};
 use armourd::{
     dbus::{
-        self, ArmourdProxy, Bus, CallError, ProcessExited, ProcessFailed, ProcessInfo,
+        self, control, ArmourdProxy, Bus, CallError, ProcessExited, ProcessFailed, ProcessInfo,
         ProcessRestarted, BUS_NAME,
     },
     status::signal_name,
 };
 use clap::Parser;
-use zbus::{export::futures_core::Stream, fdo, proxy::CacheProperties};
+use nix::unistd::geteuid;
+use zbus::{export::futures_core::Stream, fdo, proxy::CacheProperties, Connection};
 
 /// What went wrong, as one line for the user.
 struct Failure(String);
 
+/// Where armourctl reaches armourd.
+#[derive(Clone, Debug)]
+enum Via {
+    Bus(Bus),
+    /// The control socket at this path.
+    Control(PathBuf),
+}
+
+impl fmt::Display for Via {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Bus(bus) => write!(f, "the {bus} bus"),
+            Self::Control(path) => write!(f, "the control socket {}", path.display()),
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
-    let bus = if args.session {
-        Bus::Session
-    } else {
-        Bus::System
-    };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -38,7 +53,7 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(e) => return fail(Failure(format!("cannot start the async runtime: {e}"))),
     };
-    match runtime.block_on(run(bus, args.command)) {
+    match runtime.block_on(run(args)) {
         Ok(code) => code,
         Err(failure) => fail(failure),
     }
@@ -49,10 +64,46 @@ fn fail(Failure(message): Failure) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn run(bus: Bus, command: Command) -> Result<ExitCode, Failure> {
+/// Connects where `args` say: the control socket when one is given, or
+/// for root when the default one is there (signals come only on the bus);
+/// else the bus.
+async fn connect(args: &Args) -> Result<(Connection, Via), Failure> {
+    let bus = if args.session {
+        Bus::Session
+    } else {
+        Bus::System
+    };
+    let monitor = matches!(args.command, Command::Monitor);
+    if let Some(path) = &args.control_socket {
+        if monitor {
+            return Err(Failure(
+                "monitor listens to signals, which armourd sends only on the bus: \
+                 leave out --control-socket"
+                    .into(),
+            ));
+        }
+        let conn = control::connect(path)
+            .await
+            .map_err(|e| Failure(format!("{e}: {}", source_of(&e))))?;
+        return Ok((conn, Via::Control(path.clone())));
+    }
+    let default = Path::new(control::DEFAULT_PATH);
+    if !args.session && !monitor && geteuid().is_root() && default.exists() {
+        // A socket left by an armourd that ended refuses: then the bus.
+        if let Ok(conn) = control::connect(default).await {
+            return Ok((conn, Via::Control(default.to_owned())));
+        }
+    }
     let conn = dbus::connect(bus)
         .await
         .map_err(|e| Failure(format!("{e}: {}", source_of(&e))))?;
+    Ok((conn, Via::Bus(bus)))
+}
+
+async fn run(args: Args) -> Result<ExitCode, Failure> {
+    let (conn, via) = connect(&args).await?;
+    let bus = &via;
+    let command = args.command;
     let proxy = ArmourdProxy::builder(&conn)
         .cache_properties(CacheProperties::No)
         .build()
@@ -113,7 +164,7 @@ enum ProcessesError {
 }
 
 impl ProcessesError {
-    fn in_call(self, bus: Bus) -> Failure {
+    fn in_call(self, bus: &Via) -> Failure {
         match self {
             Self::Call(e) => Failure(explain(bus, "GetProcesses", e)),
             Self::Read(e) => Failure(e.to_string()),
@@ -135,15 +186,15 @@ fn source_of(e: &dyn std::error::Error) -> String {
 }
 
 /// One line saying why a call failed and what to do about it.
-fn explain(bus: Bus, method: &str, e: zbus::Error) -> String {
+fn explain(bus: &Via, method: &str, e: zbus::Error) -> String {
     match e {
         zbus::Error::FDO(e) => match *e {
             fdo::Error::ServiceUnknown(_) | fdo::Error::NameHasNoOwner(_) => {
-                format!("armourd is not running on the {bus} bus (nobody owns {BUS_NAME})")
+                format!("armourd is not running on {bus} (nobody owns {BUS_NAME})")
             }
-            fdo::Error::AccessDenied(m) => format!(
-                "the {bus} bus refused {method}: {m} (is dbus/com.github.Armourd.conf installed?)"
-            ),
+            fdo::Error::AccessDenied(m) => {
+                format!("{bus} refused {method}: {m} (is dbus/com.github.Armourd.conf installed?)")
+            }
             other => format!("{method} failed: {other}"),
         },
         other => format!("{method} failed: {other}"),
@@ -155,7 +206,7 @@ fn report(
     verb: &str,
     pid: i32,
     result: Result<(), CallError>,
-    bus: Bus,
+    bus: &Via,
 ) -> Result<ExitCode, Failure> {
     let reason = match result {
         Ok(()) => {
@@ -325,7 +376,7 @@ async fn next<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
 
 /// Prints one line per signal, in the order the bus delivers them, until
 /// interrupted or the connection ends.
-async fn monitor(bus: Bus, proxy: &ArmourdProxy<'_>) -> Result<(), Failure> {
+async fn monitor(bus: &Via, proxy: &ArmourdProxy<'_>) -> Result<(), Failure> {
     let mut signals = proxy
         .inner()
         .receive_all_signals()
@@ -337,7 +388,7 @@ async fn monitor(bus: Bus, proxy: &ArmourdProxy<'_>) -> Result<(), Failure> {
         .version()
         .await
         .map_err(|e| Failure(explain(bus, "Get Version", e)))?;
-    eprintln!("armourctl: monitoring armourd {version} on the {bus} bus (Ctrl-C to stop)");
+    eprintln!("armourctl: monitoring armourd {version} on {bus} (Ctrl-C to stop)");
     while let Some(message) = next(&mut signals).await {
         let Some(line) = describe(message) else {
             continue;
@@ -350,7 +401,7 @@ async fn monitor(bus: Bus, proxy: &ArmourdProxy<'_>) -> Result<(), Failure> {
             return Ok(()); // stdout closed, e.g. piped into `head`
         }
     }
-    Err(Failure(format!("the connection to the {bus} bus ended")))
+    Err(Failure(format!("the connection to {bus} ended")))
 }
 
 /// One line for a signal of armourd's, or `None` for other signals.

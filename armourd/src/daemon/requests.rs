@@ -10,6 +10,7 @@
 use std::{
     collections::HashSet,
     os::unix::ffi::OsStrExt,
+    path::PathBuf,
     time::{Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -18,7 +19,7 @@ use tokio::sync::mpsc;
 use super::{alive, capture, error_chain, Daemon};
 use crate::{
     backend::Kind,
-    dbus::{self, Incoming, ProcessInfo, Refusal, Request, Service},
+    dbus::{self, ControlSocket, Incoming, ProcessInfo, Refusal, Request, Service},
     procfs,
     supervisor::{Action, Exec, InstanceView, ProcId, State},
 };
@@ -54,10 +55,23 @@ pub enum BusSignal {
     },
 }
 
+/// How armourd answers requests (SPEC §7).
+#[derive(Clone, Debug)]
+pub struct Answering {
+    /// The message bus to serve on, if any.
+    pub bus: Option<dbus::Bus>,
+    /// Root's control socket (see [`ControlSocket`]), if any.
+    pub control_socket: Option<PathBuf>,
+    /// Watches a uid other than root may hold.
+    pub max_user_watches: usize,
+}
+
 /// The D-Bus connection as the event loop sees it: requests come in,
 /// signals go out to a task of their own so that no bus write delays a restart.
 pub struct Bus {
     pub requests: Incoming,
+    /// Root's control socket, served while this is kept.
+    _control: Option<ControlSocket>,
     pub signals: mpsc::Sender<BusSignal>,
     /// Signals dropped because the queue was full.
     dropped: u64,
@@ -66,25 +80,43 @@ pub struct Bus {
     logged: HashSet<(u32, &'static str)>,
 }
 
-/// Serves armourd on `bus`; without a reachable bus, one warning and `None`.
-/// A non-root uid may hold `max_user_watches` watches made over D-Bus.
-pub async fn start(bus: dbus::Bus, backend: Kind, max_user_watches: usize) -> Option<Bus> {
+/// Serves armourd on the bus and the control socket `answering` names;
+/// one warning for each that cannot be served, and `None` when neither can.
+pub async fn start(answering: Answering, backend: Kind) -> Option<Bus> {
     let (queues, requests) = dbus::queues();
-    let service = match Service::start(bus, backend.name(), queues).await {
-        Ok(service) => service,
-        Err(err) => {
-            // zbus repeats its cause in its own text: one level is enough.
-            let cause = std::error::Error::source(&err).map(|c| format!(": {c}"));
-            log::warn!(
-                "D-Bus unavailable ({err}{}); running without it",
-                cause.unwrap_or_default()
-            );
-            return None;
-        }
+    let control = match &answering.control_socket {
+        Some(path) => match ControlSocket::serve(path, backend.name(), queues.clone()).await {
+            Ok(control) => Some(control),
+            Err(err) => {
+                log::warn!("{}; root's calls go through the bus", error_chain(&err));
+                None
+            }
+        },
+        None => None,
     };
+    let service = match answering.bus {
+        Some(bus) => match Service::start(bus, backend.name(), queues).await {
+            Ok(service) => Some(service),
+            Err(err) => {
+                // zbus repeats its cause in its own text: one level is enough.
+                let cause = std::error::Error::source(&err).map(|c| format!(": {c}"));
+                log::warn!(
+                    "D-Bus unavailable ({err}{}); running without it",
+                    cause.unwrap_or_default()
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    if service.is_none() && control.is_none() {
+        return None;
+    }
     let (signals, mut outgoing) = mpsc::channel(SIGNAL_QUEUE);
     tokio::spawn(async move {
         while let Some(signal) = outgoing.recv().await {
+            // Without the bus, signals have nowhere to go.
+            let Some(service) = &service else { continue };
             match signal {
                 BusSignal::Exited {
                     pid,
@@ -116,9 +148,10 @@ pub async fn start(bus: dbus::Bus, backend: Kind, max_user_watches: usize) -> Op
     });
     Some(Bus {
         requests,
+        _control: control,
         signals,
         dropped: 0,
-        quota: Quota::new(max_user_watches),
+        quota: Quota::new(answering.max_user_watches),
         logged: HashSet::new(),
     })
 }

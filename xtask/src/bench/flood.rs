@@ -29,6 +29,9 @@ use anyhow::{bail, ensure, Context as _, Result};
 
 use super::{counters, latencies, log_lines, memory, pids_of, signal, wait_for};
 
+/// In place of a bus name: root calls on armourd's control socket.
+pub const CONTROL_SOCKET: &str = "control socket";
+
 /// Services crashed, one every 100 ms, from 0.5 s into the flood.
 pub const CRASHES: usize = 10;
 
@@ -43,7 +46,7 @@ pub struct FloodOptions {
     pub calls: usize,
     /// How long root keeps calling.
     pub seconds: u64,
-    /// The bus name root calls.
+    /// The bus name root calls, or [`CONTROL_SOCKET`].
     pub root_name: &'static str,
 }
 
@@ -115,24 +118,27 @@ print("sent", flush=True)
 sys.stdin.read()
 "#;
 
-/// argv: address, seconds, bus name. Connects, prints `ready`, waits for a line on
-/// stdin, then calls `ListProcesses` one call after the other for the
-/// given time and prints each round trip in µs (`ok N` or `failed N NAME`).
+/// argv: address, seconds, bus name (empty: the address is armourd's
+/// control socket, without a bus). Connects, prints `ready`, waits for a
+/// line on stdin, then calls `ListProcesses` one call after the other for
+/// the given time and prints each round trip in µs (`ok N` or `failed N NAME`).
 const ROOT_CALLER: &str = r#"
 import sys, time
 import dbus
 
-address, seconds, name = sys.argv[1], float(sys.argv[2]), sys.argv[3]
-bus = dbus.bus.BusConnection(address)
-obj = bus.get_object(name, "/com/github/armourd", introspect=False)
-armourd = dbus.Interface(obj, "com.github.Armourd")
+address, seconds, name = sys.argv[1], float(sys.argv[2]), sys.argv[3] or None
+if name:
+    conn = dbus.bus.BusConnection(address)
+else:
+    conn = dbus.connection.Connection(address)
 print("ready", flush=True)
 sys.stdin.readline()
 end = time.monotonic() + seconds
 while time.monotonic() < end:
     began = time.monotonic()
     try:
-        armourd.ListProcesses(timeout=30)
+        conn.call_blocking(name, "/com/github/armourd", "com.github.Armourd",
+                           "ListProcesses", "", (), timeout=30)
         print("ok", int((time.monotonic() - began) * 1e6), flush=True)
     except dbus.exceptions.DBusException as e:
         print("failed", int((time.monotonic() - began) * 1e6), e.get_dbus_name(), flush=True)
@@ -204,6 +210,7 @@ pub fn measure(daemon: &Path, backend: &str, options: FloodOptions) -> Result<Fl
         scene.spawn(&mut cmd, "a service")?;
     }
 
+    let control = dir.join("control");
     let mut cmd = Command::new(daemon);
     cmd.args([
         "-c",
@@ -211,7 +218,8 @@ pub fn measure(daemon: &Path, backend: &str, options: FloodOptions) -> Result<Fl
         "--backend",
         backend,
     ])
-    .args(["--dbus", "session", "-v"])
+    .args(["--dbus", "session", "-v", "--control-socket"])
+    .arg(&control)
     .env("DBUS_SESSION_BUS_ADDRESS", &address)
     .stdin(Stdio::null())
     .stderr(Stdio::piped());
@@ -219,7 +227,11 @@ pub fn measure(daemon: &Path, backend: &str, options: FloodOptions) -> Result<Fl
     let armourd_pid = armourd.id();
     let lines = log_lines(armourd);
     // armourd says it is ready and that it serves on the bus, in either order.
-    let serving_line = format!("serving {} on", options.root_name);
+    let serving_line = if options.root_name == CONTROL_SOCKET {
+        "serving root's calls on the control socket".to_owned()
+    } else {
+        format!("serving {} on", options.root_name)
+    };
     let (mut ready, mut serving) = (None, false);
     while ready.is_none() || !serving {
         let line = wait_for(&lines, Duration::from_secs(20), |l| {
@@ -238,10 +250,15 @@ pub fn measure(daemon: &Path, backend: &str, options: FloodOptions) -> Result<Fl
         options.services
     );
 
+    let (root_address, root_name) = if options.root_name == CONTROL_SOCKET {
+        (format!("unix:path={}", control.display()), "")
+    } else {
+        (address.clone(), options.root_name)
+    };
     let mut cmd = python(
-        &address,
+        &root_address,
         ROOT_CALLER,
-        &[&options.seconds.to_string(), options.root_name],
+        &[&options.seconds.to_string(), root_name],
     );
     let caller = scene.spawn(&mut cmd, "root's caller")?;
     let (mut caller_in, caller_out) = pipes(caller);
