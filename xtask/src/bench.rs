@@ -462,8 +462,14 @@ fn render(
     let _ = writeln!(
         out,
         "- load average (1, 5, 15 min) as the backends' runs began: {}; as they ended: {} \
-         (anything else running on the machine shares its cores with the runs)",
-        load[0], load[1]
+         (anything else running on the machine shares its cores with the runs); \
+         kernel.pid_max {} (pids wrap round sooner the smaller it is, and near the wrap \
+         the proc connector's filter passes every fork)",
+        load[0],
+        load[1],
+        fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap_or_default()
+            .trim()
     );
     let _ = writeln!(
         out,
