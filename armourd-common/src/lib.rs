@@ -106,6 +106,10 @@ pub enum EventKind {
     Fork = 2,
     /// The last thread of a watched process ended.
     Exit = 3,
+    /// armourd's own child executed a watched file: a restart reaching its
+    /// program. armourd knows what it started, so the record is short
+    /// ([`SpawnedRecord`]): a burst of restarts fits the ring buffer.
+    Spawned = 4,
 }
 
 impl EventKind {
@@ -115,6 +119,7 @@ impl EventKind {
             1 => Some(Self::Exec),
             2 => Some(Self::Fork),
             3 => Some(Self::Exit),
+            4 => Some(Self::Spawned),
             _ => None,
         }
     }
@@ -154,6 +159,19 @@ pub struct ForkRecord {
     /// The forking process.
     pub parent_tgid: u32,
     pub _pad: u32,
+}
+
+/// A child of armourd executed a watched file (see [`EventKind::Spawned`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpawnedRecord {
+    pub header: Header,
+    /// The executed file's key in the map of watched files.
+    pub file: FileKey,
+    /// Real user id.
+    pub uid: u32,
+    /// Real group id.
+    pub gid: u32,
 }
 
 /// `ExecRecord::flags`: the argument area did not fit into [`ARGS_MAX`] bytes.
@@ -230,6 +248,7 @@ pub struct Offsets {
     pub task_start_boottime: u32,
     pub task_mm: u32,
     pub task_real_cred: u32,
+    pub task_real_parent: u32,
     pub cred_uid: u32,
     pub cred_gid: u32,
     pub signal_live: u32,
@@ -254,10 +273,23 @@ pub const SIGNAL_GROUP_EXIT: u32 = 0x4;
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all of these are repr(C), Copy, made of integers and integer
-    // arrays with explicit padding: every bit pattern is a valid value.
+    // SAFETY: repr(C), Copy, integers with explicit padding: every bit
+    // pattern is a valid value.
     unsafe impl aya::Pod for super::FileKey {}
+    // SAFETY: repr(C), Copy, an array of integers: every bit pattern is a
+    // valid value.
     unsafe impl aya::Pod for super::Offsets {}
+    // SAFETY: repr(C), Copy, integers only (24 bytes, asserted below, no
+    // padding): every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::Header {}
+    // SAFETY: repr(C), Copy, a Header and integers with explicit padding:
+    // every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::ExitRecord {}
+    // SAFETY: as for ExitRecord.
+    unsafe impl aya::Pod for super::ForkRecord {}
+    // SAFETY: repr(C), Copy, a Header, a FileKey and two u32 (48 bytes,
+    // asserted below, no padding): every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::SpawnedRecord {}
 }
 
 const _: () = {
@@ -266,7 +298,8 @@ const _: () = {
     assert!(core::mem::size_of::<ForkRecord>() == 32);
     assert!(core::mem::size_of::<FileKey>() == 16);
     assert!(core::mem::size_of::<ExecRecord>() == 24 + 16 + 24 + FILENAME_MAX + ARGS_MAX + ENV_MAX);
-    assert!(core::mem::size_of::<Offsets>() == 22 * 4);
+    assert!(core::mem::size_of::<Offsets>() == 23 * 4);
+    assert!(core::mem::size_of::<SpawnedRecord>() == 24 + 16 + 8);
     assert!(core::mem::offset_of!(ExitRecord, status) == 24);
     assert!(core::mem::offset_of!(ExecRecord, filename) == 64);
 };
@@ -287,12 +320,85 @@ mod tests {
             status: 0x300,
             _pad: 0,
         };
+        // SAFETY: ExitRecord is repr(C), 32 bytes (asserted above), integers only: its bytes are plain data.
         let bytes: [u8; 32] = unsafe { core::mem::transmute(record) };
         assert_eq!(&bytes[0..4], &3u32.to_ne_bytes());
         assert_eq!(&bytes[4..8], &4242u32.to_ne_bytes());
         assert_eq!(&bytes[24..28], &0x300u32.to_ne_bytes());
+        // SAFETY: 32 bytes hold an ExitRecord, all of whose bit patterns are valid; the read is unaligned.
         let back: ExitRecord = unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) };
         assert_eq!(back, record);
+    }
+
+    /// The bytes of `value`, as the kernel half writes them.
+    fn bytes_of<T: Copy>(value: &T) -> &[u8] {
+        // SAFETY: `value` is borrowed for the slice's lifetime; the records
+        // are repr(C) integers with explicit padding, so every byte is
+        // initialised.
+        unsafe {
+            core::slice::from_raw_parts((value as *const T).cast::<u8>(), core::mem::size_of::<T>())
+        }
+    }
+
+    /// A `T` read back from `bytes`, as the daemon reads a record.
+    fn read_back<T: Copy>(bytes: &[u8]) -> T {
+        assert_eq!(bytes.len(), core::mem::size_of::<T>());
+        // SAFETY: as many bytes as a T, which is plain integers: every bit
+        // pattern is valid; the read is unaligned.
+        unsafe { core::ptr::read_unaligned(bytes.as_ptr().cast()) }
+    }
+
+    #[test]
+    fn fork_record_round_trips_through_bytes() {
+        let record = ForkRecord {
+            header: Header {
+                kind: EventKind::Fork as u32,
+                tgid: 4243,
+                start_boottime_ns: 5,
+                ktime_ns: 6,
+            },
+            parent_tgid: 4242,
+            _pad: 0,
+        };
+        let bytes = bytes_of(&record);
+        assert_eq!(&bytes[0..4], &(EventKind::Fork as u32).to_ne_bytes());
+        assert_eq!(&bytes[4..8], &4243u32.to_ne_bytes());
+        assert_eq!(&bytes[24..28], &4242u32.to_ne_bytes());
+        assert_eq!(read_back::<ForkRecord>(bytes), record);
+    }
+
+    #[test]
+    fn exec_record_round_trips_through_bytes() {
+        let mut record = ExecRecord {
+            header: Header {
+                kind: EventKind::Exec as u32,
+                tgid: 77,
+                start_boottime_ns: 8,
+                ktime_ns: 9,
+            },
+            file: FileKey::new(12, 8, 1),
+            uid: 1000,
+            gid: 100,
+            flags: EXEC_INTERPRETER | EXEC_ENV_TRUNCATED,
+            args_len: 8,
+            env_len: 4,
+            filename_len: 5,
+            filename: [0; FILENAME_MAX],
+            args: [0; ARGS_MAX],
+            env: [0; ENV_MAX],
+        };
+        record.filename[..5].copy_from_slice(b"/a/sh");
+        record.args[..8].copy_from_slice(b"sh\0-c\0x\0");
+        record.env[..4].copy_from_slice(b"A=1\0");
+        let bytes = bytes_of(&record);
+        assert_eq!(&bytes[4..8], &77u32.to_ne_bytes());
+        assert_eq!(&bytes[24..32], &12u64.to_ne_bytes());
+        assert_eq!(&bytes[40..44], &1000u32.to_ne_bytes());
+        assert_eq!(&bytes[64..69], b"/a/sh");
+        let args = 64 + FILENAME_MAX;
+        assert_eq!(&bytes[args..args + 8], b"sh\0-c\0x\0");
+        assert_eq!(&bytes[args + ARGS_MAX..args + ARGS_MAX + 4], b"A=1\0");
+        assert_eq!(read_back::<ExecRecord>(bytes), record);
     }
 
     #[test]

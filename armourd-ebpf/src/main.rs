@@ -20,6 +20,7 @@
 
 use armourd_common::{
     EventKind, ExecRecord, ExitRecord, Failure, FileKey, ForkRecord, Header, Offsets, PidClass,
+    SpawnedRecord,
     ARGS_MAX, ENV_MAX, EXEC_ARGS_TRUNCATED, EXEC_ENV_TRUNCATED, EXEC_INTERPRETER, EXEC_WAS_WATCHED,
     EXEC_WATCHED_FILE, FAILURE_KINDS, FILE_INTERPRETER, FILE_WATCHED, MAX_WATCHED_FILES,
     MAX_WATCHED_PIDS, RING_BUF_BYTES, SIGNAL_GROUP_EXIT,
@@ -27,8 +28,7 @@ use armourd_common::{
 use aya_ebpf::{
     bindings::BPF_ANY,
     helpers::{
-        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes,
-        bpf_probe_read_user_buf,
+        bpf_ktime_get_ns, bpf_probe_read_kernel, bpf_probe_read_kernel_str_bytes, generated,
     },
     macros::{map, raw_tracepoint},
     maps::{HashMap, PerCpuArray, RingBuf},
@@ -36,9 +36,19 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 
+// `read_user` masks lengths with `N - 1`.
+const _: () = assert!(ARGS_MAX.is_power_of_two() && ENV_MAX.is_power_of_two());
+
 /// Member offsets of the running kernel, set by the loader.
 #[unsafe(no_mangle)]
+// SAFETY: Offsets is integers only, so all zeroes is a valid value (the
+// loader overrides it before any program runs).
 static OFFSETS: Offsets = unsafe { core::mem::zeroed() };
+
+/// armourd's process id, set by the loader: the execs of its children (its
+/// restarts) get a short record.
+#[unsafe(no_mangle)]
+static DAEMON_TGID: u32 = 0;
 
 /// Thread-group ids of watched processes of [`PidClass::Root`] (value unused).
 #[map]
@@ -101,6 +111,11 @@ fn release(tgid: u32) -> bool {
 fn real_uid(task: *const u8) -> Result<u32, i32> {
     let cred: *const u8 = read(task, off!(task_real_cred))?;
     read(cred, off!(cred_uid))
+}
+
+fn real_gid(task: *const u8) -> Result<u32, i32> {
+    let cred: *const u8 = read(task, off!(task_real_cred))?;
+    read(cred, off!(cred_gid))
 }
 
 /// Counts `failure` about `pid` for user space, which reconciles. Logs it
@@ -313,6 +328,18 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i32> {
         _ if was_watched => {}
         _ => return Ok(()),
     }
+    if mark == FILE_WATCHED && spawned_by_daemon(task) {
+        let record = SpawnedRecord {
+            header: header(EventKind::Spawned, tgid, read(task, off!(task_start_boottime))?),
+            file,
+            uid: real_uid(task)?,
+            gid: real_gid(task)?,
+        };
+        if EVENTS.output::<SpawnedRecord>(&record, 0).is_err() {
+            fail(ctx, Failure::RingFull, tgid);
+        }
+        return Ok(());
+    }
     let Some(mut entry) = EVENTS.reserve::<ExecRecord>(0) else {
         fail(ctx, Failure::RingFull, tgid);
         return Ok(());
@@ -330,6 +357,17 @@ fn try_sched_process_exec(ctx: &RawTracePointContext) -> Result<(), i32> {
     Ok(())
 }
 
+/// Whether `task`'s parent is armourd: a restart reaching its program
+/// (a restart in another pid namespace too, which armourd's child clones
+/// with CLONE_PARENT).
+#[inline(always)]
+fn spawned_by_daemon(task: *const u8) -> bool {
+    // SAFETY: a plain read of a global the loader filled in.
+    let daemon = unsafe { core::ptr::read_volatile(core::ptr::addr_of!(DAEMON_TGID)) };
+    let parent = read::<*const u8>(task, off!(task_real_parent));
+    daemon != 0 && parent.and_then(|p| read::<u32>(p, off!(task_tgid))) == Ok(daemon)
+}
+
 fn file_key(bprm: *const u8) -> Result<FileKey, i32> {
     let file: *const u8 = read(bprm, off!(binprm_file))?;
     let inode: *const u8 = read(file, off!(file_inode))?;
@@ -337,6 +375,33 @@ fn file_key(bprm: *const u8) -> Result<FileKey, i32> {
     let sb: *const u8 = read(inode, off!(inode_sb))?;
     let dev: u32 = read(sb, off!(sb_dev))?;
     Ok(FileKey { ino, dev, _pad: 0 })
+}
+
+/// Copies `len` bytes (1 to `N`, a power of two) from the user address
+/// `src` to the start of `dst`. The length reaches the helper masked in the
+/// register it is passed in, from a value the compiler cannot see through:
+/// a bound checked on a copy that was spilled to the stack is lost by the
+/// verifier of kernels before 6.3 (5.10 and 6.1 rejected the program with
+/// "R2 min value is negative"), and the compiler would drop a mask it can
+/// prove redundant.
+#[inline(always)]
+unsafe fn read_user<const N: usize>(
+    src: *const u8,
+    dst: &mut [u8; N],
+    len: usize,
+) -> Result<(), i32> {
+    let below = len.wrapping_sub(1);
+    // SAFETY: a read of a local.
+    let opaque = unsafe { core::ptr::read_volatile(&below) };
+    let size = (opaque & (N - 1)) + 1;
+    // SAFETY: `dst` holds `N` ≥ `size` bytes; the helper checks `src`.
+    let ret =
+        unsafe { generated::bpf_probe_read_user(dst.as_mut_ptr().cast(), size as u32, src.cast()) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(ret as i32)
+    }
 }
 
 #[inline(always)]
@@ -366,7 +431,7 @@ unsafe fn fill_exec(
     record.args_len = 0;
     if len > 0 && len <= ARGS_MAX {
         // SAFETY: the helper checks the user address.
-        unsafe { bpf_probe_read_user_buf(arg_start as *const u8, &mut record.args[..len])? };
+        unsafe { read_user(arg_start as *const u8, &mut record.args, len)? };
         record.args_len = len as u32;
     }
 
@@ -380,7 +445,7 @@ unsafe fn fill_exec(
     record.env_len = 0;
     if len > 0 && len <= ENV_MAX {
         // SAFETY: as above.
-        unsafe { bpf_probe_read_user_buf(env_start as *const u8, &mut record.env[..len])? };
+        unsafe { read_user(env_start as *const u8, &mut record.env, len)? };
         record.env_len = len as u32;
     }
 

@@ -68,6 +68,7 @@ fn offsets(btf: &Btf) -> Result<Offsets, BtfError> {
         task_start_boottime: at("task_struct", "start_boottime")?,
         task_mm: at("task_struct", "mm")?,
         task_real_cred: at("task_struct", "real_cred")?,
+        task_real_parent: at("task_struct", "real_parent")?,
         cred_uid: at("cred", "uid")?,
         cred_gid: at("cred", "gid")?,
         signal_live: at("signal_struct", "live")?,

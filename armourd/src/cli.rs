@@ -6,6 +6,11 @@ use std::path::PathBuf;
 
 use clap::{Parser, ValueEnum};
 
+use super::backend::Backend;
+
+/// `--state-dir` when not given: emptied at each boot, like the state.
+pub const DEFAULT_STATE_DIR: &str = "/run/armourd";
+
 /// Watches a user other than root may make over D-Bus, when not given.
 pub const DEFAULT_MAX_USER_WATCHES: usize = 64;
 
@@ -25,7 +30,7 @@ pub struct Args {
     pub backend: Backend,
     /// Message bus to answer on
     #[arg(long, value_enum, default_value = "system")]
-    pub dbus: Bus,
+    pub dbus: Dbus,
     /// Root's control socket: the D-Bus interface without the bus, for
     /// root alone; `none` for none [default with --dbus system: /run/armourd/control]
     #[arg(long, value_name = "PATH")]
@@ -46,6 +51,10 @@ pub struct Args {
     /// Where log lines go [default: stderr; syslog with -d; the journal under systemd]
     #[arg(long, value_enum, value_name = "TARGET")]
     pub log: Option<Log>,
+    /// Where armourd keeps what its own restart must not lose: processes
+    /// watched over D-Bus, restart counters, crash streaks
+    #[arg(long, value_name = "DIR", default_value = DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
     /// Feed a hardware watchdog [default device: /dev/watchdog]
     #[arg(long, value_name = "DEVICE", num_args = 0..=1, require_equals = true,
           default_missing_value = "/dev/watchdog")]
@@ -56,17 +65,9 @@ pub struct Args {
     pub watchdog_timeout: Option<u32>,
 }
 
-/// `--backend`.
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum Backend {
-    Auto,
-    Ebpf,
-    ProcConnector,
-}
-
-/// `--dbus`.
+/// `--dbus`: which bus to answer on, or none.
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum Bus {
+pub enum Dbus {
     System,
     Session,
     None,

@@ -1,11 +1,8 @@
 //! The configuration file (SPEC §2): which executables are watched, and how.
 //!
 //! [`parse`] is pure and reports the first error with its file, line and
-//! column; [`load`] reads the file, parses it and canonicalises every path so
-//! that it compares equal to `/proc/PID/exe`. Reading never blocks and never
-//! takes more than [`MAX_SIZE`] bytes, whatever the path names (a FIFO,
-//! `/dev/zero`, a huge file), and errors quote at most [`QUOTE_MAX`]
-//! characters of what they found.
+//! column; errors quote at most [`QUOTE_MAX`] characters of what they found.
+//! Reading the file and canonicalising its paths is `config_file`'s.
 
 use std::{
     fmt, io,
@@ -16,14 +13,13 @@ use std::{
 use glob::MatchOptions;
 
 use crate::{
-    files::{self, ReadError},
     status::{self, SuccessSet},
     supervisor::RestartPolicy,
 };
 
 mod options;
 
-pub use options::{describe, report, DEFAULT_HOOK_TIMEOUT};
+pub use options::{describe, DEFAULT_HOOK_TIMEOUT};
 
 /// Where the daemon looks when no `-c/--config` is given.
 pub const DEFAULT_PATH: &str = "/etc/armourd.conf";
@@ -61,7 +57,7 @@ const KNOWN_OPTIONS: [&str; 11] = [
 /// The first word of a line that sets options for the entries after it.
 const DEFAULTS: &str = "defaults";
 
-/// How a glob is matched, both here and when `files::expand` lists a
+/// How a glob is matched, both here and when the file side lists a
 /// directory: `*` never crosses a `/`, so `/opt/*` does not reach into
 /// `/opt/app/bin`.
 pub const GLOB_OPTIONS: MatchOptions = MatchOptions {
@@ -265,50 +261,6 @@ pub fn decode(bytes: Vec<u8>, file: &Path) -> Result<String, ConfigError> {
             },
         }
     })
-}
-
-/// Reads and parses the file at `path`, then canonicalises every entry's
-/// path. A path that does not exist yet is logged, not an error: it may be
-/// installed later.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let file = path.to_path_buf();
-    let bytes = files::read_regular(path, MAX_SIZE).map_err(|error| match error {
-        ReadError::NotRegular { kind } => ConfigError::NotRegular { file, kind },
-        ReadError::TooLarge { limit } => ConfigError::TooLarge { file, limit },
-        ReadError::Io(source) => ConfigError::Read { file, source },
-    })?;
-    let text = decode(bytes, path)?;
-    let mut config = parse(&text, path)?;
-    for entry in &mut config.entries {
-        files::canonicalise(entry, path);
-    }
-    Ok(config)
-}
-
-/// Reads the configuration armourd runs with: the file given with `-c`,
-/// else [`DEFAULT_PATH`], which may be missing (`Ok(None)`). Start-up and
-/// every reload go through here.
-pub fn read(path: Option<&Path>) -> Result<Option<Config>, ConfigError> {
-    match path {
-        Some(path) => load(path).map(Some),
-        None => load_default(),
-    }
-}
-
-/// Loads [`DEFAULT_PATH`]; `Ok(None)` when it does not exist, since armourd
-/// then starts with nothing configured (processes can still be watched over
-/// D-Bus).
-pub fn load_default() -> Result<Option<Config>, ConfigError> {
-    load_if_exists(Path::new(DEFAULT_PATH))
-}
-
-fn load_if_exists(path: &Path) -> Result<Option<Config>, ConfigError> {
-    match load(path) {
-        Err(ConfigError::Read { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-            Ok(None)
-        }
-        other => other.map(Some),
-    }
 }
 
 /// `text` as an error quotes it: at most [`QUOTE_MAX`] characters, with an

@@ -2,7 +2,7 @@
 //! go into the [`Supervisor`]; the [`Action`]s it returns are carried out
 //! here, and only here.
 
-use std::{collections::VecDeque, ffi::OsString, io, path::PathBuf, time::Instant};
+use std::{collections::VecDeque, io, path::PathBuf, time::Instant};
 
 use nix::{
     sys::{
@@ -16,48 +16,43 @@ use tokio::{
     signal::unix::{signal, SignalKind},
 };
 
+mod bus_link;
 mod hooks;
 mod latency;
+mod notices;
+mod persist;
 mod reload;
 mod requests;
 mod spawner;
 mod unheld;
 mod upkeep;
+mod watching;
 
-pub use requests::{Answering, DEFAULT_MAX_USER_WATCHES};
+pub use requests::Answering;
 pub use upkeep::Service;
 
-use armourd_common::PidClass;
 use latency::{monotonic_ns, Latencies};
+use requests::{DbusSignal, Requests};
 use spawner::{Done, Job, Spawner};
 use unheld::Unheld;
 use upkeep::Upkeep;
 
 use crate::{
-    backend::{Event, ExecEvent, FilterError},
+    backend::{Backend, Engine, Event, FilterError},
     config::Config,
-    engine::Engine,
-    launch::LaunchSpec,
-    pidfd, procfs,
+    logging::error_chain,
+    pidfd,
     status::ExitStatus,
-    supervisor::{Action, Exec, Notice, ProcId, Supervisor, Target},
+    supervisor::{Action, Notice, ProcId, Supervisor, Target},
     watchdog::critical::View,
-    watchlist::{DirWatch, Match, WatchList},
+    watchlist::{DirWatch, WatchList},
 };
-
-/// Which backend to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum BackendChoice {
-    Auto,
-    Ebpf,
-    ProcConnector,
-}
 
 /// Why the daemon stopped.
 #[derive(thiserror::Error, Debug)]
 pub enum DaemonError {
     #[error(transparent)]
-    Backend(#[from] crate::engine::EngineError),
+    Backend(#[from] crate::backend::EngineError),
     #[error("cannot set up {what}")]
     Setup {
         what: &'static str,
@@ -86,35 +81,29 @@ pub struct Daemon {
     config_path: Option<PathBuf>,
     /// The entries changed: the directories watched for new files follow.
     entries_changed: bool,
-    bus: Option<requests::Bus>,
+    /// D-Bus requests in, signals out; `None` without a bus.
+    requests: Option<Requests>,
     /// The hardware watchdog and the service manager.
     upkeep: Upkeep,
+    /// The state file that armourd's own restart reads back.
+    keeper: persist::Keeper,
 }
 
 /// Runs armourd until SIGTERM or SIGINT, answering requests as
 /// `answering` says; `config` was read from `config_path` (`None`: the
-/// default file), which a reload reads again. Must run inside a tokio
-/// runtime.
-pub async fn run(
-    config: Config,
-    config_path: Option<PathBuf>,
-    choice: BackendChoice,
-    answering: Answering,
-) -> Result<(), DaemonError> {
-    run_service(config, config_path, choice, answering, Service::default()).await
-}
-
-/// [`run`] as a system service: feeding `service`'s watchdog, telling its
-/// service manager and the process that waits for `-d`.
+/// default file), which a reload reads again. As a system service it feeds
+/// `service`'s watchdog and tells its service manager and the process that
+/// waits for `-d`. Must run inside a tokio runtime.
 pub async fn run_service(
     config: Config,
     config_path: Option<PathBuf>,
-    choice: BackendChoice,
+    choice: Backend,
     answering: Answering,
-    service: Service,
+    mut service: Service,
 ) -> Result<(), DaemonError> {
+    let keeper = persist::Keeper::new(service.state_dir.take());
     let engine = Engine::start(choice)?;
-    let bus = requests::start(answering, engine.kind()).await;
+    let requests = requests::start(answering, engine.kind()).await;
     let mut daemon = Daemon {
         engine,
         supervisor: Supervisor::new(reload::policies(&config)),
@@ -126,11 +115,13 @@ pub async fn run_service(
         hooks: hooks::Hooks::default(),
         config_path,
         entries_changed: false,
-        bus,
+        requests,
         upkeep: Upkeep::new(service, Instant::now()),
+        keeper,
     };
     daemon.install_marks();
     daemon.adopt(None);
+    daemon.restore_state();
     let mut dirs = DirWatch::new()
         .map_err(|e| setup("an inotify instance", e.into()))
         .and_then(|d| {
@@ -182,6 +173,7 @@ impl Daemon {
                 self.unheld.due(),
                 self.upkeep.next_deadline(),
                 self.hooks.next_deadline(),
+                self.keeper.due(),
             ]
             .into_iter()
             .flatten()
@@ -209,7 +201,7 @@ impl Daemon {
                 }
                 done = self.spawner.done() => self.spawn_done(done),
                 _ = chld.recv() => self.reap(),
-                Some(request) = requests::next(&mut self.bus) => self.request(request),
+                Some(request) = requests::next(&mut self.requests) => self.request(request),
                 // Before the notifications: a stream of them must not hold
                 // the rescan off for ever.
                 () = rescan => {
@@ -250,7 +242,9 @@ impl Daemon {
             }
             // Here and not in the sleep arm, which a flood of events would starve.
             self.upkeep_tick();
+            self.keep_state(false);
         }
+        self.keep_state(true);
         self.upkeep.status("stopping");
         log::info!(
             "stopping; {} watched processes keep running",
@@ -320,198 +314,12 @@ impl Daemon {
         }
     }
 
-    fn exec(&mut self, exec: ExecEvent, now: Instant) -> Vec<Action> {
-        let pid = exec.pid;
-        if !self.supervisor.is_watched(pid) {
-            // A restart reaching its program before its worker said so.
-            if let Some((instance, began)) = self.spawner.claim(pid) {
-                self.latencies.spawned(pid, began);
-                let actions = self.supervisor.spawned(instance, Ok(pid), now);
-                self.apply(actions);
-            }
-        }
-        if let Some(text) = exec.ktime_ns.and_then(|k| self.latencies.executed(pid, k)) {
-            log::debug!("pid {pid} restart latency {text}");
-        }
-        if self.supervisor.awaits_exec(pid) {
-            return self.supervisor.exec_confirmed(pid, exec.start);
-        }
-        let Some(key) = exec.file else {
-            self.adopt_orphans_of(pid);
-            return self.supervisor.exec_other(pid);
-        };
-        if self.watchlist.file(&key).is_none() && !self.watchlist.is_interpreter(&key) {
-            // The common case with the proc connector: someone else's exec.
-            return self.supervisor.exec_other(pid);
-        }
-        let argv = match &exec.argv {
-            Some(argv) => argv.clone(),
-            None => procfs::cmdline(pid).unwrap_or_default(),
-        };
-        let Some(found) = self
-            .watchlist
-            .classify(pid, &key, exec.filename.as_deref(), &argv)
-        else {
-            return self.supervisor.exec_other(pid);
-        };
-        let (entry, exe, script_argv) =
-            (found.file.entry, found.file.path.clone(), found.script_argv);
-        let argv = strip_interpreter(argv, script_argv);
-        let known = procfs::Known {
-            argv: Some(argv.clone()),
-            env: exec.env,
-            uid: exec.uid,
-            gid: exec.gid,
-        };
-        let (spec, leads_group) = capture(pid, exe, known, argv);
-        let exec = Exec {
-            proc: ProcId {
-                pid,
-                start: exec.start,
-            },
-            entry: Some(entry),
-            spec,
-            leads_group,
-            adopted: false,
-        };
-        self.supervisor.exec(exec, now)
-    }
-
-    /// Adopts running processes of watched files (of `only`, if given).
-    /// Once the kernel refuses a watch for want of room, no more processes
-    /// of that class are tried.
-    fn adopt(&mut self, only: Option<&[armourd_common::FileKey]>) {
-        let now = Instant::now();
-        // Each is watched before the next is looked at (a refusal stops
-        // the rest of its class), so the scan must not borrow the list.
-        let found: Vec<_> = (self.watchlist.scan(only).into_iter())
-            .map(|(pid, stat, Match { file, script_argv }, argv)| {
-                (pid, stat, file.entry, file.path.clone(), script_argv, argv)
-            })
-            .collect();
-        let mut adopted: Vec<(u32, procfs::Stat, usize)> = Vec::new();
-        self.unheld.begin();
-        for (pid, stat, entry, path, script_argv, argv) in found {
-            if self.supervisor.is_watched(pid) || self.unheld_class(pid) {
-                continue;
-            }
-            let start = Some(stat.start_ticks);
-            // A process forked (same program, same group) by an adopted one is
-            // part of that instance.
-            let parent = adopted
-                .iter()
-                .find(|(p, s, e)| *p == stat.ppid && *e == entry && s.pgrp == stat.pgrp);
-            if let Some((parent, _, _)) = parent {
-                let actions = self.supervisor.fork(*parent, ProcId { pid, start });
-                self.apply(actions);
-                continue;
-            }
-            let argv = strip_interpreter(argv, script_argv);
-            let known = procfs::Known {
-                argv: Some(argv.clone()),
-                ..procfs::Known::default()
-            };
-            let (spec, leads_group) = capture(pid, path, known, argv);
-            let exec = Exec {
-                proc: ProcId { pid, start },
-                entry: Some(entry),
-                spec,
-                leads_group,
-                adopted: true,
-            };
-            let actions = self.supervisor.exec(exec, now);
-            self.apply(actions);
-            if self.supervisor.is_watched(pid) {
-                adopted.push((pid, stat, entry));
-            }
-        }
-        self.unheld.end(Instant::now());
-        // A process that ended between the scan and its watch, or while
-        // events were lost, was not seen ending: its status is unknown.
-        for proc in self.supervisor.watched() {
-            if !alive(proc) {
-                let actions = self
-                    .supervisor
-                    .exit(proc.pid, proc.start, ExitStatus::Unknown, now);
-                self.apply(actions);
-            }
-        }
-    }
-
-    /// A process ended before its exec could be looked at (a backend that
-    /// does not say which file was executed). If its name, still readable
-    /// while it is a zombie, is a watched file's, the processes it forked
-    /// (a daemon that detached at once) are found and adopted.
-    fn adopt_orphans_of(&mut self, pid: u32) {
-        let Ok(comm) = procfs::comm(pid) else {
-            return;
-        };
-        let keys = self.watchlist.named(&comm);
-        if !keys.is_empty() {
-            log::debug!("pid {pid} ended before it could be inspected; looking for what it forked");
-            self.adopt(Some(&keys));
-        }
-    }
-
-    /// Re-reads which files the entries name, after a directory changed.
-    fn rescan_files(&mut self) {
-        let newer = WatchList::new(&self.config);
-        let added = newer.added_since(&self.watchlist);
-        // Marks that stay are never removed, not even for a moment: an exec
-        // in that moment would go unseen.
-        let kept: Vec<_> = newer.marks().collect();
-        for (key, mark) in self.watchlist.marks() {
-            if !kept.contains(&(key, mark)) {
-                self.engine.remove_file(key);
-            }
-        }
-        self.watchlist = newer;
-        self.install_marks();
-        if !added.is_empty() {
-            log::info!("{} new executables match the configuration", added.len());
-            self.adopt(Some(&added));
-        }
-    }
-
-    fn install_marks(&mut self) {
-        for (key, mark, path) in self.watchlist.marked() {
-            if let Err(err) = self.engine.set_file(key, mark, path) {
-                log::warn!(
-                    "cannot watch executable {key:?} in the kernel filter: {}",
-                    error_chain(&err)
-                );
-            }
-        }
-    }
-
-    /// Whether `pid`'s class was refused in this adoption (no use trying).
-    fn unheld_class(&self, pid: u32) -> bool {
-        let full = |class| self.unheld.is_full(class);
-        if !full(PidClass::Root) && !full(PidClass::User) {
-            return false;
-        }
-        procfs::status(pid).is_ok_and(|status| full(PidClass::of_uid(status.uid)))
-    }
-
-    /// Logs, at a rate no user can turn into a flood, that the kernel
-    /// refused to hold `pid`, and has it looked for again later.
-    fn refused(&mut self, pid: u32, err: &FilterError) {
-        let class = match err {
-            FilterError::Full { class, .. } => Some(*class),
-            _ => None,
-        };
-        if let Some(total) = self.unheld.refused(class, Instant::now()) {
-            log::warn!(
-                "pid {pid} is NOT watched: {}; {total} watches refused so far (logged at powers of two); \
-                 armourd looks for the configured processes it could not watch again later",
-                error_chain(err)
-            );
-        }
-    }
-
     /// Carries out `actions` and whatever they lead to. Notices are logged
     /// last, in order, so that no log write delays a restart.
     fn apply(&mut self, actions: Vec<Action>) {
+        if !actions.is_empty() {
+            self.keeper.changed();
+        }
         let mut queue = VecDeque::from(actions);
         let mut notices = Vec::new();
         let mut hooks = Vec::new();
@@ -569,16 +377,12 @@ impl Daemon {
 
     /// A restart's spawn is over.
     fn spawn_done(&mut self, done: Done) {
-        let result = match done.result {
-            Ok(pid) => {
-                self.latencies.spawned(pid, done.began_ns);
-                Ok(pid)
-            }
-            Err(err) => Err(error_chain(&err)),
-        };
+        if let Ok(pid) = done.result {
+            self.latencies.spawned(pid, done.began_ns);
+        }
         let actions = self
             .supervisor
-            .spawned(done.instance, result, Instant::now());
+            .spawned(done.instance, done.result, Instant::now());
         self.apply(actions);
     }
 
@@ -632,142 +436,6 @@ impl Daemon {
             if self.spawner.is_busy() { "under way" } else { "idle" },
         );
     }
-
-    fn notify(&mut self, notice: Notice) {
-        match notice {
-            Notice::Watching { pid, exe, adopted } => log::info!(
-                "{} pid {pid} ({})",
-                if adopted { "adopted" } else { "watching" },
-                exe.display()
-            ),
-            Notice::Exited {
-                pid,
-                exe,
-                status,
-                will_restart,
-            } => {
-                let what = if will_restart { "crashed" } else { "ended" };
-                let then = if will_restart { "; restarting" } else { "" };
-                log::info!("pid {pid} ({}) {what}: {status}{then}", exe.display());
-                self.emit(requests::BusSignal::Exited {
-                    pid: pid as i32,
-                    exe: exe.display().to_string(),
-                    code: status.code(),
-                    signal: status.signal(),
-                    core_dumped: status.core_dumped(),
-                    will_restart,
-                });
-            }
-            Notice::HandedOff { from, to, exe } => log::info!(
-                "pid {from} ({}) ended cleanly; watching its child pid {to}",
-                exe.display()
-            ),
-            Notice::Restarted {
-                old_pid,
-                new_pid,
-                exe,
-                restarts,
-            } => {
-                self.latencies.restarted(old_pid, new_pid);
-                log::info!(
-                    "restarted {}: pid {old_pid} -> pid {new_pid} (restart {restarts})",
-                    exe.display()
-                );
-                self.emit(requests::BusSignal::Restarted {
-                    old_pid: old_pid as i32,
-                    new_pid: new_pid as i32,
-                    exe: exe.display().to_string(),
-                    restarts,
-                });
-            }
-            Notice::RestartFailed {
-                exe,
-                reason,
-                retry_in: Some(retry_in),
-            } => log::error!(
-                "restarting {} failed: {reason}; trying again in {} s",
-                exe.display(),
-                retry_in.as_secs_f32()
-            ),
-            Notice::RestartFailed {
-                exe,
-                reason,
-                retry_in: None,
-            } => log::error!("restarting {} failed: {reason}", exe.display()),
-            Notice::BackingOff {
-                pid,
-                exe,
-                delay,
-                streak,
-            } => log::info!(
-                "pid {pid} ({}) crashed {streak} times in a row; restarting in {} s",
-                exe.display(),
-                delay.as_secs_f32()
-            ),
-            Notice::Failed { pid, exe, crashes } => {
-                log::error!(
-                    "pid {pid} ({}): {crashes} crashes within the give-up window; giving up \
-                     (`armourctl reset {pid}` or a reload starts it again)",
-                    exe.display()
-                );
-                self.emit(requests::BusSignal::Failed {
-                    pid: pid as i32,
-                    exe: exe.display().to_string(),
-                    crashes,
-                });
-            }
-            Notice::Unwatched { pid, exe, reason } => {
-                log::info!("stopped watching pid {pid} ({}): {reason}", exe.display())
-            }
-        }
-    }
-}
-
-/// For a script run by its interpreter: argv from the script path on.
-fn strip_interpreter(argv: Vec<OsString>, script_argv: Option<usize>) -> Vec<OsString> {
-    match script_argv {
-        Some(index) if index < argv.len() => argv[index..].to_vec(),
-        _ => argv,
-    }
-}
-
-/// Captures a process's launch context; for a process that is already gone,
-/// what the kernel reported and safe defaults.
-fn capture(
-    pid: u32,
-    exe: std::path::PathBuf,
-    known: procfs::Known,
-    argv: Vec<OsString>,
-) -> (LaunchSpec, bool) {
-    let leads_group = procfs::stat(pid).is_ok_and(|s| s.pgrp == pid);
-    let (env, uid, gid) = (known.env.clone(), known.uid, known.gid);
-    match procfs::capture(pid, exe.clone(), known) {
-        Ok(spec) => (spec, leads_group),
-        Err(err) => {
-            log::warn!("pid {pid}: cannot read its launch context ({}); a restart uses what the kernel reported and /dev/null for stdio", error_chain(&err));
-            let mut spec = LaunchSpec::minimal(exe, argv);
-            spec.env = env.unwrap_or_default();
-            // A zombie still shows its ids, groups and umask; else what the
-            // kernel reported at exec.
-            if let Ok(status) = procfs::status(pid) {
-                spec.uid = status.uid;
-                spec.gid = status.gid;
-                spec.groups = status.groups;
-                spec.umask = status.umask;
-            } else if let (Some(uid), Some(gid)) = (uid, gid) {
-                spec.uid = uid;
-                spec.gid = gid;
-                spec.groups = vec![gid];
-            }
-            (spec, leads_group)
-        }
-    }
-}
-
-/// Whether the process still runs (a zombie counts as ended).
-fn alive(proc: ProcId) -> bool {
-    procfs::stat(proc.pid)
-        .is_ok_and(|s| proc.start.is_none_or(|start| start == s.start_ticks) && !s.zombie)
 }
 
 /// Sends `signal` to exactly the process (or group) meant; what was
@@ -820,16 +488,4 @@ impl Daemon {
             }
         }
     }
-}
-
-/// An error with its causes, for one log line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }

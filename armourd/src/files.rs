@@ -8,7 +8,7 @@
 
 use std::{
     collections::{BTreeSet, HashSet},
-    ffi::OsStr,
+    ffi::{OsStr, OsString},
     fs::{self, Metadata, OpenOptions},
     io::{self, Read},
     os::unix::{
@@ -414,6 +414,28 @@ pub fn watch_dirs(config: &Config) -> Vec<PathBuf> {
         }
     }
     dirs.into_iter().collect()
+}
+
+/// For each glob entry whose literal prefix exists: the folder that holds
+/// the prefix and the prefix's name in it. The prefix removed and created
+/// again shows there (its own watch may never say it went: see
+/// `DirWatch::update`); only changes of that one name matter, so that a
+/// busy parent such as `/tmp` does not rescan the glob at every file.
+pub fn prefix_parents(config: &Config) -> Vec<(PathBuf, OsString)> {
+    let mut parents = BTreeSet::new();
+    for entry in &config.entries {
+        let Pattern::Glob(glob) = &entry.pattern else {
+            continue;
+        };
+        let (prefix, _) = split_glob(glob.as_str());
+        let Ok(prefix) = fs::canonicalize(prefix) else {
+            continue;
+        };
+        if let (Some(parent), Some(name)) = (prefix.parent(), prefix.file_name()) {
+            parents.insert((parent.to_path_buf(), name.to_os_string()));
+        }
+    }
+    parents.into_iter().collect()
 }
 
 /// The canonical directory `path`, or its nearest existing ancestor: the

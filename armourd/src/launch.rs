@@ -3,6 +3,8 @@
 
 use std::{ffi::OsString, os::unix::ffi::OsStringExt, path::PathBuf};
 
+use crate::place::Place;
+
 /// Where one of the standard descriptors of a restarted process comes from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StdioTarget {
@@ -32,6 +34,10 @@ pub struct LaunchSpec {
     pub stdio: [StdioTarget; 3],
     /// It led its own session: the restart calls `setsid`, else `setpgid(0, 0)`.
     pub session_leader: bool,
+    /// Its namespaces and cgroup, where they are not armourd's. Paths
+    /// above (`exe`, `cwd`, stdio) are the process's own when it had
+    /// another mount namespace.
+    pub place: Place,
 }
 
 impl LaunchSpec {
@@ -49,6 +55,7 @@ impl LaunchSpec {
             umask: 0o022,
             stdio: [StdioTarget::Null, StdioTarget::Null, StdioTarget::Null],
             session_leader: false,
+            place: Place::default(),
         }
     }
 }

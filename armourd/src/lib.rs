@@ -1,25 +1,30 @@
 //! armourd: a fast Linux process watchdog. The daemon binary is a thin
 //! shell around these modules; see `daemon` for the event loop and
-//! `supervisor` for the decisions.
+//! `supervisor` for the decisions. Modules are public only where a binary,
+//! the integration tests or the fuzz targets (through `fuzz`) need them, so
+//! that the compiler finds what nothing uses.
 
 pub mod backend;
-pub mod btf;
+pub(crate) mod btf;
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod ctl_cli;
 pub mod daemon;
 pub mod dbus;
-pub mod engine;
-pub mod files;
+pub(crate) mod files;
 #[cfg(fuzzing)]
 pub mod fuzz;
-pub mod launch;
+pub(crate) mod launch;
 pub mod logging;
-pub mod pidfd;
-pub mod procfs;
+pub(crate) mod pidfd;
+pub(crate) mod place;
+pub(crate) mod procfs;
+pub(crate) mod race;
 pub mod service;
-pub mod spawn;
+pub(crate) mod spawn;
+pub(crate) mod state;
 pub mod status;
-pub mod supervisor;
+pub(crate) mod supervisor;
 pub mod watchdog;
-pub mod watchlist;
+pub(crate) mod watchlist;

@@ -156,3 +156,15 @@ impl Log for Dispatch {
 
     fn flush(&self) {}
 }
+
+/// An error with its causes, for one log line.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

@@ -9,8 +9,8 @@ use std::{
 
 use anyhow::Context;
 use armourd::{
-    cli::{Args, Backend, Bus, Log},
-    config, daemon, logging,
+    cli::{Args, Dbus, Log},
+    config, config_file, daemon, logging,
     service::{self, PidFile},
     watchdog::Watchdog,
 };
@@ -20,7 +20,7 @@ fn main() -> ExitCode {
     keep_heap_small();
     let args = Args::parse();
     logging::init(args.verbose);
-    let loaded = config::read(args.config.as_deref());
+    let loaded = config_file::read(args.config.as_deref());
     if args.check_config {
         return check_config(loaded, args.config.as_deref());
     }
@@ -33,7 +33,7 @@ fn main() -> ExitCode {
             config::Config::default()
         }
         Err(err) => {
-            log::error!("{}", daemon::error_chain(&err));
+            log::error!("{}", logging::error_chain(&err));
             return ExitCode::from(2);
         }
     };
@@ -54,7 +54,7 @@ fn check_config(
     let file = path.unwrap_or(std::path::Path::new(config::DEFAULT_PATH));
     match loaded {
         Ok(Some(config)) => {
-            print!("{}", config::report(&config, file));
+            print!("{}", config_file::report(&config, file));
             ExitCode::SUCCESS
         }
         Ok(None) => {
@@ -65,7 +65,7 @@ fn check_config(
             ExitCode::SUCCESS
         }
         Err(err) => {
-            eprintln!("armourd: {}", daemon::error_chain(&err));
+            eprintln!("armourd: {}", logging::error_chain(&err));
             ExitCode::from(2)
         }
     }
@@ -100,7 +100,7 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
             } else {
                 ""
             };
-            log::warn!("{}; logging to stderr{lost}", daemon::error_chain(&err));
+            log::warn!("{}; logging to stderr{lost}", logging::error_chain(&err));
         }
     }
     let detached = if args.daemon {
@@ -118,20 +118,16 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
         .enable_time()
         .build()
         .context("cannot start the event loop")?;
-    let choice = match args.backend {
-        Backend::Auto => daemon::BackendChoice::Auto,
-        Backend::Ebpf => daemon::BackendChoice::Ebpf,
-        Backend::ProcConnector => daemon::BackendChoice::ProcConnector,
-    };
     let bus = match args.dbus {
-        Bus::System => Some(armourd::dbus::Bus::System),
-        Bus::Session => Some(armourd::dbus::Bus::Session),
-        Bus::None => None,
+        Dbus::System => Some(armourd::dbus::Bus::System),
+        Dbus::Session => Some(armourd::dbus::Bus::Session),
+        Dbus::None => None,
     };
     let service = daemon::Service {
         watchdog,
         notifier: service::Notifier::from_env(),
         detached,
+        state_dir: Some(args.state_dir.clone()),
     };
     let control_socket = match &args.control_socket {
         Some(path) if path.as_os_str() == "none" => None,
@@ -149,7 +145,7 @@ fn run(config: config::Config, args: &Args) -> anyhow::Result<()> {
     let result = runtime.block_on(daemon::run_service(
         config,
         args.config.clone(),
-        choice,
+        args.backend,
         answering,
         service,
     ));

@@ -20,7 +20,9 @@ use crate::launch::{split_nul, LaunchSpec, StdioTarget};
 
 mod ending;
 
-pub use ending::{ending, live_threads, parse_task_state, Ending, TaskState};
+#[cfg(any(test, fuzzing))]
+pub use ending::parse_task_state;
+pub use ending::{ending, live_threads, Ending};
 
 /// Why something about a process could not be read.
 #[derive(thiserror::Error, Debug)]
@@ -345,6 +347,7 @@ pub fn capture(pid: u32, exe: PathBuf, known: Known) -> Result<LaunchSpec, Procf
         umask: status.umask,
         stdio,
         session_leader: stat.session == pid,
+        place: crate::place::Place::default(),
     })
 }
 

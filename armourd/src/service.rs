@@ -5,28 +5,20 @@ pub mod detach;
 pub mod notify;
 pub mod pidfile;
 
-pub use detach::{detach, DetachError, Detached};
+pub use detach::{detach, Detached};
 pub use notify::Notifier;
-pub use pidfile::{PidFile, PidFileError, DEFAULT_PIDFILE};
+pub use pidfile::{PidFile, DEFAULT_PIDFILE};
 
 #[cfg(test)]
 mod tests {
     use clap::{CommandFactory, Parser};
 
-    use crate::cli::{self, Args};
+    use crate::cli::Args;
 
     #[test]
     fn command_lines_are_consistent() {
         Args::command().debug_assert();
         crate::ctl_cli::Args::command().debug_assert();
-    }
-
-    #[test]
-    fn the_command_lines_user_quota_is_the_daemons() {
-        assert_eq!(
-            cli::DEFAULT_MAX_USER_WATCHES,
-            crate::daemon::DEFAULT_MAX_USER_WATCHES
-        );
     }
 
     #[test]

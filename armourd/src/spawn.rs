@@ -15,9 +15,12 @@
 use std::{
     borrow::Cow,
     ffi::{c_int, c_void, CStr, CString, OsStr},
-    io,
-    os::unix::ffi::OsStrExt,
-    path::PathBuf,
+    fs, io,
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::ffi::OsStrExt,
+    },
+    path::{Path, PathBuf},
     ptr,
     sync::atomic::{AtomicI32, AtomicU8, Ordering},
 };
@@ -99,6 +102,9 @@ pub fn spawn(spec: &LaunchSpec, slot: &ChildSlot) -> Result<u32, SpawnError> {
             parent: unsafe { libc::gettid() },
             affinity: pinned.saved,
             failure: None,
+            nested_stack: stack.middle(),
+            nested_tid: slot.tid.as_ptr(),
+            nested_pid: 0,
         };
         slot.tid.store(0, Ordering::Release);
         slot.owner.store(UNDECIDED, Ordering::Release);
@@ -120,8 +126,25 @@ pub fn spawn(spec: &LaunchSpec, slot: &ChildSlot) -> Result<u32, SpawnError> {
             )
         };
         let clone_error = io::Error::last_os_error();
-        // SAFETY: the child wrote this slot, if at all, before the clone returned.
-        let failure = unsafe { ptr::read_volatile(ptr::addr_of!(shared.failure)) };
+        // SAFETY: the child wrote these slots, if at all, before the clone returned.
+        let (failure, nested_pid) = unsafe {
+            (
+                ptr::read_volatile(ptr::addr_of!(shared.failure)),
+                ptr::read_volatile(ptr::addr_of!(shared.nested_pid)),
+            )
+        };
+        // The intermediate child of a nested spawn has exited; its child
+        // (armourd's too, by CLONE_PARENT) is the restart.
+        let pid = if prepared.nested && pid > 0 {
+            reap(pid);
+            if nested_pid > 0 {
+                nested_pid
+            } else {
+                pid
+            }
+        } else {
+            pid
+        };
         Ok::<_, SpawnError>((pid, clone_error, failure))
     })?;
     // Whoever takes the slot first decides: a killer kills the child; once
@@ -185,6 +208,14 @@ struct Prepared {
     stdio: [StdioOpen; 3],
     /// The signals to reset to their default disposition.
     changed_signals: &'static [c_int],
+    /// `cgroup.procs` of the cgroup to join, open for writing.
+    cgroup_procs: Option<OwnedFd>,
+    /// The namespaces to join: (descriptor, `CLONE_NEW*` flag). The
+    /// descriptors belong to the spec, which outlives the spawn.
+    namespaces: Vec<(c_int, c_int)>,
+    /// Another pid namespace: joining it places only the joiner's
+    /// children there, so the child forks once more (see [`enter_place`]).
+    nested: bool,
 }
 
 fn c_string(bytes: &OsStr, what: &'static str) -> Result<CString, SpawnError> {
@@ -233,7 +264,7 @@ impl Prepared {
         };
         Ok(Self {
             exe: c_string(
-                spec.exe.as_os_str(),
+                spec.place.exe.as_ref().unwrap_or(&spec.exe).as_os_str(),
                 "the executable path contains a NUL byte",
             )?,
             argv_ptrs: pointers(&argv),
@@ -256,7 +287,34 @@ impl Prepared {
                 stdio(2, append)?,
             ],
             changed_signals: changed_signals(),
+            cgroup_procs: spec
+                .place
+                .cgroup
+                .as_deref()
+                .and_then(|dir| open_cgroup(dir, spec)),
+            namespaces: (spec.place.namespaces.iter())
+                .map(|joined| (joined.raw_fd(), joined.flag))
+                .collect(),
+            nested: spec.place.other_pids(),
         })
+    }
+}
+
+/// Opens `cgroup.procs` of the cgroup `dir` a restart joins. A cgroup that
+/// is gone (its unit stopped) is said and left: the restart runs in
+/// armourd's then, as it would have had nobody recorded it.
+fn open_cgroup(dir: &Path, spec: &LaunchSpec) -> Option<OwnedFd> {
+    let procs = dir.join("cgroup.procs");
+    match fs::OpenOptions::new().write(true).open(&procs) {
+        Ok(file) => Some(file.into()),
+        Err(err) => {
+            log::warn!(
+                "restarting {} in armourd's cgroup: cannot open {} ({err}); the cgroup it ran in is gone",
+                spec.exe.display(),
+                procs.display()
+            );
+            None
+        }
     }
 }
 
@@ -269,6 +327,11 @@ struct Shared<'a> {
     /// The CPUs the cloning thread may run on, when it was pinned to one.
     affinity: Option<libc::cpu_set_t>,
     failure: Option<(&'static str, c_int)>,
+    /// For a nested spawn: where the grandchild's stack ends, where the
+    /// kernel stores its pid, and the pid the child read back.
+    nested_stack: *mut c_void,
+    nested_tid: *mut libc::pid_t,
+    nested_pid: libc::pid_t,
 }
 
 thread_local! {
@@ -324,7 +387,10 @@ struct Stack {
 }
 
 impl Stack {
-    const SIZE: usize = 128 * 1024;
+    /// Two halves: the child's on top, and below it that of the child's
+    /// child when it forks again (another pid namespace). Pages that are
+    /// never touched cost nothing.
+    const SIZE: usize = 256 * 1024;
 
     fn new() -> io::Result<Self> {
         // SAFETY: sysconf has no preconditions.
@@ -358,6 +424,12 @@ impl Stack {
     fn top(&self) -> *mut c_void {
         // SAFETY: one past the end of the mapping.
         unsafe { self.base.cast::<u8>().add(self.len).cast() }
+    }
+
+    /// The top of the lower half (16-byte aligned, as the mapping's size is).
+    fn middle(&self) -> *mut c_void {
+        // SAFETY: within the mapping, above the guard page.
+        unsafe { self.base.cast::<u8>().add(self.len - Self::SIZE / 2).cast() }
     }
 }
 
@@ -410,8 +482,98 @@ extern "C" fn child_main(arg: *mut c_void) -> c_int {
             libc::sched_setaffinity(0, size, affinity);
         }
     }
-    let Err(failure) = run_child(prepared);
+    let result = enter_place(prepared).and_then(|()| {
+        if prepared.nested {
+            // SAFETY: `shared` as above.
+            unsafe { spawn_nested(shared) }
+        } else {
+            run_child(prepared).map(|never| match never {})
+        }
+    });
     // SAFETY: as above; the parent reads the slot only after we exit.
+    unsafe {
+        if let Err(failure) = result {
+            ptr::write_volatile(ptr::addr_of_mut!((*shared).failure), Some(failure));
+            libc::_exit(127)
+        }
+        libc::_exit(0)
+    }
+}
+
+/// Joins the cgroup and the namespaces the process ran in: the cgroup
+/// first, while its folder is still reachable the way it was opened,
+/// the mount namespace last (it changes the child's root and working
+/// directory). Only system calls on descriptors opened before the clone.
+fn enter_place(p: &Prepared) -> Result<(), Failure> {
+    if let Some(procs) = &p.cgroup_procs {
+        // "0" moves the writer itself.
+        // SAFETY: a live descriptor, opened before the clone, and one byte
+        // of a static buffer.
+        let written = unsafe { libc::write(procs.as_raw_fd(), c"0".as_ptr().cast(), 1) };
+        check("join the cgroup", written as libc::c_long)?;
+    }
+    for &(fd, flag) in &p.namespaces {
+        // SAFETY: a live namespace descriptor, opened before the clone.
+        let joined = unsafe { libc::setns(fd, flag) };
+        check(setns_step(flag), joined.into())?;
+    }
+    Ok(())
+}
+
+fn setns_step(flag: c_int) -> &'static str {
+    match flag {
+        libc::CLONE_NEWCGROUP => "join the cgroup namespace",
+        libc::CLONE_NEWIPC => "join the ipc namespace",
+        libc::CLONE_NEWUTS => "join the uts namespace",
+        libc::CLONE_NEWNET => "join the net namespace",
+        libc::CLONE_NEWPID => "join the pid namespace",
+        _ => "join the mount namespace",
+    }
+}
+
+/// In the child, after joining another pid namespace: clones the process
+/// that becomes the restart (the first in that namespace, and armourd's
+/// child by CLONE_PARENT, so that armourd reaps it) and waits, as its own
+/// parent waits, until that one executed the program or failed; its pid
+/// goes to the parent and to the slot other threads see. A pid namespace
+/// whose init has ended takes no new process (ENOMEM): the container is
+/// gone, and the restart fails saying so.
+///
+/// # Safety
+///
+/// `shared` is the `Shared` of `spawn`, alive while the parent waits.
+unsafe fn spawn_nested(shared: *mut Shared) -> Result<(), Failure> {
+    // SAFETY: as the caller promises; the grandchild runs on the other
+    // half of the stack, below this child's frames.
+    let pid = unsafe {
+        libc::clone(
+            nested_main,
+            (*shared).nested_stack,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PARENT | libc::CLONE_PARENT_SETTID,
+            shared.cast(),
+            (*shared).nested_tid,
+        )
+    };
+    if pid < 0 {
+        let step = match errno() {
+            libc::ENOMEM => "fork in the pid namespace (its init has ended)",
+            _ => "fork in the pid namespace",
+        };
+        return Err((step, errno()));
+    }
+    // SAFETY: as above.
+    unsafe { ptr::write_volatile(ptr::addr_of_mut!((*shared).nested_pid), pid) };
+    Ok(())
+}
+
+/// The restart in another pid namespace: the grandchild of the spawning
+/// thread, its child for the kernel (CLONE_PARENT).
+extern "C" fn nested_main(arg: *mut c_void) -> c_int {
+    let shared = arg.cast::<Shared>();
+    // SAFETY: `arg` is the `Shared` of `spawn`, alive while both wait.
+    let prepared = unsafe { (*shared).prepared };
+    let Err(failure) = run_child(prepared);
+    // SAFETY: as above; read once both have let go.
     unsafe {
         ptr::write_volatile(ptr::addr_of_mut!((*shared).failure), Some(failure));
         libc::_exit(127)
@@ -439,16 +601,20 @@ const DUP_STEPS: [&str; 3] = ["dup2 stdin", "dup2 stdout", "dup2 stderr"];
 /// The steps of the child in order; returns only on failure. Only
 /// async-signal-safe calls, no allocation, nothing that can panic.
 fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
-    // SAFETY (all blocks in this function): system calls on pointers into
+    // Every call below is a system call on numbers or on pointers into
     // `p`, which outlives the child's use of it; none of them allocates.
     if p.session_leader {
+        // SAFETY: setsid takes no pointer and does not allocate.
         check("setsid", unsafe { libc::setsid() }.into())?;
     } else {
+        // SAFETY: setpgid takes no pointer and does not allocate.
         check("setpgid", unsafe { libc::setpgid(0, 0) }.into())?;
     }
     reset_signals(p.changed_signals)?;
     set_ids(p)?;
+    // SAFETY: umask takes no pointer and cannot fail.
     unsafe { libc::umask(p.umask) };
+    // SAFETY: `p.cwd` is a NUL-terminated string that outlives the call.
     check("chdir", unsafe { libc::chdir(p.cwd.as_ptr()) }.into())?;
     for (target, ((stdio, open), dup)) in (0..).zip(p.stdio.iter().zip(OPEN_STEPS).zip(DUP_STEPS)) {
         let mut fd = open_stdio(stdio);
@@ -456,17 +622,21 @@ fn run_child(p: &Prepared) -> Result<std::convert::Infallible, Failure> {
             // A log file that cannot be opened any more (its folder removed,
             // its permissions changed, a FIFO put in its place) must not
             // keep the service down.
+            // SAFETY: a static NUL-terminated path; open does not allocate.
             fd = unsafe { libc::open(c"/dev/null".as_ptr(), libc::O_RDWR) };
         }
         check(open, fd.into())?;
         let ret = if fd == target {
+            // SAFETY: fcntl on a descriptor number; no pointer.
             unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }
         } else {
+            // SAFETY: dup2 on descriptor numbers; no pointer.
             unsafe { libc::dup2(fd, target) }
         };
         check(dup, ret.into())?;
     }
     close_on_exec_from_3()?;
+    // SAFETY: `p` holds the NUL-terminated strings and the NULL-terminated pointer arrays, and outlives the call.
     unsafe { libc::execve(p.exe.as_ptr(), p.argv_ptrs.as_ptr(), p.env_ptrs.as_ptr()) };
     Err(("execve", errno()))
 }

@@ -13,8 +13,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{launch::LaunchSpec, status::ExitStatus};
+use crate::{launch::LaunchSpec, logging::error_chain, spawn::SpawnError, status::ExitStatus};
 
+mod exit;
+mod keep;
 mod policy;
 mod restart;
 mod types;
@@ -107,7 +109,7 @@ impl Supervisor {
     }
 
     /// The exec of a spawned restart was reported: its start time is known now.
-    pub fn exec_confirmed(&mut self, pid: u32, start: Option<u64>) -> Vec<Action> {
+    pub fn exec_confirmed(&mut self, pid: u32, start: Option<u64>) {
         if let Some(id) = self.by_pid.get(&pid) {
             let instance = self.instances.get_mut(id).expect("indexed instance");
             if let Some(leader) = instance.leader.as_mut().filter(|l| l.pid == pid) {
@@ -117,7 +119,6 @@ impl Supervisor {
                 group.start = start;
             }
         }
-        Vec::new()
     }
 
     /// Every watched process (leaders and members) with its start time.
@@ -163,7 +164,12 @@ impl Supervisor {
         if let Some(&id) = self.by_pid.get(&pid) {
             let instance = &mut self.instances.get_mut(&id).expect("indexed instance");
             match instance.leader {
-                Some(leader) if leader.pid == pid && leader.same_start(exec.proc.start) => {
+                Some(leader)
+                    if leader.pid == pid
+                        && leader.same_start(exec.proc.start)
+                        && instance.entry == exec.entry
+                        && instance.spec.exe == exec.spec.exe =>
+                {
                     // Our own restart reaching its exec, or the program
                     // executing itself again: the same instance.
                     instance.leader = Some(exec.proc);
@@ -175,6 +181,12 @@ impl Supervisor {
                         instance.adopted = false;
                     }
                     return actions;
+                }
+                Some(leader) if leader.pid == pid && leader.same_start(exec.proc.start) => {
+                    // The leader executed another watched program: it is an
+                    // instance of that one now. The one it was is over,
+                    // not crashed: its command is not what runs there.
+                    actions.extend(self.leave(pid, Some("it executed another watched program")));
                 }
                 Some(leader) if leader.pid == pid => {
                     // The pid was recycled while its end went unseen.
@@ -284,110 +296,11 @@ impl Supervisor {
         actions
     }
 
-    /// A watched process ended with `status`. `start` is its start time
-    /// when the backend knows it; an end of another process that had the
-    /// same pid is ignored.
-    pub fn exit(
-        &mut self,
-        pid: u32,
-        start: Option<u64>,
-        status: ExitStatus,
-        now: Instant,
-    ) -> Vec<Action> {
-        let Some(&id) = self.by_pid.get(&pid) else {
-            return Vec::new();
-        };
-        let policy = {
-            let instance = &self.instances[&id];
-            let known = match instance.leader {
-                Some(leader) if leader.pid == pid => leader.same_start(start),
-                _ => instance.members.get(&pid).is_some_and(|m| {
-                    ProcId {
-                        pid,
-                        start: m.start,
-                    }
-                    .same_start(start)
-                }),
-            };
-            if !known {
-                return Vec::new();
-            }
-            self.policy(instance.entry)
-        };
-        self.by_pid.remove(&pid);
-        let mut actions = vec![Action::Unwatch(pid)];
-        let instance = self.instances.get_mut(&id).expect("indexed instance");
-        if instance.members.remove(&pid).is_some() {
-            if instance.members.is_empty() && matches!(instance.state, State::Stopping { .. }) {
-                actions.extend(self.proceed(id, now));
-            }
-            return actions;
-        }
-        instance.leader = None;
-        instance.last_exit = Some(status);
-        instance.last_pid = pid;
-        instance.since = now;
-        let exe = instance.spec.exe.clone();
-        if policy.success.is_clean(status) {
-            actions.push(Action::Notify(Notice::Exited {
-                pid,
-                exe: exe.clone(),
-                status,
-                will_restart: false,
-            }));
-            if let Some(heir) = heir(&instance.members, pid) {
-                let member = instance.members.remove(&heir).expect("chosen member");
-                instance.leader = Some(ProcId {
-                    pid: heir,
-                    start: member.start,
-                });
-                instance.last_pid = heir;
-                actions.push(Action::Notify(Notice::HandedOff {
-                    from: pid,
-                    to: heir,
-                    exe,
-                }));
-            } else {
-                self.forget_if_idle(id, &mut actions);
-            }
-            return actions;
-        }
-        actions.extend(self.crashed(id, &policy, status, now));
-        let instance = self.instances.get_mut(&id).expect("indexed instance");
-        for (&pid, member) in &instance.members {
-            actions.push(Action::Signal {
-                target: Target::Process(member.proc(pid)),
-                signal: libc::SIGTERM,
-            });
-        }
-        if let Some(group) = instance.group {
-            actions.push(Action::Signal {
-                target: Target::Group(group),
-                signal: libc::SIGTERM,
-            });
-        }
-        let deadline = now + policy.stop_timeout;
-        if instance.members.is_empty() {
-            if let Some(group) = instance.group {
-                // Untracked leftovers of the group get their SIGKILL later;
-                // the restart does not wait for processes it cannot see end.
-                self.group_kills.push((deadline, group));
-            }
-            actions.extend(self.proceed(id, now));
-        } else {
-            instance.state = State::Stopping {
-                deadline,
-                killed: false,
-            };
-        }
-        actions
-    }
-
     /// The outcome of an [`Action::Spawn`]: the new pid, or why it failed.
     pub fn spawned(
         &mut self,
         id: InstanceId,
-        result: Result<u32, String>,
+        result: Result<u32, SpawnError>,
         now: Instant,
     ) -> Vec<Action> {
         let Some(instance) = self.instances.get_mut(&id) else {
@@ -424,7 +337,7 @@ impl Supervisor {
                     }),
                 ]
             }
-            Err(reason) => self.restart_failed(id, reason, now),
+            Err(err) => self.restart_failed(id, error_chain(&err), now),
         }
     }
 
@@ -552,16 +465,6 @@ impl Supervisor {
             actions.push(Action::Unwatch(pid));
         }
     }
-}
-
-/// The member that takes the watch over when the leader `pid` ends cleanly:
-/// a direct child of the leader if there is one, else any member.
-fn heir(members: &BTreeMap<u32, Member>, pid: u32) -> Option<u32> {
-    members
-        .iter()
-        .find(|(_, m)| m.parent == pid)
-        .or_else(|| members.iter().next())
-        .map(|(&pid, _)| pid)
 }
 
 #[cfg(test)]

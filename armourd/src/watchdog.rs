@@ -21,9 +21,6 @@ use std::{
 
 pub mod critical;
 
-/// The device armourd opens when `--watchdog` names none.
-pub const DEFAULT_DEVICE: &str = "/dev/watchdog";
-
 /// What armourd needs of a watchdog device.
 pub trait Device {
     /// Asks for a timeout of `seconds` (`WDIOC_SETTIMEOUT`).

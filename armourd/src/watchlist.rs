@@ -64,11 +64,6 @@ impl WatchList {
         self.files.len()
     }
 
-    /// Whether nothing is watched.
-    pub fn is_empty(&self) -> bool {
-        self.files.is_empty()
-    }
-
     /// The marks the kernel filter needs.
     pub fn marks(&self) -> impl Iterator<Item = (FileKey, FileMark)> + '_ {
         self.marked().map(|(key, mark, _)| (key, mark))
@@ -203,6 +198,11 @@ pub struct DirWatch {
     /// Exactly the directories the configuration depends on now, so that
     /// directories created and removed again never pile up.
     watched: HashMap<PathBuf, WatchDescriptor>,
+    /// The folders holding a glob's literal prefix, and its name there:
+    /// only changes of that name count (see [`files::prefix_parents`]).
+    parents: HashMap<WatchDescriptor, HashSet<OsString>>,
+    /// The descriptors of `watched`: every change in them counts.
+    whole: HashSet<WatchDescriptor>,
     /// Whether a directory that could not be watched was logged already.
     warned: bool,
     pace: Pace,
@@ -259,48 +259,78 @@ impl DirWatch {
         Ok(Self {
             inotify: Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)?,
             watched: HashMap::new(),
+            parents: HashMap::new(),
+            whole: HashSet::new(),
             warned: false,
             pace: Pace::new(Instant::now()),
         })
     }
 
     /// Watches every directory `config` depends on now, and no other.
+    ///
+    /// Every wanted directory is added again at each update: the kernel
+    /// answers with the watch it has on that inode, or a new one when the
+    /// path now names another directory. A folder removed and created again
+    /// is a new inode, and its old watch lingers (no `IN_IGNORED`) for as
+    /// long as anything pins the removed one, e.g. a process still running
+    /// a deleted binary from it; keyed by path alone, the new folder would
+    /// never be watched.
     pub fn update(&mut self, config: &Config) {
-        let wanted: HashSet<PathBuf> = files::watch_dirs(config).into_iter().collect();
-        // Removed first: a directory renamed to another wanted path keeps
-        // its watch descriptor, which must then be added again, not lost.
-        let kept: HashSet<WatchDescriptor> = self
-            .watched
-            .iter()
-            .filter(|(dir, _)| wanted.contains(*dir))
-            .map(|(_, wd)| *wd)
-            .collect();
-        let inotify = &self.inotify;
-        self.watched.retain(|dir, wd| {
-            let keep = wanted.contains(dir);
-            if !keep && !kept.contains(wd) {
-                // Fails for a directory already gone, whose watch went with it.
-                let _ = inotify.rm_watch(*wd);
-            }
-            keep
-        });
+        let wanted = files::watch_dirs(config);
+        // Removals and renames count too: the folders of a glob that went
+        // must lose their watches, and the folder above become watched.
         let flags = AddWatchFlags::IN_CREATE
             | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_DELETE_SELF
+            | AddWatchFlags::IN_MOVE_SELF
             | AddWatchFlags::IN_CLOSE_WRITE
             | AddWatchFlags::IN_ATTRIB
             | AddWatchFlags::IN_ONLYDIR;
         let mut failed = Vec::new();
+        let mut watched = HashMap::with_capacity(wanted.len());
         for dir in wanted {
-            if self.watched.contains_key(&dir) {
-                continue;
-            }
             match self.inotify.add_watch(&dir, flags) {
                 Ok(wd) => {
-                    self.watched.insert(dir, wd);
+                    watched.insert(dir, wd);
                 }
                 Err(err) => failed.push((dir, err)),
             }
         }
+        self.whole = watched.values().copied().collect();
+        self.parents.clear();
+        for (parent, name) in files::prefix_parents(config) {
+            if let Some(wd) = watched.get(&parent) {
+                // Watched whole already.
+                self.parents.entry(*wd).or_default().insert(name);
+                continue;
+            }
+            // Names coming and going only: a busy parent (`/tmp`) must not
+            // wake armourd at every write. Not worth a warning: the
+            // prefix's own watch still sees most.
+            let names = AddWatchFlags::IN_CREATE
+                | AddWatchFlags::IN_MOVED_TO
+                | AddWatchFlags::IN_MOVED_FROM
+                | AddWatchFlags::IN_DELETE
+                | AddWatchFlags::IN_ONLYDIR;
+            let Ok(wd) = self.inotify.add_watch(&parent, names) else {
+                continue;
+            };
+            self.parents.entry(wd).or_default().insert(name);
+            watched.insert(parent, wd);
+        }
+        // A directory renamed to another wanted path keeps its watch
+        // descriptor under its new path: only descriptors no wanted path
+        // has any more are removed.
+        let kept: HashSet<WatchDescriptor> = watched.values().copied().collect();
+        for wd in self.watched.values() {
+            if !kept.contains(wd) {
+                // Fails for a directory already gone, whose watch went with it.
+                let _ = self.inotify.rm_watch(*wd);
+            }
+        }
+        self.watched = watched;
         // One line, once: the same failures recur at every rescan.
         if let Some((dir, err)) = failed.first() {
             let level = if self.warned {
@@ -342,11 +372,20 @@ impl DirWatch {
             if events.is_empty() {
                 break;
             }
-            any = true;
-            let ignored = events
-                .iter()
-                .filter(|e| e.mask.contains(AddWatchFlags::IN_IGNORED));
-            dropped.extend(ignored.map(|e| e.wd));
+            for event in &events {
+                if event.mask.contains(AddWatchFlags::IN_IGNORED) {
+                    dropped.insert(event.wd);
+                    any = true;
+                } else if self.whole.contains(&event.wd)
+                    || event.name.as_ref().is_some_and(|name| {
+                        self.parents
+                            .get(&event.wd)
+                            .is_some_and(|names| names.contains(name))
+                    })
+                {
+                    any = true;
+                }
+            }
         }
         if !dropped.is_empty() {
             self.watched.retain(|_, wd| !dropped.contains(wd));

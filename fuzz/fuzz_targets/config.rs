@@ -26,10 +26,40 @@ fn holds_something(line: &str) -> bool {
         .is_some_and(|c| c != '#')
 }
 
+/// The text of a line's first word as the parser reads it: quotes join
+/// what they hold to the word (`defaults""` and `"defaults"` are
+/// `defaults`); in them only `\"` and `\\` are escapes.
+fn first_word(line: &str) -> String {
+    let mut word = String::new();
+    let mut chars = line.trim_start_matches(is_blank).chars();
+    while let Some(c) = chars.next() {
+        match c {
+            c if is_blank(c) => break,
+            '"' => {
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => match chars.next() {
+                            Some(escaped @ ('"' | '\\')) => word.push(escaped),
+                            Some(other) => {
+                                word.push('\\');
+                                word.push(other);
+                            }
+                            None => word.push('\\'),
+                        },
+                        c => word.push(c),
+                    }
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    word
+}
+
 /// A line that holds an entry: something, and not a `defaults` line.
 fn holds_entry(line: &str) -> bool {
-    let first = line.trim_start_matches(is_blank).split(is_blank).next();
-    holds_something(line) && first != Some("defaults")
+    holds_something(line) && first_word(line) != "defaults"
 }
 
 fn check(text: &str) {

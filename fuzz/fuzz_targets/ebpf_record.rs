@@ -9,9 +9,13 @@
 
 use std::{ffi::OsString, mem::offset_of};
 
-use armourd::{backend::Event, fuzz::decode_record, procfs::clock_ticks_per_second};
+use armourd::{
+    backend::Event,
+    fuzz::{clock_ticks_per_second, decode_record},
+};
 use armourd_common::{
-    EventKind, ExecRecord, ExitRecord, ForkRecord, Header, ARGS_MAX, ENV_MAX, FILENAME_MAX,
+    EventKind, ExecRecord, ExitRecord, ForkRecord, Header, SpawnedRecord, ARGS_MAX, ENV_MAX,
+    FILENAME_MAX,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -69,6 +73,11 @@ fn check(bytes: &[u8], event: Event) {
             assert!(bytes.len() >= size_of::<ForkRecord>());
             assert_eq!(child, tgid);
             assert_eq!(parent, word(bytes, offset_of!(ForkRecord, parent_tgid)));
+        }
+        (EventKind::Spawned, Event::Exec(exec)) => {
+            assert!(bytes.len() >= size_of::<SpawnedRecord>());
+            assert_eq!(exec.pid, tgid);
+            assert!(exec.argv.is_none() && exec.env.is_none());
         }
         (EventKind::Exec, Event::Exec(exec)) => {
             assert!(bytes.len() >= size_of::<ExecRecord>());

@@ -8,10 +8,9 @@
 
 use std::{ffi::OsStr, os::unix::ffi::OsStrExt, path::Path};
 
-use armourd::{
-    files::parse_shebang,
-    launch::{split_nul, StdioTarget},
-    procfs::{parse_stat, parse_status, parse_task_state, stdio_target, FdKind},
+use armourd::fuzz::{
+    parse_shebang, parse_stat, parse_status, parse_task_state, split_nul, stdio_target, FdKind,
+    StdioTarget,
 };
 use libfuzzer_sys::fuzz_target;
 

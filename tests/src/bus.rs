@@ -121,7 +121,7 @@ impl Scene {
 /// Where [`Bus::daemon`] has armourd make its control socket: in a folder
 /// armourd makes (mode 0700) in the sandbox.
 pub fn control_socket(sandbox: &Sandbox) -> PathBuf {
-    sandbox.path("run/control")
+    sandbox.path("ctl/control")
 }
 
 /// A private `dbus-daemon`; dropping it kills it by pid.
@@ -129,6 +129,9 @@ pub struct Bus {
     child: Child,
     address: String,
     log: PathBuf,
+    /// Its configuration file, to start it again with (see [`Bus::restart`]).
+    config: PathBuf,
+    socket: PathBuf,
 }
 
 impl Bus {
@@ -166,7 +169,61 @@ impl Bus {
             .replace("POLICY", &policy);
         fs::write(&config, text).unwrap_or_else(|e| panic!("write {}: {e}", config.display()));
         let log = sandbox.path("bus.log");
-        let log_file = fs::File::create(&log).expect("create bus.log");
+        let (child, address) = Self::spawn(&config, &log);
+        let bus = Bus {
+            child,
+            address,
+            log,
+            config,
+            socket,
+        };
+        assert!(
+            bus.address.starts_with("unix:"),
+            "dbus-daemon gave no address within {EVENT_TIMEOUT:?}:\n{}",
+            bus.log_text()
+        );
+        bus
+    }
+
+    /// Kills the bus (SIGKILL, as if it crashed) and starts a new one
+    /// with the same configuration at the same address; blocks until it
+    /// listens. `between` runs while there is no bus.
+    pub fn restart(&mut self, between: impl FnOnce()) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        // A killed bus leaves its socket behind; a new one would not bind.
+        let _ = fs::remove_file(&self.socket);
+        between();
+        let (child, address) = Self::spawn(&self.config, &self.log);
+        self.child = child;
+        self.address = address;
+        assert!(
+            self.address.starts_with("unix:"),
+            "the new dbus-daemon gave no address within {EVENT_TIMEOUT:?}:\n{}",
+            self.log_text()
+        );
+    }
+
+    /// Whether `name` has an owner on the bus.
+    pub fn has_owner(&self, name: &str) -> bool {
+        let reply = self.send(
+            None,
+            "org.freedesktop.DBus",
+            "/org/freedesktop/DBus",
+            "org.freedesktop.DBus.NameHasOwner",
+            &[&format!("string:{name}")],
+        );
+        reply.value() == Value::Bool(true)
+    }
+
+    /// Starts dbus-daemon with `config`, its stderr appended to `log`;
+    /// returns it and the address it printed (empty if none came).
+    fn spawn(config: &std::path::Path, log: &std::path::Path) -> (Child, String) {
+        let log_file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("open bus.log");
         let mut cmd = Command::new("dbus-daemon");
         cmd.arg(format!("--config-file={}", config.display()))
             .args(["--nofork", "--nopidfile", "--print-address"])
@@ -189,17 +246,7 @@ impl Bus {
             .unwrap_or_default()
             .trim()
             .to_owned();
-        let bus = Bus {
-            child,
-            address,
-            log,
-        };
-        assert!(
-            bus.address.starts_with("unix:"),
-            "dbus-daemon gave no address within {EVENT_TIMEOUT:?}:\n{}",
-            bus.log_text()
-        );
-        bus
+        (child, address)
     }
 
     /// The address, for `DBUS_SESSION_BUS_ADDRESS`.
@@ -213,9 +260,12 @@ impl Bus {
 
     /// Starts armourd with `--dbus session` on this bus, and its control
     /// socket at [`control_socket`], and waits until it is ready; returns it
-    /// and the number of processes it watches.
+    /// and the number of processes it watches. It is given the bus socket's
+    /// path without the bus's guid, like the system bus's address, so that
+    /// it can connect to a bus started again there.
     pub fn daemon(&self, sandbox: &Sandbox, backend: Backend) -> (Daemon, usize) {
         let control = control_socket(sandbox);
+        let address = format!("unix:path={}", self.socket.display());
         Daemon::ready_with(
             sandbox,
             backend,
@@ -225,7 +275,7 @@ impl Bus {
                 "--control-socket",
                 control.to_str().expect("the sandbox's path is UTF-8"),
             ],
-            &[("DBUS_SESSION_BUS_ADDRESS", self.address())],
+            &[("DBUS_SESSION_BUS_ADDRESS", &address)],
         )
     }
 

@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{process, wait_for, Backend, Sandbox, EVENT_TIMEOUT};
+use crate::{process, wait_for, Backend, Launch, Sandbox, EVENT_TIMEOUT};
 
 /// How long armourd may take to load its programs and adopt processes.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -66,7 +66,9 @@ impl Daemon {
     }
 
     /// Starts `armourd -c CONFIG --backend B ARGS… -v` with `env` added to
-    /// its environment, without waiting for it to be ready.
+    /// its environment, without waiting for it to be ready. Its state is
+    /// kept in the sandbox's `state` folder unless ARGS say where: each
+    /// test's armourd sees only its own.
     pub fn start_with(
         sandbox: &Sandbox,
         backend: Backend,
@@ -74,6 +76,9 @@ impl Daemon {
         env: &[(&str, &str)],
     ) -> Daemon {
         let mut cmd = Command::new(armourd_bin());
+        if !args.iter().any(|a| a.starts_with("--state-dir")) {
+            cmd.arg("--state-dir").arg(sandbox.path("state"));
+        }
         cmd.arg("-c")
             .arg(sandbox.config_path())
             .args(["--backend", backend.flag()])

@@ -45,46 +45,31 @@ pub const EVENT_TIMEOUT: Duration = Duration::from_secs(15);
 /// cleanly ended or unwatched process).
 pub const QUIET_WINDOW: Duration = Duration::from_millis(1500);
 
-/// An event backend of armourd (`--backend`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Backend {
-    Ebpf,
-    /// The proc connector with fanotify, as it runs by default.
-    ProcConnector,
-    /// The proc connector with fanotify turned off (`ARMOURD_FANOTIFY=off`),
-    /// as it runs without CAP_SYS_ADMIN.
-    ProcConnectorPlain,
+/// An event backend of armourd: the daemon's own enum. The proc connector
+/// runs as `ProcConnectorFanotify` (fanotify, as with CAP_SYS_ADMIN) and as
+/// `ProcConnector` (fanotify turned off by `ARMOURD_FANOTIFY=off`, as
+/// without it).
+pub use armourd::backend::Backend;
+
+/// How armourd is started to run a backend: `--backend`, and the
+/// environment added.
+pub trait Launch {
+    /// The value of `--backend`.
+    fn flag(self) -> &'static str;
+    /// The environment armourd needs for this variant.
+    fn env(self) -> &'static [(&'static str, &'static str)];
 }
 
-impl Backend {
-    /// The value of `--backend`.
-    pub fn flag(self) -> &'static str {
-        match self {
-            Backend::Ebpf => "ebpf",
-            Backend::ProcConnector | Backend::ProcConnectorPlain => "proc-connector",
-        }
+impl Launch for Backend {
+    fn flag(self) -> &'static str {
+        self.choice().name()
     }
 
-    /// What the ready line (`backend=`) and the D-Bus `Backend` property say.
-    pub fn name(self) -> &'static str {
+    fn env(self) -> &'static [(&'static str, &'static str)] {
         match self {
-            Backend::Ebpf => "ebpf",
-            Backend::ProcConnector => "proc-connector+fanotify",
-            Backend::ProcConnectorPlain => "proc-connector",
-        }
-    }
-
-    /// The environment armourd needs for this variant.
-    pub fn env(self) -> &'static [(&'static str, &'static str)] {
-        match self {
-            Backend::ProcConnectorPlain => &[("ARMOURD_FANOTIFY", "off")],
+            Backend::ProcConnector => &[("ARMOURD_FANOTIFY", "off")],
             _ => &[],
         }
-    }
-
-    /// Whether this is the proc connector, with or without fanotify.
-    pub fn is_proc_connector(self) -> bool {
-        self != Backend::Ebpf
     }
 }
 
@@ -101,6 +86,7 @@ pub(crate) fn testee_bin() -> &'static PathBuf {
 pub fn run(backend: Backend, testee: &str, test: fn(Backend)) {
     TESTEE.get_or_init(|| PathBuf::from(testee));
     assert!(
+        // SAFETY: geteuid takes nothing and cannot fail.
         unsafe { libc::geteuid() } == 0,
         "the integration tests start armourd and load eBPF programs: run them as root \
          (`cargo xtask test`, or `sudo -E cargo test -p armourd-tests`)"
@@ -116,8 +102,8 @@ pub fn run(backend: Backend, testee: &str, test: fn(Backend)) {
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
         $crate::backend_tests!(@instances ebpf, Ebpf, $($name),*);
-        $crate::backend_tests!(@instances proc_connector, ProcConnector, $($name),*);
-        $crate::backend_tests!(@instances proc_plain, ProcConnectorPlain, $($name),*);
+        $crate::backend_tests!(@instances proc_connector, ProcConnectorFanotify, $($name),*);
+        $crate::backend_tests!(@instances proc_plain, ProcConnector, $($name),*);
     };
     (@instances $module:ident, $backend:ident, $($name:ident),*) => {
         mod $module {

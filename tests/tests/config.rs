@@ -143,6 +143,7 @@ fn fifo_as_config_file_is_an_error_not_a_hang(backend: Backend) {
     let sb = Sandbox::new();
     let config = sb.config_path();
     let path = CString::new(config.to_str().unwrap()).unwrap();
+    // SAFETY: `path` is a NUL-terminated string alive during the call.
     assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0, "mkfifo");
     assert_config_error(
         &sb,

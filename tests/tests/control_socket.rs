@@ -121,7 +121,7 @@ fn the_control_socket_serves_without_a_bus(backend: Backend) {
     let svc = sb.testee("svc");
     let report = sb.report("svc");
     sb.write_config(&format!("{}\n", svc.display()));
-    let socket = sb.path("run/control");
+    let socket = sb.path("ctl/control");
     let (mut daemon, _) = Daemon::ready_with(
         &sb,
         backend,

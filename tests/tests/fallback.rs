@@ -20,6 +20,8 @@ fn without_bpf_capabilities(sb: &Sandbox, backend: &str) -> Command {
         .arg("-c")
         .arg(sb.config_path())
         .args(["--backend", backend, "--dbus", "none"])
+        .arg("--state-dir")
+        .arg(sb.path("state"))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -55,8 +55,9 @@ fn sysvinit_script_starts_reports_and_stops_the_daemon() {
             .env(
                 "ARMOURD_OPTS",
                 format!(
-                    "-c {} --dbus none --backend proc-connector",
-                    config.display()
+                    "-c {} --dbus none --backend proc-connector --state-dir {}",
+                    config.display(),
+                    sb.path("state").display()
                 ),
             )
             .output()

@@ -2,7 +2,7 @@
 //! later, binaries appearing in a globbed directory, replaced binaries,
 //! scripts; each instance separately; nothing outside the config.
 
-use std::{os::unix::fs::PermissionsExt, path::Path};
+use std::{os::unix::fs::PermissionsExt, path::Path, time::Duration};
 
 use armourd_tests::{backend_tests, process, Backend, Daemon, Record, Sandbox, QUIET_WINDOW};
 
@@ -10,6 +10,7 @@ backend_tests!(
     adopts_processes_started_before_it,
     watches_processes_started_after_it,
     watches_binary_appearing_in_globbed_directory,
+    watches_globbed_folder_removed_and_created_again,
     never_restarts_a_program_not_in_the_config,
     restarts_binary_replaced_on_disk,
     watches_script_entry,
@@ -85,6 +86,46 @@ fn watches_binary_appearing_in_globbed_directory(backend: Backend) {
     daemon.assert_running();
 }
 
+/// `DIR/apps/*/bin/*`: a folder of the glob removed while a program from
+/// it still runs (which keeps the removed folder alive in the kernel) and
+/// created again holds binaries that are watched; first a folder the `*`
+/// matches, then the glob's literal part itself.
+fn watches_globbed_folder_removed_and_created_again(backend: Backend) {
+    let sb = Sandbox::new();
+    let apps = sb.mkdir("apps");
+    sb.mkdir("apps/a/bin");
+    let old = sb.testee("apps/a/bin/old");
+    let old_report = sb.report("old");
+    sb.write_config(&format!("{}/*/bin/*\n", apps.display()));
+    sb.spawn(&mut sb.command(&old, &old_report));
+    old_report.wait_starts(1);
+    let (mut daemon, watched) = Daemon::ready(&sb, backend);
+    assert_eq!(watched, 1);
+
+    for (round, removed) in [(1, apps.join("a")), (2, apps.clone())] {
+        std::fs::remove_dir_all(&removed).expect("remove the folder");
+        // One step at a time, each given the moment a rescan takes, so
+        // that every level of the glob is seen coming back on its own.
+        for rel in ["apps", "apps/a", "apps/a/bin"] {
+            if !sb.path(rel).exists() {
+                sb.mkdir(rel);
+                std::thread::sleep(Duration::from_millis(300));
+            }
+        }
+        let new = sb.testee(&format!("apps/a/bin/new{round}"));
+        let report = sb.report(&format!("new{round}"));
+        let pid = sb.spawn(&mut sb.command(&new, &report));
+        report.wait_starts(1);
+        daemon.wait_watching(pid);
+        assert!(process::kill(pid, libc::SIGKILL));
+        let restart = report.wait_starts(2).remove(1);
+        assert_eq!(restart.exe, new, "round {round}");
+        // The next round's removal deletes the binary of this one's restart,
+        // which then keeps its folder alive too.
+    }
+    daemon.assert_running();
+}
+
 /// Another copy of the same program under another name is not watched,
 /// whether it runs before armourd starts or after; the configured one is.
 fn never_restarts_a_program_not_in_the_config(backend: Backend) {
@@ -144,6 +185,7 @@ fn watches_script_entry(backend: Backend) {
     let sb = Sandbox::new();
     let fifo = sb.path("block.fifo");
     let c_fifo = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c_fifo` is a NUL-terminated string alive during the call.
     assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o666) }, 0, "mkfifo");
     let script = sb.path("svc.sh");
     // Blocks in a builtin `read` on a FIFO nobody writes to: no child processes.

@@ -25,6 +25,7 @@ use anyhow::{bail, ensure, Context as _, Result};
 
 use crate::{build_cmd, cmd};
 
+mod burst;
 mod crash_loop;
 mod flood;
 
@@ -54,6 +55,9 @@ pub struct BenchOptions {
     /// Measure only the D-Bus flood and print it (BENCHMARKS.md is left as it is)
     #[arg(long)]
     flood_only: bool,
+    /// Measure only the burst and the soak and print them (BENCHMARKS.md is left as it is)
+    #[arg(long)]
+    burst_only: bool,
 }
 
 /// The rows: each backend as `ready` names it; the proc connector with
@@ -102,6 +106,7 @@ struct Report {
     rss_anon_kib: u64,
     vm_hwm_kib: u64,
     crash_loop: Option<crash_loop::CrashLoop>,
+    burst: Option<burst::Burst>,
 }
 
 #[derive(Clone, Copy)]
@@ -115,7 +120,10 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         cmd::is_root(),
         "the benchmark runs armourd, which needs root"
     );
-    let built = build_cmd::build(&build_cmd::BuildOptions { debug: false })?;
+    let built = build_cmd::build(&build_cmd::BuildOptions {
+        debug: false,
+        target: None,
+    })?;
     let binary_size = fs::metadata(&built.daemon)?.len();
     let floods = || {
         ROOT_NAMES
@@ -137,6 +145,16 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
             })
             .collect::<Vec<_>>()
     };
+    if options.burst_only {
+        let mut text = String::new();
+        for backend in BACKENDS {
+            println!("bench: {backend} burst and soak …");
+            let burst = burst::measure(&built.daemon, backend)?;
+            render_burst_row(&mut text, backend, &burst);
+        }
+        print!("{}{text}", burst_header());
+        return Ok(());
+    }
     if options.flood_only {
         let floods = floods();
         let mut text = String::new();
@@ -158,6 +176,11 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
                     Ok(looped) => report.crash_loop = Some(looped),
                     Err(err) => println!("bench: {backend} crash loop failed: {err:#}"),
                 }
+                println!("bench: {backend} burst and soak …");
+                match burst::measure(&built.daemon, backend) {
+                    Ok(burst) => report.burst = Some(burst),
+                    Err(err) => println!("bench: {backend} burst failed: {err:#}"),
+                }
                 reports.push(report);
             }
             Err(err) => println!("bench: {backend} could not be measured: {err:#}"),
@@ -175,6 +198,22 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
 }
 
 /// A temporary directory with a copy of `sleep` as the watched service.
+/// `armourd -c CONFIG --backend BACKEND`, its state kept beside the
+/// configuration (not in the machine's `/run/armourd`).
+fn armourd(daemon: &Path, config: &Path, backend: &str) -> Command {
+    let (flag, env) = launch(backend);
+    let mut cmd = Command::new(daemon);
+    cmd.arg("-c")
+        .arg(config)
+        .args(["--backend", flag, "--state-dir"])
+        .arg(config.with_file_name("state"))
+        .envs(env.iter().copied());
+    cmd
+}
+
+/// A scratch folder, the daemon and the service of one measurement;
+/// dropping it stops armourd, kills the service's processes and removes
+/// the folder.
 struct Scene {
     dir: PathBuf,
     daemon: Option<Child>,
@@ -218,10 +257,7 @@ fn measure(daemon: &Path, backend: &'static str, options: &BenchOptions) -> Resu
         .spawn()
         .context("cannot start the benchmark service")?;
     // Adopted by armourd at start-up; the first kill below ends it.
-    let (flag, env) = launch(backend);
-    let mut child = Command::new(daemon)
-        .args(["-c", &config.display().to_string(), "--backend", flag])
-        .envs(env.iter().copied())
+    let mut child = armourd(daemon, &config, backend)
         .args(["--dbus", "none", "-v"])
         .stderr(Stdio::piped())
         .spawn()
@@ -248,6 +284,7 @@ fn measure(daemon: &Path, backend: &'static str, options: &BenchOptions) -> Resu
         rss_anon_kib,
         vm_hwm_kib,
         crash_loop: None,
+        burst: None,
     })
 }
 
@@ -540,6 +577,12 @@ fn render(
             );
         }
     }
+    out.push_str(&burst_header());
+    for r in reports {
+        if let Some(burst) = &r.burst {
+            render_burst_row(&mut out, r.backend, burst);
+        }
+    }
     let _ = writeln!(
         out,
         "\nTargets (SPEC §11): p50 ≤ {} ms, p99 ≤ {} ms on both backends; no wake-ups when idle; \
@@ -601,6 +644,7 @@ fn misses(reports: &[Report]) -> Vec<String> {
     for r in reports {
         let mut sorted = r.latencies_us.clone();
         sorted.sort_unstable();
+        let mut unmeasured = Vec::new();
         let mut check = |what: &str, value: f64, target: f64, unit: &str| {
             if value > target {
                 misses.push(format!(
@@ -645,8 +689,18 @@ fn misses(reports: &[Report]) -> Vec<String> {
                 );
                 check("crash-loop CPU", looped.cpu_percent, TARGETS.loop_cpu, "%");
             }
-            None => misses.push(format!("{}: the crash loop was not measured", r.backend)),
+            None => unmeasured.push(format!("{}: the crash loop was not measured", r.backend)),
         }
+        match &r.burst {
+            Some(burst) => {
+                check("burst: all back", burst.seconds, 1.0, "s");
+                check("burst: records lost", burst.lost as f64, 0.0, "");
+                let added = burst.fds[1].saturating_sub(burst.fds[0]);
+                check("descriptors added by the soak", added as f64, 0.0, "");
+            }
+            None => unmeasured.push(format!("{}: the burst was not measured", r.backend)),
+        }
+        misses.append(&mut unmeasured);
     }
     misses
 }
@@ -760,4 +814,30 @@ fn restarts(flood: &flood::FloodReport) -> String {
         );
     }
     text
+}
+
+/// The heading and table head of the burst rows.
+fn burst_header() -> String {
+    format!(
+        "\n{} watched processes killed at once (SIGKILL), then a soak of {} restarts in bursts \
+         like it (`backoff=none`):\n\n\
+         | backend | all back | records lost | peak VmRSS | descriptors before → after soak | RssAnon before → after soak |\n\
+         |---|---|---|---|---|---|\n",
+        burst::COUNT,
+        burst::SOAK
+    )
+}
+
+fn render_burst_row(out: &mut String, backend: &str, burst: &burst::Burst) {
+    let _ = writeln!(
+        out,
+        "| {backend} | {:.2} s | {} | {:.2} MiB | {} → {} | {} → {} KiB |",
+        burst.seconds,
+        burst.lost,
+        burst.peak_kib as f64 / 1024.0,
+        burst.fds[0],
+        burst.fds[1],
+        burst.anon_kib[0],
+        burst.anon_kib[1],
+    );
 }

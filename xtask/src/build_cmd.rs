@@ -19,6 +19,11 @@ pub struct BuildOptions {
     /// the eBPF object is always optimised
     #[arg(long)]
     pub debug: bool,
+    /// Build the daemon for this target instead of the host's
+    /// `<arch>-unknown-linux-musl` (e.g. `aarch64-unknown-linux-musl`: linked
+    /// with `rust-lld` and the target's own musl, no cross compiler needed)
+    #[arg(long, value_name = "TRIPLE")]
+    pub target: Option<String>,
 }
 
 /// What a build leaves behind (absolute paths).
@@ -99,7 +104,10 @@ fn build_ebpf(linker: &Path) -> Result<PathBuf> {
 }
 
 fn build_daemon(options: &BuildOptions, object: &Path) -> Result<PathBuf> {
-    let target = setup::daemon_target();
+    let target = options.target.clone().unwrap_or_else(setup::daemon_target);
+    if options.target.is_some() {
+        setup::rust_target(&target)?;
+    }
     let mut cargo = cmd::cargo();
     cargo
         .current_dir(cmd::workspace_root())
@@ -108,6 +116,7 @@ fn build_daemon(options: &BuildOptions, object: &Path) -> Result<PathBuf> {
         cargo.arg("--release");
     }
     cargo.env("ARMOURD_EBPF_OBJECT", object);
+    cross_linker(&mut cargo, &target);
     println!("build: daemon ({})", cmd::show(&cargo));
     cmd::run(&mut cargo).context("building the daemon failed")?;
     let profile = if options.debug { "debug" } else { "release" };
@@ -115,4 +124,20 @@ fn build_daemon(options: &BuildOptions, object: &Path) -> Result<PathBuf> {
         .join(target)
         .join(profile)
         .join("armourd"))
+}
+
+/// For a static musl target of another architecture than the host's:
+/// link with `rust-lld` and the musl start files that come with the
+/// target (`link-self-contained`), so that no cross gcc is needed.
+pub fn cross_linker(cargo: &mut Command, target: &str) {
+    if target == setup::daemon_target() {
+        return;
+    }
+    let key = target.to_uppercase().replace('-', "_");
+    cargo
+        .env(format!("CARGO_TARGET_{key}_LINKER"), "rust-lld")
+        .env(
+            format!("CARGO_TARGET_{key}_RUSTFLAGS"),
+            "-C link-self-contained=yes",
+        );
 }

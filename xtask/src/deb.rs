@@ -15,7 +15,10 @@ use crate::{build_cmd, cmd, dist};
 
 pub fn deb() -> Result<()> {
     ensure_cargo_deb()?;
-    let built = build_cmd::build(&build_cmd::BuildOptions { debug: false })?;
+    let built = build_cmd::build(&build_cmd::BuildOptions {
+        debug: false,
+        target: None,
+    })?;
     let root = cmd::workspace_root();
     // Where the assets of armourd/Cargo.toml's [package.metadata.deb] are.
     let staging = root.join("target/deb-root");

@@ -23,7 +23,10 @@ pub fn demo() -> Result<()> {
         cmd::is_root(),
         "the demo runs armourd, which needs root; run it as root (e.g. `sudo -E cargo xtask demo`)"
     );
-    let built = build_cmd::build(&build_cmd::BuildOptions { debug: false })?;
+    let built = build_cmd::build(&build_cmd::BuildOptions {
+        debug: false,
+        target: None,
+    })?;
     Demo::new()?.show(&built.daemon)
 }
 
@@ -89,7 +92,10 @@ impl Demo {
         armourd
             .arg("-c")
             .arg(&config)
-            .args(["--dbus", "none", "--backend", "auto", "-v"]);
+            .args(["--dbus", "none", "--backend", "auto", "-v"])
+            // The demo's own state, not the machine's /run/armourd.
+            .arg("--state-dir")
+            .arg(config.with_file_name("state"));
         println!("demo: starting `{}`", cmd::show(&armourd));
         let mut child = armourd
             .stderr(Stdio::piped())

@@ -16,6 +16,11 @@ use clap_complete::Shell;
 
 use crate::{build_cmd, cmd};
 
+// The command line names its backends with this file of armourd's.
+#[path = "../../armourd/src/backend/kind.rs"]
+#[allow(dead_code, reason = "only its values are used, by the command line")]
+mod backend;
+
 #[path = "../../armourd/src/cli.rs"]
 mod daemon_cli;
 
@@ -45,7 +50,10 @@ pub struct Item {
 
 /// Builds, then installs.
 pub fn install(options: &InstallOptions) -> Result<()> {
-    let built = build_cmd::build(&build_cmd::BuildOptions { debug: false })?;
+    let built = build_cmd::build(&build_cmd::BuildOptions {
+        debug: false,
+        target: None,
+    })?;
     let root = options
         .destdir
         .clone()

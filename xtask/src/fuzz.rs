@@ -28,7 +28,7 @@ struct Target {
     max_len: usize,
 }
 
-const TARGETS: [Target; 4] = [
+const TARGETS: [Target; 5] = [
     Target {
         name: "config",
         max_len: 4096,
@@ -45,6 +45,11 @@ const TARGETS: [Target; 4] = [
     },
     Target {
         name: "procfs",
+        max_len: 4096,
+    },
+    Target {
+        // A few records; the parser's cost grows with the lines alike.
+        name: "state",
         max_len: 4096,
     },
 ];

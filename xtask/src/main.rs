@@ -11,6 +11,7 @@ mod fuzz;
 mod run;
 mod setup;
 mod test;
+mod vm;
 
 use std::process::ExitCode;
 
@@ -26,7 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Install what the build and the fuzz targets need when missing (nightly rust-src,
-    /// bpf-linker, the musl target, cargo-fuzz)
+    /// bpf-linker, the musl target, cargo-fuzz; qemu's libraries and xz for the vm-test)
     Setup(setup::SetupOptions),
     /// Build the eBPF object and the static daemon (target/<arch>-unknown-linux-musl/release/armourd)
     Build(build_cmd::BuildOptions),
@@ -42,6 +43,8 @@ enum Command {
     Deb,
     /// Build, then measure restart latency, CPU, wake-ups and memory; writes BENCHMARKS.md
     Bench(bench::BenchOptions),
+    /// Boot Debian's kernels under qemu and run the suite in each guest on both backends
+    VmTest(vm::VmTestOptions),
     /// Run the fuzz targets (cargo-fuzz) for a bounded time or number of inputs each
     Fuzz(fuzz::FuzzOptions),
 }
@@ -58,7 +61,9 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> anyhow::Result<()> {
     match command {
-        Command::Setup(options) => setup::setup(&options).and_then(|_| setup::cargo_fuzz()),
+        Command::Setup(options) => setup::setup(&options)
+            .and_then(|_| setup::cargo_fuzz())
+            .and_then(|()| setup::vm_packages()),
         Command::Build(options) => build_cmd::build(&options).map(drop),
         Command::Run(options) => run::run(options),
         Command::Demo => demo::demo(),
@@ -67,6 +72,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Install(options) => dist::install(&options),
         Command::Deb => deb::deb(),
         Command::Fuzz(options) => fuzz::fuzz(&options),
+        Command::VmTest(options) => vm::vm_test(&options),
     }
 }
 

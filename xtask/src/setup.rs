@@ -119,7 +119,11 @@ pub fn daemon_target() -> String {
 
 /// Adds the daemon's target to the toolchain that builds it.
 fn static_target() -> Result<()> {
-    let target = daemon_target();
+    rust_target(&daemon_target())
+}
+
+/// Adds `target` to the toolchain that builds the daemon when it is missing.
+pub fn rust_target(target: &str) -> Result<()> {
     let mut list = rustup();
     list.current_dir(cmd::workspace_root())
         .args(["target", "list", "--installed"]);
@@ -129,7 +133,7 @@ fn static_target() -> Result<()> {
     println!("setup: adding the {target} target (the daemon is linked statically)");
     let mut add = rustup();
     add.current_dir(cmd::workspace_root())
-        .args(["target", "add", &target]);
+        .args(["target", "add", target]);
     cmd::run(&mut add)
 }
 
@@ -262,4 +266,46 @@ fn llvm_prefix(sysroot: &Path) -> Result<(PathBuf, u32)> {
         })?;
     }
     Ok((prefix, major))
+}
+
+/// Debian packages `cargo xtask vm-test` needs on the host: the qemu of the
+/// distribution brings the shared libraries of the newer qemu the vm-test
+/// unpacks from bookworm-backports; xz unpacks the kernels' modules.
+const VM_PACKAGES: [&str; 4] = ["qemu-system-x86", "qemu-system-arm", "xz-utils", "dpkg"];
+
+/// Installs the [`VM_PACKAGES`] that are missing (needs root and apt).
+pub fn vm_packages() -> Result<()> {
+    let missing: Vec<&str> = VM_PACKAGES
+        .into_iter()
+        .filter(|package| {
+            !Command::new("dpkg")
+                .args(["-s", package])
+                .output()
+                .is_ok_and(|out| {
+                    out.status.success()
+                        && String::from_utf8_lossy(&out.stdout)
+                            .contains("Status: install ok installed")
+                })
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    ensure!(
+        cmd::is_root(),
+        "the vm-test needs the Debian packages {}: install them as root \
+         (`apt-get install --no-install-recommends {0}`) or run `cargo xtask setup` as root",
+        missing.join(" ")
+    );
+    println!(
+        "setup: installing {} (for `cargo xtask vm-test`)",
+        missing.join(" ")
+    );
+    cmd::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .context("could not install the packages the vm-test needs")
 }

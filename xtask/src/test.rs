@@ -21,7 +21,10 @@ pub fn test(options: TestOptions) -> Result<()> {
              run `cargo xtask test` as root (e.g. `sudo -E cargo xtask test`)"
         );
     }
-    let built = build_cmd::build(&build_cmd::BuildOptions { debug: false })?;
+    let built = build_cmd::build(&build_cmd::BuildOptions {
+        debug: false,
+        target: None,
+    })?;
     let mut cargo = cmd::cargo();
     cargo
         .current_dir(cmd::workspace_root())
@@ -29,7 +32,10 @@ pub fn test(options: TestOptions) -> Result<()> {
         .args(&options.args)
         .env("ARMOURD_BIN", &built.daemon)
         // The same as for the build, so cargo reuses it instead of rebuilding.
-        .env("ARMOURD_EBPF_OBJECT", &built.ebpf_object);
+        .env("ARMOURD_EBPF_OBJECT", &built.ebpf_object)
+        // As root every unit test runs, also those a user's `cargo test`
+        // marks ignored for want of root or a bus.
+        .env("ARMOURD_TESTS_AS_ROOT", "1");
     // Every integration test starts a daemon and a crowd of processes; one
     // at a time they do not starve each other on a small machine.
     if std::env::var_os("RUST_TEST_THREADS").is_none() {

@@ -21,56 +21,35 @@
 //! whose records are read here too.
 
 use std::{
-    ffi::OsStr,
     io,
-    os::unix::ffi::OsStrExt,
     time::{Duration, Instant},
 };
 
 use armourd_common::{
-    EventKind, ExecRecord, ExitRecord, Failure, FileKey, ForkRecord, Header, PidClass,
-    EXEC_INTERPRETER, FAILURE_KINDS, FILE_INTERPRETER, FILE_WATCHED, MAX_WATCHED_PIDS,
+    Failure, FileKey, PidClass, FAILURE_KINDS, FILE_INTERPRETER, FILE_WATCHED, MAX_WATCHED_PIDS,
 };
 use aya::{
     maps::{HashMap, MapData, MapError, PerCpuArray, RingBuf},
-    programs::{raw_trace_point::RawTracePointLink, ProgramError, RawTracePoint},
-    EbpfLoader,
+    programs::{raw_trace_point::RawTracePointLink, ProgramError},
 };
 use aya_log::EbpfLogger;
 use tokio::io::unix::AsyncFd;
 
-use super::{Event, ExecEvent, FileMark, FilterError};
+mod decode;
+mod load;
+
+pub(crate) use decode::decode;
+use load::{check_capabilities, load_object, take_map, Loaded, OBJECT};
+
+use super::{Event, FileMark, FilterError};
 use crate::{
     btf,
-    launch::split_nul,
     procfs::{self, Ending},
-    status::ExitStatus,
+    race::{self, Late},
 };
-
-#[cfg(ebpf_object)]
-static OBJECT: Option<&[u8]> = Some(aya::include_bytes_aligned!(concat!(
-    env!("OUT_DIR"),
-    "/armourd-ebpf.o"
-)));
-#[cfg(not(ebpf_object))]
-static OBJECT: Option<&[u8]> = None;
 
 /// How often a process found ending is looked at again until it has ended.
 const ENDING_POLL: Duration = Duration::from_millis(1);
-/// How long a process may take to end (a thread stuck in `do_exit`) before
-/// it counts as ended anyway.
-const ENDING_MAX: Duration = Duration::from_secs(1);
-
-const PROGRAMS: [&str; 3] = [
-    "sched_process_exit",
-    "sched_process_fork",
-    "sched_process_exec",
-];
-
-/// Bytes of the ring buffer of the programs' log (aya-log's default is 128
-/// KiB; mapped here, it would add that twice to the resident set). Logs
-/// are rare and short (some 200 bytes each).
-const LOG_BYTES: u32 = 16 * 1024;
 
 /// The maps of watched pids, indexed by [`PidClass`].
 const PID_MAPS: [&str; 2] = ["ROOT_PIDS", "USER_PIDS"];
@@ -111,14 +90,6 @@ pub enum EbpfError {
     Poll(#[source] io::Error),
     #[error("cannot read the log of the eBPF programs")]
     Log(#[source] aya_log::Error),
-}
-
-/// A process whose watch began as it was ending.
-#[derive(Clone, Copy, Debug)]
-struct Late {
-    pid: u32,
-    start: Option<u64>,
-    since: Instant,
 }
 
 /// The loaded programs and the maps armourd talks to.
@@ -216,9 +187,22 @@ impl EbpfBackend {
                 }
             }
             let late = std::mem::take(&mut self.late);
-            let (late, ended) = settle(late, endings, &out[before..], Instant::now());
+            let recorded = &out[before..];
+            let recorded = |pid| {
+                (recorded.iter())
+                    .any(|event| matches!(event, Event::Exit { pid: p, .. } if *p == pid))
+            };
+            let (late, ended) = race::settle(late, endings, recorded, Instant::now());
             self.late = late;
-            out.extend(ended);
+            for race::Ended { pid, start, status } in ended {
+                log::debug!("pid {pid} ended as its watch began: {status}");
+                out.push(Event::Exit {
+                    pid,
+                    start,
+                    status,
+                    ktime_ns: None,
+                });
+            }
             let totals = self.failure_totals();
             out.extend(failure_events(&self.failures_seen, &totals));
             self.failures_seen = totals;
@@ -355,231 +339,9 @@ fn failure_events(seen: &[u64], totals: &[u64]) -> Vec<Event> {
     events
 }
 
-/// What became of the processes found ending, given how far each is in
-/// ending now (`endings`, read before the records in `recorded`): those
-/// whose end the kernel recorded after all are dropped, those ended are
-/// reported (one stuck in `do_exit` for [`ENDING_MAX`] too), and those
-/// still ending are kept.
-fn settle(
-    late: Vec<Late>,
-    endings: Vec<Ending>,
-    recorded: &[Event],
-    now: Instant,
-) -> (Vec<Late>, Vec<Event>) {
-    let (mut kept, mut ended) = (Vec::new(), Vec::new());
-    for (late, ending) in late.into_iter().zip(endings) {
-        let recorded = (recorded.iter())
-            .any(|event| matches!(event, Event::Exit { pid, .. } if *pid == late.pid));
-        let status = match ending {
-            // A thread runs (it was in an exec): the kernel will report it.
-            _ if recorded => continue,
-            Ending::Running => continue,
-            Ending::Ended(status) => {
-                status.map_or(ExitStatus::Unknown, ExitStatus::from_wait_status)
-            }
-            Ending::Gone => ExitStatus::Unknown,
-            Ending::Exiting if now.duration_since(late.since) < ENDING_MAX => {
-                kept.push(late);
-                continue;
-            }
-            Ending::Exiting => ExitStatus::Unknown,
-        };
-        log::debug!("pid {} ended as its watch began: {status}", late.pid);
-        ended.push(Event::Exit {
-            pid: late.pid,
-            start: late.start,
-            status,
-            ktime_ns: None,
-        });
-    }
-    (kept, ended)
-}
-
-/// CAP_BPF and CAP_PERFMON (Linux 5.8+), or CAP_SYS_ADMIN for both.
-fn check_capabilities() -> Result<(), EbpfError> {
-    const CAP_SYS_ADMIN: u32 = 21;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let Some(effective) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
-    else {
-        return Ok(()); // unknown: let the kernel decide
-    };
-    let has = |cap: u32| effective & (1 << cap) != 0;
-    if !has(CAP_BPF) && !has(CAP_SYS_ADMIN) {
-        return Err(EbpfError::MissingCapability("CAP_BPF"));
-    }
-    if !has(CAP_PERFMON) && !has(CAP_SYS_ADMIN) {
-        return Err(EbpfError::MissingCapability("CAP_PERFMON"));
-    }
-    Ok(())
-}
-
-/// What armourd keeps of the loaded object.
-struct Loaded {
-    links: Vec<RawTracePointLink>,
-    maps: Vec<(String, aya::maps::Map)>,
-    log: EbpfLogger<&'static dyn log::Log>,
-}
-
-/// Loads `object` with `offsets` and attaches its programs.
-fn load_object(object: &[u8], offsets: &armourd_common::Offsets) -> Result<Loaded, EbpfError> {
-    // SAFETY: sysconf has no preconditions.
-    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    let log_bytes = u32::try_from(page).map_or(LOG_BYTES, |page| LOG_BYTES.max(page));
-    let mut ebpf = EbpfLoader::new()
-        .btf(None)
-        .override_global("OFFSETS", offsets, true)
-        .map_max_entries("AYA_LOGS", log_bytes)
-        .load(object)
-        .map_err(EbpfError::Load)?;
-    let mut links = Vec::new();
-    for program in PROGRAMS {
-        let tracepoint: &mut RawTracePoint = ebpf
-            .program_mut(program)
-            .ok_or(EbpfError::Missing(program))?
-            .try_into()
-            .map_err(|source| EbpfError::Program { program, source })?;
-        let link = tracepoint
-            .load()
-            .and_then(|()| tracepoint.attach(program))
-            .and_then(|id| tracepoint.take_link(id))
-            .map_err(|source| EbpfError::Program { program, source })?;
-        links.push(link);
-    }
-    let log = EbpfLogger::init(&mut ebpf).map_err(EbpfError::Log)?;
-    // The links hold the programs; the rest of the object goes.
-    let maps = ebpf
-        .maps_mut()
-        .map(|(name, _)| name.to_owned())
-        .collect::<Vec<_>>();
-    let maps = maps
-        .into_iter()
-        .filter_map(|name| Some((name.clone(), ebpf.take_map(&name)?)))
-        .collect();
-    Ok(Loaded { links, maps, log })
-}
-
-fn take_map(
-    maps: &mut Vec<(String, aya::maps::Map)>,
-    name: &'static str,
-) -> Result<aya::maps::Map, EbpfError> {
-    let index = (maps.iter().position(|(n, _)| n == name)).ok_or(EbpfError::Missing(name))?;
-    Ok(maps.swap_remove(index).1)
-}
-
-/// Reads a `T` from the start of `bytes`, if it is long enough.
-fn read<T: Copy>(bytes: &[u8]) -> Option<T> {
-    (bytes.len() >= size_of::<T>())
-        // SAFETY: long enough, and T is a repr(C) record of plain integers.
-        .then(|| unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<T>()) })
-}
-
-/// Turns one ring buffer record into an event.
-pub(crate) fn decode(bytes: &[u8], ns_per_tick: u64) -> Option<Event> {
-    let header: Header = read(bytes)?;
-    let start = Some(header.start_boottime_ns / ns_per_tick);
-    Some(match EventKind::from_raw(header.kind)? {
-        EventKind::Exit => {
-            let record: ExitRecord = read(bytes)?;
-            Event::Exit {
-                pid: header.tgid,
-                start,
-                status: ExitStatus::from_wait_status(record.status),
-                ktime_ns: Some(header.ktime_ns),
-            }
-        }
-        EventKind::Fork => {
-            let record: ForkRecord = read(bytes)?;
-            Event::Fork {
-                parent: record.parent_tgid,
-                child: header.tgid,
-                start,
-            }
-        }
-        EventKind::Exec => Event::Exec(decode_exec(bytes, start)?),
-    })
-}
-
-fn decode_exec(bytes: &[u8], start: Option<u64>) -> Option<ExecEvent> {
-    let aligned = bytes.as_ptr().align_offset(align_of::<ExecRecord>()) == 0;
-    if bytes.len() < size_of::<ExecRecord>() || !aligned {
-        return None;
-    }
-    // SAFETY: checked length and alignment (ring buffer records are
-    // 8-byte aligned); every bit pattern is a valid ExecRecord.
-    let record = unsafe { &*bytes.as_ptr().cast::<ExecRecord>() };
-    let area = |buf: &[u8], len: u32| buf.get(..len as usize).map(split_nul);
-    // A truncated area is read from /proc instead.
-    let whole = |flag: u32| record.flags & flag == 0;
-    Some(ExecEvent {
-        pid: record.header.tgid,
-        start,
-        file: Some(record.file),
-        argv: area(&record.args, record.args_len)
-            .filter(|_| whole(armourd_common::EXEC_ARGS_TRUNCATED)),
-        env: area(&record.env, record.env_len)
-            .filter(|_| whole(armourd_common::EXEC_ENV_TRUNCATED)),
-        uid: Some(record.uid),
-        gid: Some(record.gid),
-        filename: (record.flags & EXEC_INTERPRETER != 0)
-            .then(|| record.filename.get(..record.filename_len as usize))
-            .flatten()
-            .map(|name| OsStr::from_bytes(name).to_owned()),
-        ktime_ns: Some(record.header.ktime_ns),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn late(pid: u32, since: Instant) -> Late {
-        Late {
-            pid,
-            start: Some(5),
-            since,
-        }
-    }
-
-    #[test]
-    fn processes_found_ending_are_reported_once_ended_unless_recorded() {
-        let now = Instant::now();
-        let killed = 9; // wait status of SIGKILL
-        let lates = vec![
-            late(1, now),
-            late(2, now),
-            late(3, now),
-            late(4, now),
-            late(5, now),
-        ];
-        let endings = vec![
-            Ending::Ended(Some(killed)),
-            Ending::Gone,
-            Ending::Exiting,
-            Ending::Ended(Some(killed)),
-            Ending::Running,
-        ];
-        let recorded = [Event::Exit {
-            pid: 4,
-            start: Some(5),
-            status: ExitStatus::from_wait_status(killed),
-            ktime_ns: Some(1),
-        }];
-        let (kept, ended) = settle(lates, endings, &recorded, now);
-        assert_eq!(kept.iter().map(|l| l.pid).collect::<Vec<_>>(), [3]);
-        let sigkill = ExitStatus::from_wait_status(killed);
-        let exit = |pid, status| Event::Exit {
-            pid,
-            start: Some(5),
-            status,
-            ktime_ns: None,
-        };
-        assert_eq!(ended, [exit(1, sigkill), exit(2, ExitStatus::Unknown)]);
-    }
 
     #[test]
     fn full_maps_leave_processes_unheld_and_other_failures_lose_records() {
@@ -592,25 +354,5 @@ mod tests {
         assert_eq!(failure_events(&totals, &totals), []);
         // A counter read as lower than before (a CPU gone) reports nothing.
         assert_eq!(failure_events(&[0, 0, 0, 7], &[0, 0, 0, 2]), []);
-    }
-
-    #[test]
-    fn a_process_stuck_ending_counts_as_ended_after_a_while() {
-        let then = Instant::now();
-        let (kept, ended) = settle(
-            vec![late(7, then)],
-            vec![Ending::Exiting],
-            &[],
-            then + ENDING_MAX,
-        );
-        assert!(kept.is_empty());
-        assert!(matches!(
-            ended[..],
-            [Event::Exit {
-                pid: 7,
-                status: ExitStatus::Unknown,
-                ..
-            }]
-        ));
     }
 }

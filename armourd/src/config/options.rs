@@ -1,11 +1,10 @@
 //! The options of SPEC §8 (restart policy and hooks): their values, and
 //! how `--check-config` writes an entry's options back out.
 
-use std::{fmt::Write, path::Path, time::Duration};
+use std::time::Duration;
 
-use super::{excerpt, parse_duration, Config, Entry, SyntaxError};
+use super::{excerpt, parse_duration, Entry, SyntaxError};
 use crate::{
-    files,
     status::{self, SuccessSet},
     supervisor::{Backoff, GiveUp},
 };
@@ -98,28 +97,6 @@ pub fn describe(entry: &Entry) -> Vec<String> {
         }
     }
     words
-}
-
-/// What `armourd --check-config` prints: each entry of `config` (read
-/// from `file`) with every option and the executables it matches now.
-pub fn report(config: &Config, file: &Path) -> String {
-    let found = files::expand(config);
-    let mut out = String::new();
-    if config.entries.is_empty() {
-        let _ = writeln!(out, "{}: no entries", file.display());
-    }
-    for (index, entry) in config.entries.iter().enumerate() {
-        let _ = writeln!(out, "{}:{}: {}", file.display(), entry.line, entry.pattern);
-        let _ = writeln!(out, "    {}", describe(entry).join(" "));
-        let matches: Vec<_> = found.iter().filter(|f| f.entry == index).collect();
-        if matches.is_empty() {
-            let _ = writeln!(out, "    matches no executable now");
-        }
-        for file in matches {
-            let _ = writeln!(out, "    matches {}", file.path.display());
-        }
-    }
-    out
 }
 
 fn describe_success(set: SuccessSet) -> String {

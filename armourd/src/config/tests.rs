@@ -1,6 +1,5 @@
 use super::*;
 use crate::status::ExitStatus;
-use std::fs;
 
 fn one(text: &str) -> Entry {
     let mut config = parse(text, Path::new("armourd.conf")).unwrap();
@@ -198,13 +197,6 @@ fn glob_matches_canonical_path_within_one_directory() {
 }
 
 #[test]
-fn missing_file_is_a_read_error_unless_it_is_the_default() {
-    let missing = Path::new("/nonexistent/armourd-test.conf");
-    assert!(matches!(load(missing), Err(ConfigError::Read { .. })));
-    assert!(load_if_exists(missing).unwrap().is_none());
-}
-
-#[test]
 fn nul_byte_anywhere_is_an_error_at_its_line_and_column() {
     rejects(
         "/usr/sbin/food\n/usr/b\0in/x\n",
@@ -256,74 +248,6 @@ fn path_longer_than_the_kernel_accepts_is_rejected() {
         "1:3: path of 6001 bytes, longer than the kernel accepts (at most 4095 bytes)",
     );
     assert!(parse(&format!("/{}", "a".repeat(4094)), Path::new("a")).is_ok());
-}
-
-/// A directory of its own under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> Self {
-        let path =
-            std::env::temp_dir().join(format!("armourd-config-test-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path).unwrap();
-        Self(path)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.0);
-    }
-}
-
-/// The message of loading `path`, which must fail.
-fn load_error(path: &Path) -> String {
-    load(path).unwrap_err().to_string()
-}
-
-#[test]
-fn only_a_regular_file_is_read_and_a_fifo_does_not_block() {
-    let dir = TempDir::new("types");
-    let fifo = dir.0.join("fifo.conf");
-    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
-    let socket = dir.0.join("socket.conf");
-    let _listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
-    let cases = [
-        (fifo.as_path(), "is a FIFO (named pipe), not a regular file"),
-        (
-            Path::new("/dev/zero"),
-            "is a character device, not a regular file",
-        ),
-        (dir.0.as_path(), "is a directory, not a regular file"),
-        (socket.as_path(), "is a socket, not a regular file"),
-    ];
-    for (path, expected) in cases {
-        let message = load_error(path);
-        assert!(
-            message.starts_with(&format!("configuration file {} {expected}", path.display())),
-            "{message}"
-        );
-        assert!(message.contains("name one with -c"), "{message}");
-    }
-}
-
-#[test]
-fn file_larger_than_the_bound_is_rejected_and_one_at_the_bound_is_read() {
-    let dir = TempDir::new("size");
-    let path = dir.0.join("armourd.conf");
-    let comment = "#".repeat(MAX_SIZE as usize - 1) + "\n";
-    fs::write(&path, &comment).unwrap();
-    assert_eq!(load(&path).unwrap(), Config::default());
-    fs::write(&path, comment + "\n").unwrap();
-    let message = load_error(&path);
-    assert!(
-        message.starts_with(&format!(
-            "configuration file {} is larger than 1024 KiB",
-            path.display()
-        )),
-        "{message}"
-    );
 }
 
 #[test]

@@ -24,7 +24,7 @@ use std::{
 
 use nix::{sys::signal::Signal, unistd::Pid};
 
-use super::error_chain;
+use crate::logging::error_chain;
 use crate::{
     status::{signal_name, ExitStatus},
     supervisor::{HookKind, HookRun, InstanceId},

@@ -1,7 +1,7 @@
 //! Reloading the configuration (SIGHUP, D-Bus `Reload`) and resetting
 //! instances that gave up (D-Bus `Reset`).
 //!
-//! A reload reads the file with [`config::read`], as start-up does. A file
+//! A reload reads the file with [`config_file::read`], as start-up does. A file
 //! with an error changes nothing. Otherwise entries are matched to the old
 //! ones by the path or glob they name: the instances of a kept entry keep
 //! their state and counters under the entry's new options, those of a
@@ -10,9 +10,11 @@
 
 use std::{collections::HashMap, path::PathBuf, sync::Arc, time::Instant};
 
-use super::{error_chain, Daemon};
+use super::Daemon;
 use crate::{
-    config::{self, Config},
+    config::{self, Config, ConfigError},
+    config_file,
+    logging::error_chain,
     supervisor::{Policy, Selector},
 };
 
@@ -49,17 +51,17 @@ fn renumber(old: &Config, new: &Config) -> Vec<Option<usize>> {
 }
 
 impl Daemon {
-    /// Reads the configuration file again and applies it; its errors
+    /// Reads the configuration file again and applies it; its error
     /// (logged) when it is rejected, and then nothing changes.
-    pub(super) fn reload(&mut self) -> Result<(), Vec<String>> {
+    pub(super) fn reload(&mut self) -> Result<(), ConfigError> {
         self.upkeep.reloading();
         let result = self.reload_file();
         self.upkeep.reloaded(&self.status_line());
         result
     }
 
-    fn reload_file(&mut self) -> Result<(), Vec<String>> {
-        let newer = match config::read(self.config_path.as_deref()) {
+    fn reload_file(&mut self) -> Result<(), ConfigError> {
+        let newer = match config_file::read(self.config_path.as_deref()) {
             Ok(Some(config)) => config,
             Ok(None) => {
                 log::info!(
@@ -69,9 +71,11 @@ impl Daemon {
                 Config::default()
             }
             Err(err) => {
-                let text = error_chain(&err);
-                log::error!("reload rejected, the configuration in force stays: {text}");
-                return Err(vec![text]);
+                log::error!(
+                    "reload rejected, the configuration in force stays: {}",
+                    error_chain(&err)
+                );
+                return Err(err);
             }
         };
         let renumbered = renumber(&self.config, &newer);

@@ -16,16 +16,18 @@ use std::{
 
 use tokio::sync::mpsc;
 
-use super::{alive, capture, error_chain, Daemon};
+use super::{
+    bus_link,
+    watching::{alive, capture, capture_place},
+    Daemon,
+};
 use crate::{
-    backend::Kind,
-    dbus::{self, ControlSocket, Incoming, ProcessInfo, Refusal, Request, Service},
+    backend::Backend,
+    dbus::{self, ControlSocket, Incoming, ProcessInfo, Refusal, Request},
+    logging::error_chain,
     procfs,
     supervisor::{Action, Exec, InstanceView, ProcId, State},
 };
-
-/// The default of `--max-user-watches`.
-pub const DEFAULT_MAX_USER_WATCHES: usize = 64;
 
 /// Signals waiting for the bus; beyond this, new ones are dropped (and
 /// counted in the log) rather than held while the bus is slow.
@@ -33,7 +35,7 @@ const SIGNAL_QUEUE: usize = 256;
 
 /// A signal to emit on the bus.
 #[derive(Debug)]
-pub enum BusSignal {
+pub enum DbusSignal {
     Exited {
         pid: i32,
         exe: String,
@@ -68,11 +70,11 @@ pub struct Answering {
 
 /// The D-Bus connection as the event loop sees it: requests come in,
 /// signals go out to a task of their own so that no bus write delays a restart.
-pub struct Bus {
-    pub requests: Incoming,
+pub struct Requests {
+    pub incoming: Incoming,
     /// Root's control socket, served while this is kept.
     _control: Option<ControlSocket>,
-    pub signals: mpsc::Sender<BusSignal>,
+    pub signals: mpsc::Sender<DbusSignal>,
     /// Signals dropped because the queue was full.
     dropped: u64,
     quota: Quota,
@@ -81,9 +83,11 @@ pub struct Bus {
 }
 
 /// Serves armourd on the bus and the control socket `answering` names;
-/// one warning for each that cannot be served, and `None` when neither can.
-pub async fn start(answering: Answering, backend: Kind) -> Option<Bus> {
-    let (queues, requests) = dbus::queues();
+/// one warning for each that cannot be served, and `None` when neither is
+/// asked for. A bus that cannot be reached, or goes away later, is
+/// connected to again in the background (see `bus_link`).
+pub async fn start(answering: Answering, backend: Backend) -> Option<Requests> {
+    let (queues, incoming) = dbus::queues();
     let control = match &answering.control_socket {
         Some(path) => match ControlSocket::serve(path, backend.name(), queues.clone()).await {
             Ok(control) => Some(control),
@@ -94,60 +98,37 @@ pub async fn start(answering: Answering, backend: Kind) -> Option<Bus> {
         },
         None => None,
     };
-    let service = match answering.bus {
-        Some(bus) => match Service::start(bus, backend.name(), queues).await {
-            Ok(service) => Some(service),
-            Err(err) => {
-                // zbus repeats its cause in its own text: one level is enough.
-                let cause = std::error::Error::source(&err).map(|c| format!(": {c}"));
-                log::warn!(
-                    "D-Bus unavailable ({err}{}); running without it",
-                    cause.unwrap_or_default()
-                );
-                None
-            }
-        },
-        None => None,
-    };
-    if service.is_none() && control.is_none() {
+    if answering.bus.is_none() && control.is_none() {
         return None;
     }
     let (signals, mut outgoing) = mpsc::channel(SIGNAL_QUEUE);
-    tokio::spawn(async move {
-        while let Some(signal) = outgoing.recv().await {
-            // Without the bus, signals have nowhere to go.
-            let Some(service) = &service else { continue };
-            match signal {
-                BusSignal::Exited {
-                    pid,
-                    exe,
-                    code,
-                    signal,
-                    core_dumped,
-                    will_restart,
-                } => {
-                    service
-                        .process_exited(pid, &exe, code, signal, core_dumped, will_restart)
-                        .await
+    match answering.bus {
+        Some(bus) => {
+            let service = match bus_link::connect(bus, backend.name(), queues.clone()).await {
+                Ok(service) => Some(service),
+                Err(reason) => {
+                    log::warn!(
+                        "D-Bus unavailable ({reason}); running without it, and connecting in \
+                         the background"
+                    );
+                    None
                 }
-                BusSignal::Restarted {
-                    old_pid,
-                    new_pid,
-                    exe,
-                    restarts,
-                } => {
-                    service
-                        .process_restarted(old_pid, new_pid, &exe, restarts)
-                        .await
-                }
-                BusSignal::Failed { pid, exe, crashes } => {
-                    service.process_failed(pid, &exe, crashes).await
-                }
-            }
+            };
+            tokio::spawn(bus_link::run(
+                bus,
+                backend.name(),
+                queues,
+                service,
+                outgoing,
+            ));
         }
-    });
-    Some(Bus {
-        requests,
+        // Without a bus, signals have nowhere to go.
+        None => drop(tokio::spawn(async move {
+            while outgoing.recv().await.is_some() {}
+        })),
+    }
+    Some(Requests {
+        incoming,
         _control: control,
         signals,
         dropped: 0,
@@ -157,9 +138,9 @@ pub async fn start(answering: Answering, backend: Kind) -> Option<Bus> {
 }
 
 /// Waits for the next request, root's first; forever without a bus.
-pub async fn next(bus: &mut Option<Bus>) -> Option<Request> {
-    match bus {
-        Some(bus) => bus.requests.next().await,
+pub async fn next(requests: &mut Option<Requests>) -> Option<Request> {
+    match requests {
+        Some(requests) => requests.incoming.next().await,
         None => std::future::pending().await,
     }
 }
@@ -209,6 +190,12 @@ impl Daemon {
                 reply,
             } => {
                 let result = self.watch_request(pid, caller_uid);
+                if result.is_ok() {
+                    let watched = self.supervisor.instances().find(|v| v.pid as i32 == pid);
+                    if let Some(view) = watched {
+                        self.keeper.watched_by(view.id, caller_uid);
+                    }
+                }
                 self.note("watch", caller_uid, code_only, &result);
                 drop(reply.send(result));
             }
@@ -223,10 +210,15 @@ impl Daemon {
                 drop(reply.send(result));
             }
             Request::Processes { reply } => drop(reply.send(self.processes())),
-            Request::Reset { target, reply } => drop(reply.send(self.reset(&target))),
+            Request::Reset { target, reply } => {
+                self.keeper.changed();
+                let _ = reply.send(self.reset(&target));
+            }
             Request::Reload { reply } => {
                 log::info!("reloading the configuration on request (D-Bus)");
-                drop(reply.send(self.reload().err().unwrap_or_default()))
+                // The D-Bus answer: the errors' text, none when it was applied.
+                let errors = self.reload().err().map(|err| vec![error_chain(&err)]);
+                drop(reply.send(errors.unwrap_or_default()))
             }
         }
     }
@@ -237,11 +229,11 @@ impl Daemon {
     /// debug level so that no caller can flood the log. A caller of
     /// `Watch` gets the reason itself: debug level.
     fn note(&mut self, verb: &str, caller_uid: u32, code_only: bool, result: &Result<(), Refusal>) {
-        let (Err(refusal), Some(bus)) = (result, self.bus.as_mut()) else {
+        let (Err(refusal), Some(requests)) = (result, self.requests.as_mut()) else {
             return;
         };
         if let Refusal::QuotaExceeded { .. } = refusal {
-            if bus.quota.first_refusal(caller_uid) {
+            if requests.quota.first_refusal(caller_uid) {
                 log::warn!(
                     "{refusal}: further watches of uid {caller_uid} are refused (logged once per uid)"
                 );
@@ -250,7 +242,7 @@ impl Daemon {
             }
             return;
         }
-        let first = caller_uid == 0 || bus.logged.insert((caller_uid, refusal.name()));
+        let first = caller_uid == 0 || requests.logged.insert((caller_uid, refusal.name()));
         if code_only && first {
             log::info!("{verb} refused to uid {caller_uid}: {refusal}");
         } else {
@@ -258,7 +250,7 @@ impl Daemon {
         }
     }
 
-    fn watch_request(&mut self, pid: i32, caller_uid: u32) -> Result<(), Refusal> {
+    pub(super) fn watch_request(&mut self, pid: i32, caller_uid: u32) -> Result<(), Refusal> {
         let no_such = Refusal::NoSuchProcess { pid };
         let failed = |reason: &str| Refusal::Failed {
             pid,
@@ -289,13 +281,13 @@ impl Daemon {
                 "armourd is starting it (it has not executed its program yet); try again",
             ));
         }
-        if let Some(bus) = &self.bus {
+        if let Some(requests) = &self.requests {
             let held = self
                 .supervisor
                 .instances()
                 .filter(|i| i.entry.is_none() && i.spec.uid == caller_uid)
                 .count();
-            bus.quota.check(caller_uid, held)?;
+            requests.quota.check(caller_uid, held)?;
         }
         // Kernel threads have no executable to restart.
         let exe = procfs::exe_path(id)
@@ -304,6 +296,9 @@ impl Daemon {
             pid: id,
             start: Some(stat.start_ticks),
         };
+        // Where it runs, before anything is held: a process armourd could
+        // not restart there is refused.
+        capture_place(id, false).map_err(|err| failed(&error_chain(&err)))?;
         // The kernel filter first: a watch it cannot hold (no room left,
         // `FilterError::Full`) is refused, never reported as held.
         if let Err(err) = self.engine.watch(id) {
@@ -318,7 +313,13 @@ impl Daemon {
             argv: Some(argv.clone()),
             ..procfs::Known::default()
         };
-        let (spec, leads_group) = capture(id, exe, known, argv);
+        let (spec, leads_group) = match capture(id, exe, known, argv, false) {
+            Ok(captured) => captured,
+            Err(err) => {
+                self.engine.unwatch(id);
+                return Err(failed(&error_chain(&err)));
+            }
+        };
         let exec = Exec {
             proc,
             entry: None,
@@ -375,18 +376,18 @@ impl Daemon {
 
     /// Hands a notice to the bus, if there is one; drops it if the bus is
     /// that far behind.
-    pub(super) fn emit(&mut self, signal: BusSignal) {
-        let Some(bus) = &mut self.bus else {
+    pub(super) fn emit(&mut self, signal: DbusSignal) {
+        let Some(requests) = &mut self.requests else {
             return;
         };
-        match bus.signals.try_send(signal) {
+        match requests.signals.try_send(signal) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
-                bus.dropped += 1;
-                if bus.dropped.is_power_of_two() {
+                requests.dropped += 1;
+                if requests.dropped.is_power_of_two() {
                     log::warn!(
                         "the bus is slow: {} signals dropped so far (queue of {SIGNAL_QUEUE} full)",
-                        bus.dropped
+                        requests.dropped
                     );
                 }
             }

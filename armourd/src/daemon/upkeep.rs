@@ -25,6 +25,9 @@ pub struct Service {
     pub notifier: Notifier,
     /// `-d`: the process that waits until armourd is watching.
     pub detached: Option<Detached>,
+    /// `--state-dir`: where armourd keeps what its own restart must not
+    /// lose (see `persist`); `None` keeps nothing.
+    pub state_dir: Option<std::path::PathBuf>,
 }
 
 pub(super) struct Upkeep {

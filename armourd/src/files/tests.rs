@@ -38,7 +38,7 @@ impl TestDir {
     fn config(&self, lines: &str) -> Config {
         let file = self.0.join("armourd.conf");
         fs::write(&file, lines.replace('@', self.0.to_str().unwrap())).unwrap();
-        config::load(&file).unwrap()
+        crate::config_file::load(&file).unwrap()
     }
 }
 
@@ -167,6 +167,18 @@ fn watch_dirs_cover_missing_parents_and_wildcard_levels() {
     assert_eq!(
         watch_dirs(&config),
         expected.map(|p| p.components().collect::<PathBuf>())
+    );
+}
+
+#[test]
+fn a_glob_prefix_is_watched_by_its_name_in_the_folder_above() {
+    let dir = TestDir::new();
+    fs::create_dir_all(dir.path().join("apps")).unwrap();
+    let config = dir.config("@/apps/*/bin/*\n@/gone/*\n@/apps/x\n");
+    assert_eq!(
+        prefix_parents(&config),
+        [(dir.path().to_path_buf(), OsString::from("apps"))],
+        "a missing prefix has its nearest folder watched whole instead; a path has none"
     );
 }
 

@@ -120,11 +120,6 @@ impl PidFile {
             source,
         })
     }
-
-    /// The file's path.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 impl Drop for PidFile {

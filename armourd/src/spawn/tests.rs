@@ -20,11 +20,9 @@ fn temp_dir(name: &str) -> PathBuf {
 
 fn wait(pid: u32) -> i32 {
     let mut status = 0;
-    // SAFETY: waits for our own child.
-    assert_eq!(
-        unsafe { libc::waitpid(pid as i32, &mut status, 0) },
-        pid as i32
-    );
+    // SAFETY: waits for our own child; `status` outlives the call.
+    let waited = unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+    assert_eq!(waited, pid as i32);
     status
 }
 
@@ -54,6 +52,10 @@ fn sh(script: &str) -> LaunchSpec {
 }
 
 #[test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root: the child takes root's ids and groups (run as root, or `cargo xtask test`)"
+)]
 fn argv_and_env_are_passed_exactly() {
     let dir = temp_dir("argv");
     let mut spec = sh("cat /proc/$$/cmdline; printf '|'; cat /proc/$$/environ");
@@ -82,6 +84,10 @@ fn argv_and_env_are_passed_exactly() {
 }
 
 #[test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root: the child takes root's ids and groups (run as root, or `cargo xtask test`)"
+)]
 fn ids_groups_umask_cwd_and_process_group_are_set() {
     let dir = temp_dir("ids");
     let mut spec = sh("id -u; id -g; id -ru; id -rg; id -G; umask; pwd; \
@@ -113,6 +119,10 @@ fn ids_groups_umask_cwd_and_process_group_are_set() {
 }
 
 #[test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root: the child takes root's ids and groups (run as root, or `cargo xtask test`)"
+)]
 fn stdout_and_stderr_are_appended_and_stdin_is_reopened() {
     let dir = temp_dir("append");
     fs::write(dir.join("out"), "old\n").unwrap();
@@ -124,6 +134,10 @@ fn stdout_and_stderr_are_appended_and_stdin_is_reopened() {
 }
 
 #[test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root: the child takes root's ids and groups (run as root, or `cargo xtask test`)"
+)]
 fn a_stdio_file_that_cannot_be_opened_becomes_dev_null() {
     let dir = temp_dir("gone-log");
     let mut spec = sh("fd=$(readlink /proc/$$/fd/1); echo \"$fd\" > \"$0\"");
@@ -136,6 +150,10 @@ fn a_stdio_file_that_cannot_be_opened_becomes_dev_null() {
 }
 
 #[test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root: the child takes root's ids and groups (run as root, or `cargo xtask test`)"
+)]
 fn signal_mask_and_ignored_signals_are_reset() {
     let dir = temp_dir("signals");
     // SAFETY: blocks SIGUSR2 in this test's thread only. The test
@@ -156,6 +174,10 @@ fn signal_mask_and_ignored_signals_are_reset() {
 }
 
 #[test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root: the child takes root's ids and groups (run as root, or `cargo xtask test`)"
+)]
 fn no_descriptor_of_the_parent_leaks() {
     let dir = temp_dir("fds");
     // SAFETY: plain descriptor calls; std opens everything close-on-exec,
@@ -192,6 +214,10 @@ fn a_missing_executable_is_an_execve_error() {
 }
 
 #[test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root: the child takes root's ids and groups (run as root, or `cargo xtask test`)"
+)]
 fn a_missing_working_directory_is_a_chdir_error() {
     let spec = LaunchSpec {
         cwd: "/nonexistent/armourd-test".into(),
@@ -218,6 +244,10 @@ fn a_nul_byte_in_argv_is_refused_before_forking() {
 }
 
 #[test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root: the child takes root's ids and groups (run as root, or `cargo xtask test`)"
+)]
 fn spawns_from_many_threads_at_once_all_succeed() {
     let threads: Vec<_> = (0..8)
         .map(|_| {
@@ -244,6 +274,10 @@ fn wait_for_cmdline(pid: u32) {
 }
 
 #[test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root: the child takes root's ids and groups (run as root, or `cargo xtask test`)"
+)]
 fn a_captured_spec_is_reproduced_by_spawn() {
     let dir = temp_dir("roundtrip");
     let exe = Path::new("/bin/sleep").canonicalize().unwrap();
@@ -262,6 +296,7 @@ fn a_captured_spec_is_reproduced_by_spawn() {
             StdioTarget::Null,
         ],
         session_leader: true,
+        place: Default::default(),
     };
     let pid = spawn(&spec, &ChildSlot::default()).unwrap();
     wait_for_cmdline(pid);
@@ -293,6 +328,10 @@ fn cpus_allowed(status: &str) -> String {
 }
 
 #[test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root: the child takes root's ids and groups (run as root, or `cargo xtask test`)"
+)]
 fn the_program_and_the_caller_keep_the_callers_cpus() {
     let dir = temp_dir("cpus");
     let own = || cpus_allowed(&fs::read_to_string("/proc/thread-self/status").unwrap());
@@ -310,6 +349,10 @@ fn the_program_and_the_caller_keep_the_callers_cpus() {
 }
 
 #[test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root: the child takes root's ids and groups (run as root, or `cargo xtask test`)"
+)]
 fn once_spawned_the_child_is_no_killers_to_take() {
     let slot = ChildSlot::default();
     let pid = spawn(&as_root("/bin/true", &["true"]), &slot).unwrap();
@@ -319,6 +362,10 @@ fn once_spawned_the_child_is_no_killers_to_take() {
 }
 
 #[test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root: the child takes root's ids and groups (run as root, or `cargo xtask test`)"
+)]
 fn a_fifo_in_place_of_a_log_file_becomes_dev_null() {
     let dir = temp_dir("fifo");
     let fifo = dir.join("out.log");
@@ -333,4 +380,83 @@ fn a_fifo_in_place_of_a_log_file_becomes_dev_null() {
     let pid = spawn(&spec, &ChildSlot::default()).expect("no reader needed");
     assert_eq!(wait(pid), 0);
     assert_eq!(fs::read_to_string(result).unwrap().trim(), "/dev/null");
+}
+
+/// The first child of `pid` (`/proc/PID/task/PID/children`), once it has one.
+fn first_child(pid: u32) -> u32 {
+    for _ in 0..500 {
+        let text = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+        if let Some(child) = text.split_whitespace().next() {
+            return child.parse().unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("{pid} has no child");
+}
+
+fn ns_link(pid: u32, kind: &str) -> PathBuf {
+    fs::read_link(format!("/proc/{pid}/ns/{kind}")).unwrap()
+}
+
+#[test]
+#[cfg_attr(
+    unprivileged,
+    ignore = "needs root: makes namespaces and a cgroup and joins them (run as root, or `cargo xtask test`)"
+)]
+fn a_restart_runs_in_the_namespaces_and_cgroup_the_process_ran_in() {
+    let dir = temp_dir("place");
+    let out = dir.join("out");
+    // A container of sorts: its own hostname, pid numbers and mounts.
+    let mut container = std::process::Command::new("unshare")
+        .args(["--uts", "--pid", "--mount", "--fork", "--kill-child"])
+        .args(["sh", "-c", "hostname inside-ns && exec sleep 60"])
+        .spawn()
+        .expect("unshare (util-linux)");
+    let init = first_child(container.id());
+    wait_for_cmdline(init);
+    let cgroup = crate::place::tests_cgroup("spawn-place");
+    fs::write(cgroup.join("cgroup.procs"), init.to_string()).unwrap();
+    let place = crate::place::Place::of(init).unwrap();
+    let kinds: Vec<_> = place.namespaces.iter().map(|j| j.kind).collect();
+    assert_eq!(kinds, ["uts", "pid", "mnt"]);
+    assert_eq!(place.cgroup.as_deref(), Some(cgroup.as_path()));
+    let script = format!(
+        "cat /proc/sys/kernel/hostname > {out}; echo $$ >> {out}; exec sleep 60",
+        out = out.display()
+    );
+    // The place of `sleep`, whose path the restart would execute.
+    assert!(place.exe.as_ref().is_some_and(|exe| exe.ends_with("sleep")));
+    let spec = LaunchSpec {
+        place: crate::place::Place { exe: None, ..place },
+        ..sh(&script)
+    };
+    let pid = spawn(&spec, &ChildSlot::default()).unwrap();
+    // The shell writes its lines, then executes sleep.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut text = String::new();
+    while text.lines().count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+        text = fs::read_to_string(&out).unwrap_or_default();
+    }
+    let (pid_ns, mnt_ns) = (ns_link(pid, "pid"), ns_link(pid, "mnt"));
+    let cgroup_of = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    // SAFETY: our own child.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    wait(pid);
+    assert_eq!(
+        (pid_ns, mnt_ns),
+        (ns_link(init, "pid"), ns_link(init, "mnt"))
+    );
+    let _ = container.kill();
+    let _ = container.wait();
+    let name = cgroup.file_name().unwrap().to_str().unwrap();
+    assert!(cgroup_of.contains(name), "{cgroup_of}");
+    let _ = fs::remove_dir(&cgroup);
+    fs::remove_dir_all(&dir).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "inside-ns");
+    assert!(
+        lines[1].parse::<u32>().unwrap() < 10,
+        "a pid of the namespace: {text}"
+    );
 }

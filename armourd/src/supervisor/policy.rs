@@ -136,6 +136,20 @@ impl Crashes {
         }
     }
 
+    /// The times of the crashes the give-up window still counts.
+    pub fn recent(&self) -> impl Iterator<Item = Instant> + '_ {
+        self.recent.iter().copied()
+    }
+
+    /// A history kept across armourd's restarts: `streak` crashes in a
+    /// row, the latest at `recent` (oldest first).
+    pub fn restored(streak: u32, recent: impl IntoIterator<Item = Instant>) -> Self {
+        Self {
+            streak,
+            recent: recent.into_iter().collect(),
+        }
+    }
+
     /// Forgets every crash (`Reset`, or a failed instance let start again).
     pub fn reset(&mut self) {
         self.streak = 0;

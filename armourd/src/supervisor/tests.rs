@@ -1,7 +1,7 @@
 use std::{ffi::OsString, path::PathBuf};
 
 use super::*;
-use crate::status::SuccessSet;
+use crate::{spawn::SpawnError, status::SuccessSet};
 
 const SEGV: ExitStatus = ExitStatus::Signaled {
     signal: libc::SIGSEGV,
@@ -175,12 +175,54 @@ fn exec_seen_after_adoption_replaces_the_spec_read_from_proc() {
 }
 
 #[test]
+fn watched_program_executing_another_watched_program_is_an_instance_of_the_second() {
+    let mut s = Supervisor::new(vec![Policy::default(), Policy::default()]);
+    let t = Instant::now();
+    s.exec(exec(100, 7, false), t);
+    let bard = LaunchSpec::minimal(
+        PathBuf::from("/usr/sbin/bard"),
+        vec![OsString::from("bard"), OsString::from("-x")],
+    );
+    let second = Exec {
+        entry: Some(1),
+        spec: bard.clone(),
+        ..exec(100, 7, false)
+    };
+    let actions = s.exec(second, t);
+    assert!(actions.contains(&Action::Notify(Notice::Unwatched {
+        pid: 100,
+        exe: PathBuf::from("/usr/sbin/food"),
+        reason: "it executed another watched program",
+    })));
+    assert!(actions.contains(&Action::Watch(100)));
+    let views: Vec<_> = s.instances().map(|v| (v.pid, v.spec.exe.clone())).collect();
+    assert_eq!(views, [(100, PathBuf::from("/usr/sbin/bard"))]);
+    let actions = s.exit(100, Some(7), SEGV, t);
+    let restarts: Vec<_> = actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Spawn { spec, .. } => Some((**spec).clone()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(restarts, [bard]);
+}
+
+#[test]
 fn failed_restart_is_retried_later_through_the_backoff() {
     let mut s = supervisor();
     let t = Instant::now();
     s.exec(exec(100, 7, false), t);
     let id = spawns(&s.exit(100, Some(7), SEGV, t))[0];
-    let actions = s.spawned(id, Err("execve: No such file or directory".into()), t);
+    let actions = s.spawned(
+        id,
+        Err(SpawnError::Exec {
+            exe: "/usr/bin/x".into(),
+            step: "execve",
+            source: std::io::Error::from_raw_os_error(libc::ENOENT),
+        }),
+        t,
+    );
     assert!(matches!(
         &actions[..],
         [Action::Notify(Notice::RestartFailed { .. })]

@@ -34,6 +34,7 @@ static GOT_TERM: AtomicBool = AtomicBool::new(false);
 
 extern "C" fn on_usr1(_: libc::c_int) {
     // Only async-signal-safe calls here.
+    // SAFETY: _exit is async-signal-safe and takes no pointer.
     unsafe { libc::_exit(EXIT_CODE.load(Ordering::Relaxed)) }
 }
 
@@ -53,6 +54,7 @@ fn main() {
             rlim_cur: libc::RLIM_INFINITY,
             rlim_max: libc::RLIM_INFINITY,
         };
+        // SAFETY: `unlimited` is a valid rlimit that outlives the call.
         if unsafe { libc::setrlimit(libc::RLIMIT_CORE, &unlimited) } != 0 {
             eprintln!(
                 "testee: setrlimit(RLIMIT_CORE): {}",
@@ -62,6 +64,7 @@ fn main() {
     }
     // Rust's runtime catches SIGSEGV and SIGBUS to report stack overflows;
     // a SIGSEGV sent with kill(2) must kill the testee like any program.
+    // SAFETY: restoring the default action of a signal; no pointer, no handler.
     unsafe {
         libc::signal(libc::SIGSEGV, libc::SIG_DFL);
         libc::signal(libc::SIGBUS, libc::SIG_DFL);
@@ -71,6 +74,7 @@ fn main() {
     append(&start_record());
     let started = format!("started {}\n", std::process::id());
     // Ignore errors: stdout may be closed or a broken pipe.
+    // SAFETY: the pointer and length are those of `started`, alive during the call.
     unsafe { libc::write(1, started.as_ptr().cast(), started.len()) };
 
     let mode = std::env::var("TESTEE_MODE").unwrap_or_else(|_| "sleep".into());
@@ -93,6 +97,7 @@ fn main() {
 }
 
 fn set_handler(signal: libc::c_int, handler: extern "C" fn(libc::c_int)) {
+    // SAFETY: a zeroed sigaction is valid; `handler` is an extern "C" fn that only makes async-signal-safe calls.
     unsafe {
         let mut action: libc::sigaction = std::mem::zeroed();
         action.sa_sigaction = handler as libc::sighandler_t;
@@ -135,6 +140,7 @@ fn hex_list<'a>(items: impl Iterator<Item = &'a [u8]>) -> String {
 fn start_record() -> String {
     let (mut ruid, mut euid, mut suid) = (0, 0, 0);
     let (mut rgid, mut egid, mut sgid) = (0, 0, 0);
+    // SAFETY: the pointers are to local integers that outlive the calls.
     unsafe {
         libc::getresuid(&mut ruid, &mut euid, &mut suid);
         libc::getresgid(&mut rgid, &mut egid, &mut sgid);
@@ -165,8 +171,11 @@ fn start_record() -> String {
          groups={} umask={} capeff={} stdout={} fds={} cwd={cwd} exe={exe} mark={mark} \
          mono_ns={} argc={} argv={} envc={} env={}",
         std::process::id(),
+        // SAFETY: getppid takes nothing and cannot fail.
         unsafe { libc::getppid() },
+        // SAFETY: getpgrp takes nothing and cannot fail.
         unsafe { libc::getpgrp() },
+        // SAFETY: getsid(0) asks about this process; no pointer.
         unsafe { libc::getsid(0) },
         groups()
             .iter()
@@ -190,21 +199,26 @@ fn start_record() -> String {
 }
 
 fn groups() -> Vec<u32> {
+    // SAFETY: a count of 0 with a null list only asks for the count.
     let n = unsafe { libc::getgroups(0, std::ptr::null_mut()) };
     let mut list = vec![0; n.max(0) as usize];
+    // SAFETY: `list` has room for `n` entries.
     let n = unsafe { libc::getgroups(n, list.as_mut_ptr()) };
     list.truncate(n.max(0) as usize);
     list
 }
 
 fn stdout_is_file() -> bool {
+    // SAFETY: a zeroed `stat` is a valid value of a plain C struct.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is a local that outlives the call.
     unsafe { libc::fstat(1, &mut st) == 0 && (st.st_mode & libc::S_IFMT) == libc::S_IFREG }
 }
 
 /// Open descriptors, probed with `fcntl` so that probing opens none.
 fn open_fds() -> Vec<i32> {
     (0..1024)
+        // SAFETY: F_GETFD on a descriptor number; no pointer.
         .filter(|&fd| unsafe { libc::fcntl(fd, libc::F_GETFD) } != -1)
         .collect()
 }
@@ -216,6 +230,7 @@ fn monotonic_ns() -> u64 {
         tv_sec: 0,
         tv_nsec: 0,
     };
+    // SAFETY: `now` is a local that outlives the call.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
@@ -232,6 +247,7 @@ fn exit_at_once() -> ! {
 
 fn sleep_forever() -> ! {
     loop {
+        // SAFETY: pause takes nothing.
         unsafe { libc::pause() };
     }
 }
@@ -240,8 +256,11 @@ fn sleep_forever() -> ! {
 /// the SIGTERM handler and a blocked SIGTERM from before the fork, so a
 /// SIGTERM sent at any time after the `workers` record is recorded.
 fn fork_workers(n: usize) -> ! {
+    // SAFETY: a zeroed sigset_t is a valid (then emptied) set.
     let mut term: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: a zeroed sigset_t is a valid set.
     let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the sets are locals that outlive the calls.
     unsafe {
         libc::sigemptyset(&mut term);
         libc::sigaddset(&mut term, libc::SIGTERM);
@@ -250,12 +269,14 @@ fn fork_workers(n: usize) -> ! {
     set_handler(libc::SIGTERM, on_term);
     let mut workers = Vec::new();
     for _ in 0..n {
+        // SAFETY: the testee is single-threaded here: the child may run any code.
         match unsafe { libc::fork() } {
             -1 => panic!("fork: {}", std::io::Error::last_os_error()),
             0 => worker(&old),
             pid => workers.push(pid),
         }
     }
+    // SAFETY: `old` is the mask saved above; restoring the default action takes no pointer.
     unsafe {
         libc::signal(libc::SIGTERM, libc::SIG_DFL);
         libc::sigprocmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
@@ -272,13 +293,16 @@ fn fork_workers(n: usize) -> ! {
 fn worker(unblocked: &libc::sigset_t) -> ! {
     while !GOT_TERM.load(Ordering::Relaxed) {
         // Atomically unblocks SIGTERM and waits: no lost wake-up.
+        // SAFETY: `unblocked` is a valid set that outlives the call.
         unsafe { libc::sigsuspend(unblocked) };
     }
     append(&format!("worker {} got TERM", std::process::id()));
+    // SAFETY: _exit takes no pointer; the worker has nothing to flush.
     unsafe { libc::_exit(0) }
 }
 
 fn fork_or_die() -> libc::pid_t {
+    // SAFETY: the testee is single-threaded: the child may run any code.
     let pid = unsafe { libc::fork() };
     if pid == -1 {
         panic!("fork: {}", std::io::Error::last_os_error());
@@ -298,6 +322,7 @@ fn start_up() {
 fn daemon1() -> ! {
     start_up();
     if fork_or_die() != 0 {
+        // SAFETY: _exit takes no pointer; the parent has nothing to flush.
         unsafe { libc::_exit(0) }
     }
     append(&format!("daemon {}", std::process::id()));
@@ -307,10 +332,13 @@ fn daemon1() -> ! {
 fn daemon2() -> ! {
     start_up();
     if fork_or_die() != 0 {
+        // SAFETY: _exit takes no pointer; the parent has nothing to flush.
         unsafe { libc::_exit(0) }
     }
+    // SAFETY: setsid takes no pointer.
     unsafe { libc::setsid() };
     if fork_or_die() != 0 {
+        // SAFETY: _exit takes no pointer; the parent has nothing to flush.
         unsafe { libc::_exit(0) }
     }
     append(&format!("daemon {}", std::process::id()));

@@ -75,10 +75,7 @@ pub fn measure(daemon: &Path, backend: &str) -> Result<CrashLoop> {
         hold.display(),
         fifo.display()
     );
-    let (flag, env) = super::launch(backend);
-    let mut child = Command::new(daemon)
-        .args(["-c", &config.display().to_string(), "--backend", flag])
-        .envs(env.iter().copied())
+    let mut child = super::armourd(daemon, &config, backend)
         .args(["--dbus", "none"])
         .stderr(Stdio::piped())
         .spawn()

@@ -211,18 +211,12 @@ pub fn measure(daemon: &Path, backend: &str, options: FloodOptions) -> Result<Fl
     }
 
     let control = dir.join("control");
-    let mut cmd = Command::new(daemon);
-    cmd.args([
-        "-c",
-        &config_path.display().to_string(),
-        "--backend",
-        backend,
-    ])
-    .args(["--dbus", "session", "-v", "--control-socket"])
-    .arg(&control)
-    .env("DBUS_SESSION_BUS_ADDRESS", &address)
-    .stdin(Stdio::null())
-    .stderr(Stdio::piped());
+    let mut cmd = super::armourd(daemon, &config_path, backend);
+    cmd.args(["--dbus", "session", "-v", "--control-socket"])
+        .arg(&control)
+        .env("DBUS_SESSION_BUS_ADDRESS", &address)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
     let armourd = scene.spawn(&mut cmd, "armourd")?;
     let armourd_pid = armourd.id();
     let lines = log_lines(armourd);

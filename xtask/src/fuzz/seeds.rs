@@ -7,8 +7,8 @@ use std::{fs, path::Path};
 
 use anyhow::{Context as _, Result};
 use armourd_common::{
-    EventKind, ExecRecord, ExitRecord, FileKey, ForkRecord, Header, ARGS_MAX, ENV_MAX,
-    EXEC_INTERPRETER, EXEC_WAS_WATCHED, EXEC_WATCHED_FILE, FILENAME_MAX,
+    EventKind, ExecRecord, ExitRecord, FileKey, ForkRecord, Header, SpawnedRecord, ARGS_MAX,
+    ENV_MAX, EXEC_INTERPRETER, EXEC_WAS_WATCHED, EXEC_WATCHED_FILE, FILENAME_MAX,
 };
 
 /// Writes the seeds of `target` into the folder `dir`, which is emptied first.
@@ -22,6 +22,7 @@ pub fn write(target: &str, dir: &Path) -> Result<()> {
         "ebpf_record" => ebpf_record(),
         "netlink" => netlink(),
         "procfs" => procfs(),
+        "state" => state(),
         _ => Vec::new(),
     };
     for (name, bytes) in seeds {
@@ -32,6 +33,27 @@ pub fn write(target: &str, dir: &Path) -> Result<()> {
 }
 
 type Seeds = Vec<(&'static str, Vec<u8>)>;
+
+/// State files as armourd writes them, and a few it must refuse.
+fn state() -> Seeds {
+    let text = |name, text: &str| (name, text.as_bytes().to_vec());
+    vec![
+        text(
+            "state",
+            "armourd-state 1\nboot 6c1f2a0e-8d7b-4c55-9a51-0f1d6f7c3b2a\n\
+             instance pid=812 start=1934 dev=8:1 ino=393231 by=- restarts=2 streak=1 \
+             crashes=51873000000,51874000000 exe=/usr/sbin/food\n\
+             instance pid=9 start=0 dev=0:42 ino=7 by=1000 restarts=0 streak=0 crashes=- \
+             exe=/opt/my%20app/x%3D%25%FF\n",
+        ),
+        text("empty", "armourd-state 1\nboot 1\n"),
+        text("newer", "armourd-state 2\nboot 1\n"),
+        text(
+            "cut",
+            "armourd-state 1\nboot 1\ninstance pid=1 start=2 dev=8:1 ino=3 by=- re",
+        ),
+    ]
+}
 
 fn config() -> Seeds {
     let text = |name, text: &str| (name, text.as_bytes().to_vec());
@@ -163,6 +185,18 @@ fn ebpf_record() -> Seeds {
     vec![
         ("exit", record(0, bytes_of(&exit))),
         ("fork", record(0, bytes_of(&fork))),
+        (
+            "spawned",
+            record(
+                0,
+                bytes_of(&SpawnedRecord {
+                    header: header(EventKind::Spawned, 4245),
+                    file: FileKey::new(1_048_601, 8, 1),
+                    uid: 0,
+                    gid: 0,
+                }),
+            ),
+        ),
         ("exec", record(PADDED, bytes_of(&exec))),
         ("exec-whole", record(0, bytes_of(&exec))),
         (

@@ -8,7 +8,11 @@ use std::{collections::HashSet, ffi::OsString, os::fd::AsFd};
 use armourd_common::FileKey;
 
 use super::{filter::Message, socket::receive_batch, start_ticks, ProcConnectorBackend, BATCH};
-use crate::{backend::ExecEvent, procfs};
+use crate::{
+    backend::ExecEvent,
+    procfs,
+    race::{self, Probe, Step},
+};
 
 impl ProcConnectorBackend {
     /// What an exec of process `pid` is reported as, and whether that
@@ -98,35 +102,30 @@ impl ProcConnectorBackend {
     }
 
     fn find_heir(&self, pid: u32) -> Option<Heir> {
-        // Processes whose forks run the image `pid` executed.
-        let mut forkers = vec![pid];
-        for message in &self.pending {
-            match *message {
-                Message::Exec { pid, .. } => forkers.retain(|&forker| forker != pid),
-                Message::Fork {
-                    parent,
-                    child_pid,
-                    child_tgid: child,
-                } if child_pid == child && forkers.contains(&parent) => {
-                    let Ok(file) = procfs::exe_key(child) else {
-                        forkers.push(child); // gone too: perhaps its own child runs
-                        continue;
-                    };
-                    if !self.files.contains(&file) || self.watched.contains_key(&child) {
-                        continue; // executed something else since, or watched already
-                    }
-                    match launch_context(child) {
-                        Some(context) => {
-                            let pid = child;
-                            return Some(Heir { pid, file, context });
-                        }
-                        None => forkers.push(child),
-                    }
-                }
-                _ => {}
+        let steps = self.pending.iter().filter_map(|message| match *message {
+            Message::Exec { pid, .. } => Some(Step::Exec { pid }),
+            // A fork of a process, not of a thread.
+            Message::Fork {
+                parent,
+                child_pid,
+                child_tgid,
+            } if child_pid == child_tgid => Some(Step::Fork {
+                parent,
+                child: child_tgid,
+            }),
+            _ => None,
+        });
+        let probe = |child| {
+            let Ok(file) = procfs::exe_key(child) else {
+                return Probe::Gone;
+            };
+            if !self.files.contains(&file) || self.watched.contains_key(&child) {
+                return Probe::Other; // executed something else since, or watched already
             }
-        }
-        None
+            launch_context(child).map_or(Probe::Gone, |context| Probe::Heir((file, context)))
+        };
+        let (pid, (file, context)) = race::heir(pid, steps, probe)?;
+        Some(Heir { pid, file, context })
     }
 }
 

@@ -1,6 +1,9 @@
 //! Event sources. Every backend turns what the kernel reports into the same
 //! [`Event`]s and keeps the kernel-side filter (watched pids, watched files)
-//! current; it decides nothing.
+//! current. What a process that ended, or executed, before armourd watched
+//! it comes to is decided by the rules of `race`, which a backend applies
+//! to what it saw (the kernel's records, `/proc`); what follows from an
+//! event is the supervisor's.
 
 use std::ffi::OsString;
 
@@ -9,7 +12,12 @@ use armourd_common::{FileKey, PidClass};
 use crate::status::ExitStatus;
 
 pub mod ebpf;
+mod engine;
+mod kind;
 pub mod proc_connector;
+
+pub use engine::{Engine, EngineError};
+pub use kind::Backend;
 
 /// Something the kernel reported about a process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,27 +89,6 @@ pub struct ExecEvent {
     /// The file name given to `execve`, for scripts run by a watched interpreter.
     pub filename: Option<OsString>,
     pub ktime_ns: Option<u64>,
-}
-
-/// Which backend runs.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Ebpf,
-    ProcConnector,
-    /// The proc connector, with fanotify telling which processes execute
-    /// watched files (so that other execs are dropped in the kernel too).
-    ProcConnectorFanotify,
-}
-
-impl Kind {
-    /// The name used on the command line, in the log and on D-Bus.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Ebpf => "ebpf",
-            Self::ProcConnector => "proc-connector",
-            Self::ProcConnectorFanotify => "proc-connector+fanotify",
-        }
-    }
 }
 
 /// How a watched file is marked in the kernel filter.

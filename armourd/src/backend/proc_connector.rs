@@ -89,7 +89,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 
 use super::{Event, FileMark};
 use crate::{
-    daemon::error_chain,
+    logging::error_chain,
     procfs::{self, live_threads, Ending},
     status::ExitStatus,
 };

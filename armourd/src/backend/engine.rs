@@ -5,14 +5,12 @@ use std::{io, path::Path};
 
 use armourd_common::FileKey;
 
-use crate::{
-    backend::{
-        ebpf::{EbpfBackend, EbpfError},
-        proc_connector::{ProcConnectorBackend, ProcConnectorError},
-        Event, FileMark, FilterError, Kind,
-    },
-    daemon::{error_chain, BackendChoice},
+use super::{
+    ebpf::{EbpfBackend, EbpfError},
+    proc_connector::{ProcConnectorBackend, ProcConnectorError},
+    Backend, Event, FileMark, FilterError,
 };
+use crate::logging::error_chain;
 
 /// Why no backend could start.
 #[derive(thiserror::Error, Debug)]
@@ -32,18 +30,18 @@ pub enum Engine {
 impl Engine {
     /// Starts the backend `choice` asks for; `Auto` falls back to the proc
     /// connector, with one warning that says why.
-    pub fn start(choice: BackendChoice) -> Result<Self, EngineError> {
+    pub fn start(choice: Backend) -> Result<Self, EngineError> {
         let proc_connector = || {
             ProcConnectorBackend::open()
                 .map(|b| Self::ProcConnector(Box::new(b)))
                 .map_err(EngineError::ProcConnector)
         };
         match choice {
-            BackendChoice::Ebpf => EbpfBackend::load()
+            Backend::Ebpf => EbpfBackend::load()
                 .map(|b| Self::Ebpf(Box::new(b)))
                 .map_err(EngineError::Ebpf),
-            BackendChoice::ProcConnector => proc_connector(),
-            BackendChoice::Auto => match EbpfBackend::load() {
+            Backend::ProcConnector | Backend::ProcConnectorFanotify => proc_connector(),
+            Backend::Auto => match EbpfBackend::load() {
                 Ok(b) => Ok(Self::Ebpf(Box::new(b))),
                 Err(err) => {
                     log::warn!(
@@ -56,12 +54,12 @@ impl Engine {
         }
     }
 
-    /// Which backend this is.
-    pub fn kind(&self) -> Kind {
+    /// Which backend this is (never `Auto`).
+    pub fn kind(&self) -> Backend {
         match self {
-            Self::Ebpf(_) => Kind::Ebpf,
-            Self::ProcConnector(b) if b.has_fanotify() => Kind::ProcConnectorFanotify,
-            Self::ProcConnector(_) => Kind::ProcConnector,
+            Self::Ebpf(_) => Backend::Ebpf,
+            Self::ProcConnector(b) if b.has_fanotify() => Backend::ProcConnectorFanotify,
+            Self::ProcConnector(_) => Backend::ProcConnector,
         }
     }
 
