@@ -58,6 +58,10 @@ pub struct BenchOptions {
     /// Measure only the burst and the soak and print them (BENCHMARKS.md is left as it is)
     #[arg(long)]
     burst_only: bool,
+    /// Measure only the storm and print its rows, with the machine's load
+    /// (BENCHMARKS.md is left as it is)
+    #[arg(long)]
+    storm_only: bool,
 }
 
 /// The rows: each backend as `ready` names it; the proc connector with
@@ -155,6 +159,9 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         print!("{}{text}", burst_header());
         return Ok(());
     }
+    if options.storm_only {
+        return storm_rows(&built.daemon, options);
+    }
     if options.flood_only {
         let floods = floods();
         let mut text = String::new();
@@ -233,7 +240,9 @@ impl Drop for Scene {
     }
 }
 
-fn measure(daemon: &Path, backend: &'static str, options: &BenchOptions) -> Result<Report> {
+/// armourd watching a copy of `sleep` (which runs, adopted at start-up),
+/// ready: the scene, the service's first process, armourd's log lines.
+fn start(daemon: &Path, backend: &str) -> Result<(Scene, Child, Receiver<String>)> {
     let dir = std::env::temp_dir()
         .canonicalize()?
         .join(format!("armourd-bench-{}-{backend}", std::process::id()));
@@ -251,7 +260,7 @@ fn measure(daemon: &Path, backend: &'static str, options: &BenchOptions) -> Resu
         &config,
         format!("{} backoff=none\n", scene.service.display()),
     )?;
-    let mut first = Command::new(&scene.service)
+    let first = Command::new(&scene.service)
         .arg("1000000")
         .stdin(Stdio::null())
         .spawn()
@@ -263,11 +272,44 @@ fn measure(daemon: &Path, backend: &'static str, options: &BenchOptions) -> Resu
         .spawn()
         .context("cannot start armourd")?;
     let lines = log_lines(&mut child);
-    let pid = child.id();
     scene.daemon = Some(child);
     wait_for(&lines, Duration::from_secs(20), |l| l.contains("ready"))
         .context("armourd did not get ready")?;
 
+    Ok((scene, first, lines))
+}
+
+/// The storm alone on each backend, printed with the machine's load.
+fn storm_rows(daemon: &Path, options: &BenchOptions) -> Result<()> {
+    let load_before = load_average();
+    let mut text = String::from(
+        "| backend | storm rate | storm CPU | storm wake-ups/s |\n|---|---|---|---|\n",
+    );
+    for backend in BACKENDS {
+        println!("bench: {backend} storm …");
+        let (scene, mut first, _lines) = start(daemon, backend)?;
+        let pid = scene.daemon.as_ref().map_or(0, Child::id);
+        let (storm, achieved) = storm(pid, options)?;
+        let _ = first.kill();
+        let _ = first.wait();
+        let _ = writeln!(
+            text,
+            "| {backend} | {achieved:.0}/s | {:.2} % | {:.1} |",
+            storm.cpu_percent, storm.wakeups_per_s
+        );
+    }
+    let _ = writeln!(
+        text,
+        "load average (1, 5, 15 min) before: {load_before}; after: {}",
+        load_average()
+    );
+    print!("{text}");
+    Ok(())
+}
+
+fn measure(daemon: &Path, backend: &'static str, options: &BenchOptions) -> Result<Report> {
+    let (scene, mut first, lines) = start(daemon, backend)?;
+    let pid = scene.daemon.as_ref().map_or(0, Child::id);
     let idle = usage(pid, Duration::from_secs(options.seconds))?;
     let (storm, storm_achieved) = storm(pid, options)?;
     let (latencies_us, steps_us) = latencies(&scene.service, &lines, options.restarts)?;

@@ -33,9 +33,9 @@
 //! - Children are added in user space as their fork is read. Until the
 //!   regenerated filter holds a child, its datagrams pass only while its
 //!   parent is watched and alive (an orphan's name the reaper as parent);
-//!   its own forks pass because forks by processes newer than the filter
-//!   do (see [`Forks`]; with forks of watched parents only, a double fork
-//!   that daemonizes would go unseen).
+//!   its own forks pass because forks by young processes do (see
+//!   [`Forks`]; with forks of watched parents only, a double fork that
+//!   daemonizes would go unseen).
 //! - So every process the filter did not hold when it was added (a child,
 //!   an exec, a process watched on request) is looked up in `/proc` once the
 //!   filter holds it: one that still runs will be reported by its last
@@ -215,7 +215,7 @@ impl ProcConnectorBackend {
         };
         // Filter first, so that nothing unfiltered is queued once bound.
         let forks = Forks::read();
-        let initial = filter::filter(&[std::process::id()], forks.threshold(), mode);
+        let initial = filter::filter(&[std::process::id()], forks.ages(), mode);
         attach(fd.as_fd(), &initial.insns)
             .map_err(|source| ProcConnectorError::Filter { watched: 0, source })?;
         let address = netlink_address(CN_IDX_PROC);
@@ -471,7 +471,9 @@ impl ProcConnectorBackend {
             }
             return;
         }
-        self.forks.newest = tgid;
+        if self.forks.created(tgid) {
+            self.synced = false;
+        }
         if parent == std::process::id() && self.execs.is_some() {
             // A restart or a hook: held before it executes (it would be
             // learnt only as it does), so that its exec's datagram, with
@@ -483,7 +485,7 @@ impl ProcConnectorBackend {
         }
         if !self.watched.contains_key(&parent) {
             // Passed for its age only: once too many did, the filter is
-            // made anew with a newer threshold.
+            // made anew with a newer window.
             self.forks.stale += 1;
             if self.forks.stale >= Forks::STALE {
                 self.synced = false;
@@ -658,8 +660,7 @@ impl ProcConnectorBackend {
         // armourd itself counts as a watched parent: the exit of a process it
         // just restarted passes even before the filter holds that process.
         pids.push(std::process::id());
-        let filter = filter::filter(&pids, self.forks.threshold(), self.execs_mode());
-        self.forks.stale = 0;
+        let filter = filter::filter(&pids, self.forks.ages(), self.execs_mode());
         attach(self.socket.get_ref().as_fd(), &filter.insns).map_err(|source| {
             ProcConnectorError::Filter {
                 watched: pids.len(),
@@ -687,6 +688,7 @@ impl ProcConnectorBackend {
         }
         self.exact = filter.exact;
         self.synced = true;
+        self.forks.attached();
         self.look_up(&held);
         if self.execs.is_some() {
             // Its exec, if it executed before, was dropped (a learnt
