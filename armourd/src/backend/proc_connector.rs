@@ -181,6 +181,15 @@ pub struct ProcConnectorBackend {
     /// Processes fanotify saw opening a watched file, held by the filter
     /// until their exec is handled or they end, and when they were.
     learnt: HashMap<u32, Instant>,
+    /// armourd's own children learnt at their fork, to look at once the
+    /// filter holds them.
+    own_children: Vec<u32>,
+    /// Processes the filter held before they executed: their exec's
+    /// datagram passes, so their fanotify event needs no look in `/proc`
+    /// (a restart's exec is reported by its datagram, with its time).
+    awaited: HashSet<u32>,
+    /// armourd's own executable, which its children run until they execute.
+    own_exe: Option<FileKey>,
     /// Processes to look at in `/proc` once the datagrams queued are
     /// handled: their exec may have been dropped by an older filter.
     unseen: Vec<u32>,
@@ -258,6 +267,9 @@ impl ProcConnectorBackend {
             forks,
             execs,
             learnt: HashMap::new(),
+            own_children: Vec::new(),
+            awaited: HashSet::new(),
+            own_exe: procfs::exe_key(std::process::id()).ok(),
             unseen: Vec::new(),
         })
     }
@@ -282,6 +294,8 @@ impl ProcConnectorBackend {
                 "proc connector: fanotify no longer used ({why}): every exec on the machine wakes armourd"
             );
             self.learnt.clear();
+            self.own_children.clear();
+            self.awaited.clear();
             self.synced = false;
         }
     }
@@ -316,11 +330,14 @@ impl ProcConnectorBackend {
         let before = self.learnt.len();
         self.learnt
             .retain(|pid, at| now.duration_since(*at) < LEARNT_TTL || self.unseen.contains(pid));
+        let learnt = &self.learnt;
+        self.awaited.retain(|pid| learnt.contains_key(pid));
         let own = std::process::id();
         for pid in opened.pids {
             // Watched ones too: the filter may have taken one after its
-            // exec (a restart, watched as its spawn returns).
-            if pid == own {
+            // exec (a restart, watched as its spawn returns), unless it
+            // held it before.
+            if pid == own || self.awaited.contains(&pid) {
                 continue;
             }
             log::trace!("fanotify: {pid} opened a watched file");
@@ -436,6 +453,7 @@ impl ProcConnectorBackend {
                     if self.learnt.remove(&pid).is_some() {
                         self.synced = false;
                     }
+                    self.awaited.remove(&pid);
                     let (exec, newly_watched) = self.on_exec(pid, ktime_ns);
                     out.push(Event::Exec(exec));
                     if newly_watched {
@@ -480,6 +498,7 @@ impl ProcConnectorBackend {
             // the kernel's timestamp, passes.
             if self.learnt.insert(tgid, Instant::now()).is_none() {
                 self.synced = false;
+                self.own_children.push(tgid);
             }
             return;
         }
@@ -510,6 +529,9 @@ impl ProcConnectorBackend {
         // A learnt process whose exec may have been dropped is looked at first.
         if tid == tgid && !self.unseen.contains(&tgid) && self.learnt.remove(&tgid).is_some() {
             self.synced = false;
+        }
+        if tid == tgid {
+            self.awaited.remove(&tgid);
         }
         let Some(watched) = self.watched.get_mut(&tgid) else {
             return;
@@ -690,11 +712,25 @@ impl ProcConnectorBackend {
         self.synced = true;
         self.forks.attached();
         self.look_up(&held);
+        // armourd's children held now: one still running armourd has not
+        // executed, and its exec's datagram will pass; one that has may
+        // have executed before (a restart whose fork was read late).
+        for pid in std::mem::take(&mut self.own_children) {
+            if !self.learnt.contains_key(&pid) {
+                continue;
+            }
+            if self.own_exe.is_some() && procfs::exe_key(pid).ok() == self.own_exe {
+                self.awaited.insert(pid);
+            } else if !self.unseen.contains(&pid) {
+                self.unseen.push(pid);
+            }
+        }
         if self.execs.is_some() {
             // Its exec, if it executed before, was dropped (a learnt
             // process is looked at as such).
             for pid in held {
-                if !self.unseen.contains(&pid) && !self.learnt.contains_key(&pid) {
+                let learnt = self.learnt.contains_key(&pid) || self.awaited.contains(&pid);
+                if !self.unseen.contains(&pid) && !learnt {
                     self.unseen.push(pid);
                 }
             }
