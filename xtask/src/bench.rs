@@ -542,8 +542,8 @@ fn render(
         out,
         "- load average (1, 5, 15 min) as the backends' runs began: {}; as they ended: {} \
          (anything else running on the machine shares its cores with the runs); \
-         kernel.pid_max {} (pids wrap round sooner the smaller it is, and near the wrap \
-         the proc connector's filter passes every fork)",
+         kernel.pid_max {} (the smaller it is, the more often the proc connector's \
+         filter takes an old process for a young one and passes its forks)",
         load[0],
         load[1],
         fs::read_to_string("/proc/sys/kernel/pid_max")
