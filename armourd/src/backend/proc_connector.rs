@@ -56,6 +56,10 @@
 //! the daemon takes as the same exec); else its datagram passes the new
 //! filter. A learnt process leaves the filter when its exec's datagram was
 //! handled, when it ends, or after [`LEARNT_TTL`] (a failed exec).
+//! armourd's own children (restarts, hooks) are held from their fork: one
+//! still running armourd's executable once the filter holds it has not
+//! executed, so its exec's datagram will pass, and its fanotify event is
+//! not looked into (the restart's exec keeps the kernel's timestamp).
 //! The same holds for a watched process's child that executed before the
 //! filter held it: its exec is reported from `/proc` if its executable is
 //! no longer its parent's. Without fanotify every exec passes, as the
