@@ -103,6 +103,14 @@ impl Engine {
         }
     }
 
+    /// A restart is about to be spawned: its exec is to be reported with
+    /// the kernel's time though its pid is not known yet.
+    pub fn spawning(&mut self) {
+        if let Self::ProcConnector(b) = self {
+            b.spawning();
+        }
+    }
+
     /// Forgets executions of `file`.
     pub fn remove_file(&mut self, file: FileKey) {
         match self {

@@ -109,6 +109,9 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a process learnt from fanotify stays in the filter when
 /// neither its exec nor its end was seen (its exec failed).
 const LEARNT_TTL: Duration = Duration::from_secs(30);
+/// How long execs of young processes pass for a spawn whose fork is not
+/// read (it failed before forking).
+const SPAWN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why the proc-connector backend cannot run.
 #[derive(thiserror::Error, Debug)]
@@ -194,6 +197,14 @@ pub struct ProcConnectorBackend {
     awaited: HashSet<u32>,
     /// armourd's own executable, which its children run until they execute.
     own_exe: Option<FileKey>,
+    /// Since when restarts are being spawned whose child's fork was not
+    /// read yet, and how many: meanwhile execs of young processes pass.
+    spawns: Option<(Instant, u32)>,
+    /// Processes whose exec of a marked file made them watched since
+    /// fanotify was last read, and that file: the fanotify event of that
+    /// exec, queued before its datagram, needs no look in `/proc` while the
+    /// process still runs it (later execs of a watched process pass).
+    executed: HashMap<u32, FileKey>,
     /// Processes to look at in `/proc` once the datagrams queued are
     /// handled: their exec may have been dropped by an older filter.
     unseen: Vec<u32>,
@@ -274,6 +285,8 @@ impl ProcConnectorBackend {
             own_children: Vec::new(),
             awaited: HashSet::new(),
             own_exe: procfs::exe_key(std::process::id()).ok(),
+            spawns: None,
+            executed: HashMap::new(),
             unseen: Vec::new(),
         })
     }
@@ -284,10 +297,38 @@ impl ProcConnectorBackend {
     }
 
     fn execs_mode(&self) -> Execs {
-        if self.execs.is_some() {
-            Execs::Held
-        } else {
-            Execs::All
+        match (&self.execs, self.spawns) {
+            (None, _) => Execs::All,
+            (Some(_), None) => Execs::Held,
+            (Some(_), Some(_)) => Execs::HeldAndYoung,
+        }
+    }
+
+    /// armourd is about to spawn a child (a restart) whose pid the filter
+    /// cannot hold before it executes: until its fork is read, the filter
+    /// passes execs of young processes too, so that the child's exec is
+    /// reported by its datagram, with the kernel's time, as without
+    /// fanotify, not found later in `/proc`.
+    pub fn spawning(&mut self) {
+        if self.execs.is_none() {
+            return;
+        }
+        let count = self.spawns.map_or(0, |(_, n)| n);
+        self.spawns = Some((Instant::now(), count + 1));
+        self.synced = false;
+        self.sync_filter();
+    }
+
+    /// The fork of a child armourd spawned was read, or the spawns took
+    /// too long (one failed before it forked).
+    fn spawned(&mut self, now: Instant) {
+        match self.spawns {
+            Some((_, n)) if n > 1 => self.spawns = Some((now, n - 1)),
+            Some(_) => {
+                self.spawns = None;
+                self.synced = false;
+            }
+            None => {}
         }
     }
 
@@ -305,19 +346,25 @@ impl ProcConnectorBackend {
     }
 
     /// Waits for the socket or fanotify; true when fanotify has events.
+    /// The socket first: a restart's fork, queued before its child runs,
+    /// is then read before the child's fanotify event, and the filter may
+    /// hold the child before it executes (its exec's datagram then passes,
+    /// with the kernel's time).
     async fn wait(&self) -> io::Result<bool> {
         let Some(watch) = &self.execs else {
             return Ok(false);
         };
         tokio::select! {
             biased;
-            ready = watch.readable() => ready.map(|()| true),
             ready = self.socket.readable() => ready.map(|_| false),
+            ready = watch.readable() => ready.map(|()| true),
         }
     }
 
     /// Holds in the filter the processes fanotify saw opening a watched
-    /// file, then has them looked at once the datagrams queued are handled.
+    /// file, then looks at them: one that runs no marked file yet has not
+    /// executed it, and its exec's datagram will pass; any other is looked
+    /// at again once the datagrams queued are handled.
     async fn learn(&mut self, out: &mut Vec<Event>) {
         let Some(watch) = &mut self.execs else {
             return;
@@ -337,11 +384,14 @@ impl ProcConnectorBackend {
         let learnt = &self.learnt;
         self.awaited.retain(|pid| learnt.contains_key(pid));
         let own = std::process::id();
+        let mut fresh = Vec::new();
         for pid in opened.pids {
             // Watched ones too: the filter may have taken one after its
             // exec (a restart, watched as its spawn returns), unless it
-            // held it before.
-            if pid == own || self.awaited.contains(&pid) {
+            // held it before or its exec's datagram came.
+            let seen = (self.executed.remove(&pid))
+                .is_some_and(|key| procfs::exe_key(pid).is_ok_and(|now| now == key));
+            if pid == own || self.awaited.contains(&pid) || seen {
                 continue;
             }
             log::trace!("fanotify: {pid} opened a watched file");
@@ -350,13 +400,27 @@ impl ProcConnectorBackend {
             }
             if !self.unseen.contains(&pid) {
                 self.unseen.push(pid);
+                fresh.push(pid);
             }
         }
         if self.learnt.len() != before {
             self.synced = false;
         }
-        // Before the look in /proc, which waits for the queue to drain.
+        self.executed.clear();
+        // Before the looks in /proc.
         self.sync_filter();
+        if !self.synced {
+            return;
+        }
+        let marked = |key| self.execs.as_ref().is_some_and(|w| w.is_marked(&key));
+        let before_exec: Vec<u32> = (fresh.into_iter())
+            .filter(|&pid| procfs::exe_key(pid).is_ok_and(|key| !marked(key)))
+            .collect();
+        for pid in before_exec {
+            log::trace!("fanotify: {pid} held before its exec");
+            self.unseen.retain(|&p| p != pid);
+            self.awaited.insert(pid);
+        }
     }
 
     /// Reports the execs that older filters may have dropped (see the
@@ -384,6 +448,11 @@ impl ProcConnectorBackend {
                 }
                 log::debug!("proc connector: exec of {pid} seen from /proc");
                 out.push(Event::Exec(self.exec_seen(pid, now)));
+                // Handled: as if its datagram had come.
+                if self.learnt.remove(&pid).is_some() {
+                    self.synced = false;
+                }
+                self.awaited.remove(&pid);
             } else if let Some(watched) = self.watched.get(&pid) {
                 if exe.is_some() && exe != watched.exe && laid_out(pid) {
                     log::debug!("proc connector: {pid} executed before the filter held it");
@@ -398,6 +467,14 @@ impl ProcConnectorBackend {
     pub async fn read(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
         let before = out.len();
         loop {
+            // A spawn that never forked stops passing young execs.
+            if self
+                .spawns
+                .is_some_and(|(since, _)| since.elapsed() > SPAWN_TIMEOUT)
+            {
+                self.spawns = None;
+                self.synced = false;
+            }
             // Before the next datagram is handled; not before the events
             // of the last ones were handed over, which may start a restart.
             self.sync_filter();
@@ -459,6 +536,14 @@ impl ProcConnectorBackend {
                     }
                     self.awaited.remove(&pid);
                     let (exec, newly_watched) = self.on_exec(pid, ktime_ns);
+                    // Only an exec of a marked file has a fanotify event.
+                    let marked = |key| self.execs.as_ref().is_some_and(|w| w.is_marked(&key));
+                    let watched = self.watched.contains_key(&exec.pid);
+                    if let Some(key) = exec.file.filter(|&k| watched && marked(k)) {
+                        if self.executed.len() < 1024 {
+                            self.executed.insert(exec.pid, key);
+                        }
+                    }
                     out.push(Event::Exec(exec));
                     if newly_watched {
                         // At once: the daemon reads its launch context
@@ -504,6 +589,7 @@ impl ProcConnectorBackend {
                 self.synced = false;
                 self.own_children.push(tgid);
             }
+            self.spawned(Instant::now());
             return;
         }
         if !self.watched.contains_key(&parent) {
@@ -723,9 +809,14 @@ impl ProcConnectorBackend {
             if !self.learnt.contains_key(&pid) {
                 continue;
             }
-            if self.own_exe.is_some() && procfs::exe_key(pid).ok() == self.own_exe {
+            let exe = procfs::exe_key(pid).ok();
+            if self.own_exe.is_some() && exe == self.own_exe {
+                log::trace!("proc connector: {pid}, armourd's child, held before its exec");
                 self.awaited.insert(pid);
             } else if !self.unseen.contains(&pid) {
+                log::trace!(
+                    "proc connector: {pid}, armourd's child, held after its exec ({exe:?})"
+                );
                 self.unseen.push(pid);
             }
         }
