@@ -56,10 +56,14 @@
 //! the daemon takes as the same exec); else its datagram passes the new
 //! filter. A learnt process leaves the filter when its exec's datagram was
 //! handled, when it ends, or after [`LEARNT_TTL`] (a failed exec).
-//! armourd's own children (restarts, hooks) are held from their fork: one
-//! still running armourd's executable once the filter holds it has not
-//! executed, so its exec's datagram will pass, and its fanotify event is
-//! not looked into (the restart's exec keeps the kernel's timestamp).
+//! A learnt process that runs no marked file yet once the filter holds it
+//! has not executed it: its exec's datagram will pass, no look is needed.
+//! armourd's own children (restarts, hooks) are held from their fork, and
+//! while a restart is spawned ([`ProcConnectorBackend::spawning`]) until
+//! its fork is read, execs of young processes pass too: the child executes
+//! at once, before armourd can hold it, and its exec keeps the kernel's
+//! timestamp. A fanotify event of an exec whose datagram was handled needs
+//! no look either.
 //! The same holds for a watched process's child that executed before the
 //! filter held it: its exec is reported from `/proc` if its executable is
 //! no longer its parent's. Without fanotify every exec passes, as the
@@ -308,7 +312,8 @@ impl ProcConnectorBackend {
     /// cannot hold before it executes: until its fork is read, the filter
     /// passes execs of young processes too, so that the child's exec is
     /// reported by its datagram, with the kernel's time, as without
-    /// fanotify, not found later in `/proc`.
+    /// fanotify, not found later in `/proc`. (Attached after the spawn
+    /// began, the filter would come too late about half the time.)
     pub fn spawning(&mut self) {
         if self.execs.is_none() {
             return;
