@@ -336,11 +336,15 @@ impl Daemon {
                     instance,
                     spec,
                     configured,
-                } => self.spawner.submit(Job {
-                    instance,
-                    spec,
-                    configured,
-                }),
+                } => {
+                    // Before the child can exist.
+                    self.engine.spawning();
+                    self.spawner.submit(Job {
+                        instance,
+                        spec,
+                        configured,
+                    });
+                }
                 Action::Signal { target, signal } => sent.extend(send(target, signal)),
                 Action::Watch(pid) => match self.engine.watch(pid) {
                     Ok(seen) => {

@@ -66,11 +66,14 @@ impl WatchList {
 
     /// The marks the kernel filter needs.
     pub fn marks(&self) -> impl Iterator<Item = (FileKey, FileMark)> + '_ {
-        let files = self.files.keys().map(|k| (*k, FileMark::Watched));
+        self.marked().map(|(key, mark, _)| (key, mark))
+    }
+
+    /// The marks the kernel filter needs, with where each file was found.
+    pub fn marked(&self) -> impl Iterator<Item = (FileKey, FileMark, &Path)> + '_ {
+        let files = (self.files.iter()).map(|(k, f)| (*k, FileMark::Watched, f.path.as_path()));
         files.chain(
-            self.interpreters
-                .keys()
-                .map(|k| (*k, FileMark::Interpreter)),
+            (self.interpreters.iter()).map(|(k, path)| (*k, FileMark::Interpreter, path.as_path())),
         )
     }
 
@@ -113,11 +116,11 @@ impl WatchList {
             self.files.get(&key).filter(|f| f.interpreter.is_some())
         };
         // The kernel puts the script's path after the interpreter and its
-        // one optional argument.
-        let file = match filename {
-            Some(name) => named(name)?,
-            None => argv.iter().skip(1).take(2).find_map(|a| named(a))?,
-        };
+        // one optional argument; an interpreter executed by name (`sh
+        // SCRIPT`) has it at the same place.
+        let file = filename
+            .and_then(named)
+            .or_else(|| argv.iter().skip(1).take(2).find_map(|a| named(a)))?;
         let index = argv
             .iter()
             .skip(1)

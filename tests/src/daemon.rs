@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use crate::{process, wait_for, Backend, Sandbox, EVENT_TIMEOUT};
+use crate::{process, wait_for, Backend, Launch, Sandbox, EVENT_TIMEOUT};
 
 /// How long armourd may take to load its programs and adopt processes.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -81,11 +81,12 @@ impl Daemon {
         }
         cmd.arg("-c")
             .arg(sandbox.config_path())
-            .args(["--backend", backend.name()])
+            .args(["--backend", backend.flag()])
             .args(args)
             .arg("-v")
             .current_dir("/")
             .env("RUST_BACKTRACE", "1")
+            .envs(backend.env().iter().copied())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -142,7 +143,7 @@ impl Daemon {
     /// Waits for the line with `ready`, `backend=NAME` and `N watched`;
     /// returns N. Panics if armourd ends first or takes over [`READY_TIMEOUT`].
     pub fn wait_ready(&mut self) -> usize {
-        let wanted = format!("backend={}", self.backend.name());
+        let wanted = format!("backend={},", self.backend.name());
         let found = wait_for(READY_TIMEOUT, || {
             let log = self.log();
             let line = log

@@ -49,8 +49,33 @@ pub const QUIET_WINDOW: Duration = Duration::from_millis(1500);
 #[path = "../../armourd/src/backend/kind.rs"]
 mod backend_kind;
 
-/// An event backend of armourd (`--backend`): the daemon's own enum.
+/// An event backend of armourd: the daemon's own enum. The proc connector
+/// runs as `ProcConnectorFanotify` (fanotify, as with CAP_SYS_ADMIN) and as
+/// `ProcConnector` (fanotify turned off by `ARMOURD_FANOTIFY=off`, as
+/// without it).
 pub use backend_kind::Backend;
+
+/// How armourd is started to run a backend: `--backend`, and the
+/// environment added.
+pub trait Launch {
+    /// The value of `--backend`.
+    fn flag(self) -> &'static str;
+    /// The environment armourd needs for this variant.
+    fn env(self) -> &'static [(&'static str, &'static str)];
+}
+
+impl Launch for Backend {
+    fn flag(self) -> &'static str {
+        self.choice().name()
+    }
+
+    fn env(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            Backend::ProcConnector => &[("ARMOURD_FANOTIFY", "off")],
+            _ => &[],
+        }
+    }
+}
 
 static TESTEE: OnceLock<PathBuf> = OnceLock::new();
 
@@ -74,13 +99,15 @@ pub fn run(backend: Backend, testee: &str, test: fn(Backend)) {
 }
 
 /// Instantiates tests `fn NAME(backend: Backend)` once per event backend,
-/// as `ebpf::NAME` and `proc_connector::NAME`; run one backend's with a
-/// cargo test filter such as `ebpf::`.
+/// as `ebpf::NAME`, `proc_connector::NAME` (with fanotify) and
+/// `proc_plain::NAME` (without); run one backend's with a cargo
+/// test filter such as `ebpf::`.
 #[macro_export]
 macro_rules! backend_tests {
     ($($name:ident),* $(,)?) => {
         $crate::backend_tests!(@instances ebpf, Ebpf, $($name),*);
-        $crate::backend_tests!(@instances proc_connector, ProcConnector, $($name),*);
+        $crate::backend_tests!(@instances proc_connector, ProcConnectorFanotify, $($name),*);
+        $crate::backend_tests!(@instances proc_plain, ProcConnector, $($name),*);
     };
     (@instances $module:ident, $backend:ident, $($name:ident),*) => {
         mod $module {

@@ -38,7 +38,7 @@ fn lost_events_are_reconciled_without_losing_a_restart(backend: Backend) {
     for _ in 0..WATCHED_BURST {
         sb.spawn(&mut sb.command(&burst, &burst_report));
     }
-    if backend == Backend::ProcConnector {
+    if backend.is_proc_connector() {
         fork_until_dropped(daemon.pid());
     }
     burst_report.wait_starts(WATCHED_BURST);

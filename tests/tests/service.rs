@@ -13,7 +13,7 @@ use std::{
 };
 
 use armourd_tests::{
-    armourd_bin, backend_tests, process, wait_for, wait_until, Backend, Daemon, Sandbox,
+    armourd_bin, backend_tests, process, wait_for, wait_until, Backend, Daemon, Launch, Sandbox,
     EVENT_TIMEOUT,
 };
 
@@ -39,7 +39,8 @@ fn armourd(sb: &Sandbox, backend: Backend, args: &[&str], env: &[(&str, &Path)])
     Command::new(armourd_bin())
         .arg("-c")
         .arg(sb.config_path())
-        .args(["--backend", backend.name(), "--dbus", "none"])
+        .args(["--backend", backend.flag(), "--dbus", "none"])
+        .envs(backend.env().iter().copied())
         // Not the machine's /run/armourd: nothing is left behind.
         .arg("--state-dir")
         .arg(sb.path("state"))

@@ -14,6 +14,10 @@ backend_tests!(
     never_restarts_a_program_not_in_the_config,
     restarts_binary_replaced_on_disk,
     watches_script_entry,
+    watches_script_run_by_its_interpreter,
+    watches_program_started_through_a_symlink,
+    watches_binary_installed_in_globbed_directory_then_started,
+    watches_program_started_during_an_exec_storm,
 );
 
 /// Two instances with their own argv and report, adopted at start-up;
@@ -182,6 +186,7 @@ fn watches_script_entry(backend: Backend) {
     let fifo = sb.path("block.fifo");
     let c_fifo = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
     // SAFETY: `c_fifo` is a NUL-terminated string alive during the call.
+    // SAFETY: `c_fifo` is a NUL-terminated path that outlives the call.
     assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o666) }, 0, "mkfifo");
     let script = sb.path("svc.sh");
     // Blocks in a builtin `read` on a FIFO nobody writes to: no child processes.
@@ -215,6 +220,123 @@ fn watches_script_entry(backend: Backend) {
         restarted.1, "a b c",
         "the restart gets the script's arguments"
     );
+    daemon.assert_running();
+}
+
+/// `sh SCRIPT ARGS`: the interpreter executed by name, the script on its
+/// command line; watched and restarted with the script's arguments.
+fn watches_script_run_by_its_interpreter(backend: Backend) {
+    let sb = Sandbox::new();
+    let fifo = sb.path("block.fifo");
+    let c_fifo = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c_fifo` is a NUL-terminated path that outlives the call.
+    assert_eq!(unsafe { libc::mkfifo(c_fifo.as_ptr(), 0o666) }, 0, "mkfifo");
+    let script = sb.path("svc.sh");
+    write_script(
+        &script,
+        "#!/bin/sh\necho \"script $$ $*\" >> \"$TESTEE_REPORT\"\nexec 3<> \"$BLOCK_FIFO\"\nread line <&3\n",
+    );
+    let report = sb.report("script");
+    sb.write_config(&format!("{}\n", script.display()));
+    let (mut daemon, _) = Daemon::ready(&sb, backend);
+
+    let mut cmd = sb.command(Path::new("/bin/sh"), &report);
+    let pid = sb.spawn(cmd.arg(&script).arg("x").env("BLOCK_FIFO", &fifo));
+    let script_pid = |r: &Record| match r {
+        Record::Script { pid, args } => Some((*pid, args.clone())),
+        _ => None,
+    };
+    assert_eq!(
+        report.wait_record("script", script_pid),
+        (pid, "x".to_owned())
+    );
+    daemon.wait_watching(pid);
+    assert!(process::kill(pid, libc::SIGKILL));
+    let restarted = report.wait_record("second script", |r| {
+        script_pid(r).filter(|(p, _)| *p != pid)
+    });
+    assert_eq!(restarted.1, "x", "the restart gets the script's arguments");
+    daemon.assert_running();
+}
+
+/// The config names the file; it is started through a symlink to it.
+fn watches_program_started_through_a_symlink(backend: Backend) {
+    let sb = Sandbox::new();
+    let svc = sb.testee("svc");
+    let link = sb.path("link-to-svc");
+    std::os::unix::fs::symlink(&svc, &link).unwrap();
+    let report = sb.report("svc");
+    sb.write_config(&format!("{}\n", svc.display()));
+    let (mut daemon, watched) = Daemon::ready(&sb, backend);
+    assert_eq!(watched, 0);
+
+    let pid = sb.spawn(&mut sb.command(&link, &report));
+    report.wait_starts(1);
+    daemon.wait_watching(pid);
+    assert!(process::kill(pid, libc::SIGSEGV));
+    let restart = report.wait_starts(2).remove(1);
+    assert_eq!(restart.exe, svc);
+    daemon.assert_running();
+}
+
+/// `DIR/bin/*`: a binary installed into DIR/bin after start-up, and
+/// started only once armourd has noticed it, is watched from its exec.
+fn watches_binary_installed_in_globbed_directory_then_started(backend: Backend) {
+    let sb = Sandbox::new();
+    let bin = sb.mkdir("bin");
+    let report = sb.report("late");
+    sb.write_config(&format!("{}/*\n", bin.display()));
+    let (mut daemon, watched) = Daemon::ready(&sb, backend);
+    assert_eq!(watched, 0);
+
+    let late = sb.testee("bin/late");
+    assert!(
+        daemon.wait_log(armourd_tests::EVENT_TIMEOUT, |log| log
+            .contains("1 new executables match the configuration")),
+        "the new binary was never noticed"
+    );
+    let pid = sb.spawn(&mut sb.command(&late, &report));
+    report.wait_starts(1);
+    daemon.wait_watching(pid);
+    assert!(process::kill(pid, libc::SIGKILL));
+    let restart = report.wait_starts(2).remove(1);
+    assert_eq!(restart.exe, late);
+    daemon.assert_running();
+}
+
+/// Unrelated execs keep coming (two shell loops running `/bin/true`) while
+/// the watched program is started: its exec is still seen.
+fn watches_program_started_during_an_exec_storm(backend: Backend) {
+    let sb = Sandbox::new();
+    let svc = sb.testee("svc");
+    let report = sb.report("svc");
+    let storm_report = sb.report("storm");
+    sb.write_config(&format!("{}\n", svc.display()));
+    let (mut daemon, watched) = Daemon::ready(&sb, backend);
+    assert_eq!(watched, 0);
+
+    let storm = "while :; do /bin/true; done";
+    let storms: Vec<i32> = (0..2)
+        .map(|_| {
+            sb.spawn(
+                sb.command(Path::new("/bin/sh"), &storm_report)
+                    .args(["-c", storm]),
+            )
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let pid = sb.spawn(sb.command(&svc, &report).arg("stormy"));
+    report.wait_starts(1);
+    daemon.wait_watching(pid);
+    assert!(process::kill(pid, libc::SIGSEGV));
+    let restart = report.wait_starts(2).remove(1);
+    assert_eq!(
+        restart.argv.last().map(|a| a.to_str()),
+        Some(Some("stormy"))
+    );
+    for storm in storms {
+        assert!(process::kill(storm, libc::SIGKILL));
+    }
     daemon.assert_running();
 }
 

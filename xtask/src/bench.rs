@@ -65,9 +65,34 @@ pub struct BenchOptions {
     /// compare two builds under the same load)
     #[arg(long, requires = "burst_only")]
     daemon: Option<std::path::PathBuf>,
+    /// Measure only the storm and print its rows, with the machine's load
+    /// (BENCHMARKS.md is left as it is)
+    #[arg(long)]
+    storm_only: bool,
 }
 
-const BACKENDS: [&str; 2] = ["ebpf", "proc-connector"];
+/// The rows: each backend as `ready` names it; the proc connector with
+/// fanotify (as it runs with CAP_SYS_ADMIN) and without (as without it).
+const BACKENDS: [&str; 3] = ["ebpf", "proc-connector+fanotify", "proc-connector"];
+
+/// How armourd is started for the row `backend`: `--backend`, and the
+/// environment added.
+fn launch(backend: &str) -> (&'static str, &'static [(&'static str, &'static str)]) {
+    match backend {
+        "ebpf" => ("ebpf", &[]),
+        "proc-connector+fanotify" => ("proc-connector", &[]),
+        _ => ("proc-connector", &[("ARMOURD_FANOTIFY", "off")]),
+    }
+}
+
+/// `/proc/loadavg`'s three load averages: how busy the machine was.
+fn load_average() -> String {
+    let text = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    text.split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
 
 /// Where root calls during the flood: the name every user calls, the one
 /// only root may call, and the control socket, past the bus (SPEC §7).
@@ -137,6 +162,9 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
     if options.burst_only {
         return burst_only(options, &built.daemon);
     }
+    if options.storm_only {
+        return storm_rows(&built.daemon, options);
+    }
     if options.flood_only {
         let floods = floods();
         let mut text = String::new();
@@ -147,6 +175,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         print!("{text}");
         return Ok(());
     }
+    let load_before = load_average();
     let mut reports = Vec::new();
     for backend in BACKENDS {
         println!("bench: {backend} …");
@@ -169,7 +198,8 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
     }
     ensure!(!reports.is_empty(), "no backend could be measured");
     let floods = floods();
-    let text = render(&reports, &floods, binary_size, options);
+    let load = [load_before, load_average()];
+    let text = render(&reports, &floods, binary_size, options, &load);
     print!("{text}");
     let path = cmd::workspace_root().join("BENCHMARKS.md");
     fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
@@ -181,11 +211,13 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
 /// `armourd -c CONFIG --backend BACKEND`, its state kept beside the
 /// configuration (not in the machine's `/run/armourd`).
 fn armourd(daemon: &Path, config: &Path, backend: &str) -> Command {
+    let (flag, env) = launch(backend);
     let mut cmd = Command::new(daemon);
     cmd.arg("-c")
         .arg(config)
-        .args(["--backend", backend, "--state-dir"])
-        .arg(config.with_file_name("state"));
+        .args(["--backend", flag, "--state-dir"])
+        .arg(config.with_file_name("state"))
+        .envs(env.iter().copied());
     cmd
 }
 
@@ -211,7 +243,9 @@ impl Drop for Scene {
     }
 }
 
-fn measure(daemon: &Path, backend: &'static str, options: &BenchOptions) -> Result<Report> {
+/// armourd watching a copy of `sleep` (which runs, adopted at start-up),
+/// ready: the scene, the service's first process, armourd's log lines.
+fn start(daemon: &Path, backend: &str) -> Result<(Scene, Child, Receiver<String>)> {
     let dir = std::env::temp_dir()
         .canonicalize()?
         .join(format!("armourd-bench-{}-{backend}", std::process::id()));
@@ -229,7 +263,7 @@ fn measure(daemon: &Path, backend: &'static str, options: &BenchOptions) -> Resu
         &config,
         format!("{} backoff=none\n", scene.service.display()),
     )?;
-    let mut first = Command::new(&scene.service)
+    let first = Command::new(&scene.service)
         .arg("1000000")
         .stdin(Stdio::null())
         .spawn()
@@ -241,11 +275,44 @@ fn measure(daemon: &Path, backend: &'static str, options: &BenchOptions) -> Resu
         .spawn()
         .context("cannot start armourd")?;
     let lines = log_lines(&mut child);
-    let pid = child.id();
     scene.daemon = Some(child);
     wait_for(&lines, Duration::from_secs(20), |l| l.contains("ready"))
         .context("armourd did not get ready")?;
 
+    Ok((scene, first, lines))
+}
+
+/// The storm alone on each backend, printed with the machine's load.
+fn storm_rows(daemon: &Path, options: &BenchOptions) -> Result<()> {
+    let load_before = load_average();
+    let mut text = String::from(
+        "| backend | storm rate | storm CPU | storm wake-ups/s |\n|---|---|---|---|\n",
+    );
+    for backend in BACKENDS {
+        println!("bench: {backend} storm …");
+        let (scene, mut first, _lines) = start(daemon, backend)?;
+        let pid = scene.daemon.as_ref().map_or(0, Child::id);
+        let (storm, achieved) = storm(pid, options)?;
+        let _ = first.kill();
+        let _ = first.wait();
+        let _ = writeln!(
+            text,
+            "| {backend} | {achieved:.0}/s | {:.2} % | {:.1} |",
+            storm.cpu_percent, storm.wakeups_per_s
+        );
+    }
+    let _ = writeln!(
+        text,
+        "load average (1, 5, 15 min) before: {load_before}; after: {}",
+        load_average()
+    );
+    print!("{text}");
+    Ok(())
+}
+
+fn measure(daemon: &Path, backend: &'static str, options: &BenchOptions) -> Result<Report> {
+    let (scene, mut first, lines) = start(daemon, backend)?;
+    let pid = scene.daemon.as_ref().map_or(0, Child::id);
     let idle = usage(pid, Duration::from_secs(options.seconds))?;
     let (storm, storm_achieved) = storm(pid, options)?;
     let (latencies_us, steps_us) = latencies(&scene.service, &lines, options.restarts)?;
@@ -469,10 +536,23 @@ fn render(
     floods: &[flood::FloodReport],
     binary_size: u64,
     options: &BenchOptions,
+    load: &[String; 2],
 ) -> String {
     let mut out = String::from("# armourd benchmarks\n\n");
     let _ = writeln!(out, "Written by `cargo xtask bench`.\n");
     let _ = writeln!(out, "- machine: {}", machine());
+    let _ = writeln!(
+        out,
+        "- load average (1, 5, 15 min) as the backends' runs began: {}; as they ended: {} \
+         (anything else running on the machine shares its cores with the runs); \
+         kernel.pid_max {} (the smaller it is, the more often the proc connector's \
+         filter takes an old process for a young one and passes its forks)",
+        load[0],
+        load[1],
+        fs::read_to_string("/proc/sys/kernel/pid_max")
+            .unwrap_or_default()
+            .trim()
+    );
     let _ = writeln!(
         out,
         "- release binary: {:.2} MiB ({binary_size} bytes)",

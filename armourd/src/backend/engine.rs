@@ -1,7 +1,7 @@
 //! The backend that runs, chosen at start-up (`--backend`), with the
 //! automatic fallback from eBPF to the proc connector.
 
-use std::io;
+use std::{io, path::Path};
 
 use armourd_common::FileKey;
 
@@ -40,7 +40,7 @@ impl Engine {
             Backend::Ebpf => EbpfBackend::load()
                 .map(|b| Self::Ebpf(Box::new(b)))
                 .map_err(EngineError::Ebpf),
-            Backend::ProcConnector => proc_connector(),
+            Backend::ProcConnector | Backend::ProcConnectorFanotify => proc_connector(),
             Backend::Auto => match EbpfBackend::load() {
                 Ok(b) => Ok(Self::Ebpf(Box::new(b))),
                 Err(err) => {
@@ -58,6 +58,7 @@ impl Engine {
     pub fn kind(&self) -> Backend {
         match self {
             Self::Ebpf(_) => Backend::Ebpf,
+            Self::ProcConnector(b) if b.has_fanotify() => Backend::ProcConnectorFanotify,
             Self::ProcConnector(_) => Backend::ProcConnector,
         }
     }
@@ -101,11 +102,24 @@ impl Engine {
         }
     }
 
-    /// Marks executions of `file`.
-    pub fn set_file(&mut self, file: FileKey, mark: FileMark) -> Result<(), FilterError> {
+    /// Marks executions of `file`, found at `path`.
+    pub fn set_file(
+        &mut self,
+        file: FileKey,
+        mark: FileMark,
+        path: &Path,
+    ) -> Result<(), FilterError> {
         match self {
             Self::Ebpf(b) => b.set_file(file, mark),
-            Self::ProcConnector(b) => Ok(b.set_file(file, mark)?),
+            Self::ProcConnector(b) => Ok(b.set_file(file, mark, path)?),
+        }
+    }
+
+    /// A restart is about to be spawned: its exec is to be reported with
+    /// the kernel's time though its pid is not known yet.
+    pub fn spawning(&mut self) {
+        if let Self::ProcConnector(b) = self {
+            b.spawning();
         }
     }
 

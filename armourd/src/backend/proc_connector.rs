@@ -33,9 +33,9 @@
 //! - Children are added in user space as their fork is read. Until the
 //!   regenerated filter holds a child, its datagrams pass only while its
 //!   parent is watched and alive (an orphan's name the reaper as parent);
-//!   its own forks pass because forks by processes newer than the filter
-//!   do (see [`Forks`]; with forks of watched parents only, a double fork
-//!   that daemonizes would go unseen).
+//!   its own forks pass because forks by young processes do (see
+//!   [`Forks`]; with forks of watched parents only, a double fork that
+//!   daemonizes would go unseen).
 //! - So every process the filter did not hold when it was added (a child,
 //!   an exec, a process watched on request) is looked up in `/proc` once the
 //!   filter holds it: one that still runs will be reported by its last
@@ -45,11 +45,37 @@
 //!   already queued, which may still report it exactly, and after the
 //!   events those bring (a daemon's child before its parent's end).
 //!
+//! With fanotify (see `fanotify.rs`; CAP_SYS_ADMIN), execs are filtered
+//! in the kernel too: the filter passes only those of the watched set and
+//! of the processes fanotify saw opening a watched executable or a watched
+//! script's interpreter ("learnt" ones). The fanotify event comes as
+//! `execve` opens the file, before the exec's datagram, and the race
+//! between them closes by order: the process is added to the filter, then
+//! looked at in `/proc` once the datagrams queued are handled. If it runs
+//! a marked file already, or has ended, its exec may have been judged by
+//! the old filter, and it is reported from `/proc` (twice at worst, which
+//! the daemon takes as the same exec); else its datagram passes the new
+//! filter. A learnt process leaves the filter when its exec's datagram was
+//! handled, when it ends, or after [`LEARNT_TTL`] (a failed exec).
+//! A learnt process that runs no marked file yet once the filter holds it
+//! has not executed it: its exec's datagram will pass, no look is needed.
+//! armourd's own children (restarts, hooks) are held from their fork, and
+//! while a restart is spawned ([`ProcConnectorBackend::spawning`]) until
+//! its fork is read, execs of young processes pass too: the child executes
+//! at once, before armourd can hold it, and its exec keeps the kernel's
+//! timestamp. A fanotify event of an exec whose datagram was handled needs
+//! no look either.
+//! The same holds for a watched process's child that executed before the
+//! filter held it: its exec is reported from `/proc` if its executable is
+//! no longer its parent's. Without fanotify every exec passes, as the
+//! connector alone cannot say which file ran.
+//!
 //! [`cn_proc.h`]: https://github.com/torvalds/linux/blob/master/include/uapi/linux/cn_proc.h
 //! [`cn_proc.c`]: https://github.com/torvalds/linux/blob/master/drivers/connector/cn_proc.c
 //! [`exit.c`]: https://github.com/torvalds/linux/blob/master/kernel/exit.c
 
 mod exec;
+pub mod fanotify;
 pub(crate) mod filter;
 mod forks;
 mod socket;
@@ -58,11 +84,13 @@ use std::{
     collections::{HashMap, HashSet, VecDeque},
     io,
     os::fd::{AsFd, FromRawFd, OwnedFd},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    path::Path,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use armourd_common::FileKey;
-use filter::{Message, CN_IDX_PROC};
+use fanotify::{ExecWatch, DISABLE_VAR};
+use filter::{Execs, Message, CN_IDX_PROC};
 use forks::Forks;
 use libc::{c_int, sockaddr_nl, socklen_t};
 use socket::{attach, await_ack, netlink_address, receive_batch, send_op, set_rcvbuf};
@@ -70,6 +98,7 @@ use tokio::io::{unix::AsyncFd, Interest};
 
 use super::{Event, FileMark, Seen};
 use crate::{
+    logging::error_chain,
     procfs::{self, live_threads},
     status::ExitStatus,
 };
@@ -82,6 +111,12 @@ const RCVBUF: c_int = 4 << 20;
 /// Datagrams read per [`ProcConnectorBackend::read`], to bound its latency.
 const BATCH: usize = 256;
 const ACK_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a process learnt from fanotify stays in the filter when
+/// neither its exec nor its end was seen (its exec failed).
+const LEARNT_TTL: Duration = Duration::from_secs(30);
+/// How long execs of young processes pass for a spawn whose fork is not
+/// read (it failed before forking).
+const SPAWN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why the proc-connector backend cannot run.
 #[derive(thiserror::Error, Debug)]
@@ -119,6 +154,8 @@ struct Watched {
     /// Whether the attached filter holds it; its threads were read from
     /// `/proc` once it did.
     filtered: bool,
+    /// The executable it ran when it was added (a child: its parent's).
+    exe: Option<FileKey>,
 }
 
 /// The subscribed socket, the watched set and its filter.
@@ -142,11 +179,44 @@ pub struct ProcConnectorBackend {
     buf: Vec<u8>,
     /// Which forks the filter passes by age: see [`Forks`].
     forks: Forks,
+    /// Which processes are executing a watched file; `None`: every exec
+    /// passes the filter.
+    execs: Option<ExecWatch>,
+    /// Processes fanotify saw opening a watched file, held by the filter
+    /// until their exec is handled or they end, and when they were.
+    learnt: HashMap<u32, Instant>,
+    /// armourd's own children learnt at their fork, to look at once the
+    /// filter holds them.
+    own_children: Vec<u32>,
+    /// Processes the filter held before they executed: their exec's
+    /// datagram passes, so their fanotify event needs no look in `/proc`
+    /// (a restart's exec is reported by its datagram, with its time).
+    awaited: HashSet<u32>,
+    /// armourd's own executable, which its children run until they execute.
+    own_exe: Option<FileKey>,
+    /// Since when restarts are being spawned whose child's fork was not
+    /// read yet, and how many: meanwhile execs of young processes pass.
+    spawns: Option<(Instant, u32)>,
+    /// Processes whose exec of a marked file made them watched since
+    /// fanotify was last read, and that file: the fanotify event of that
+    /// exec, queued before its datagram, needs no look in `/proc` while the
+    /// process still runs it (later execs of a watched process pass).
+    executed: HashMap<u32, FileKey>,
+    /// Processes to look at in `/proc` once the datagrams queued are
+    /// handled: their exec may have been dropped by an older filter.
+    unseen: Vec<u32>,
 }
 
 impl ProcConnectorBackend {
-    /// Opens and subscribes the socket. Must run inside the tokio runtime.
+    /// Opens and subscribes the socket, with fanotify unless the
+    /// environment turns it off ([`DISABLE_VAR`]) or it is unavailable
+    /// (said once). Must run inside the tokio runtime.
     pub fn open() -> Result<Self, ProcConnectorError> {
+        Self::open_with(!ExecWatch::disabled())
+    }
+
+    /// [`Self::open`], with fanotify if `fanotify` (and available).
+    pub fn open_with(fanotify: bool) -> Result<Self, ProcConnectorError> {
         tokio::runtime::Handle::try_current()
             .map_err(|e| ProcConnectorError::Poll(io::Error::other(e)))?;
         let flags = libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
@@ -158,9 +228,15 @@ impl ProcConnectorBackend {
         // SAFETY: a fresh descriptor that nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         set_rcvbuf(fd.as_fd());
+        let execs = open_exec_watch(fanotify);
+        let mode = if execs.is_some() {
+            Execs::Held
+        } else {
+            Execs::All
+        };
         // Filter first, so that nothing unfiltered is queued once bound.
         let forks = Forks::read();
-        let initial = filter::filter(&[std::process::id()], forks.threshold());
+        let initial = filter::filter(&[std::process::id()], forks.ages(), mode);
         attach(fd.as_fd(), &initial.insns)
             .map_err(|source| ProcConnectorError::Filter { watched: 0, source })?;
         let address = netlink_address(CN_IDX_PROC);
@@ -201,7 +277,187 @@ impl ProcConnectorBackend {
             lost: false,
             buf,
             forks,
+            execs,
+            learnt: HashMap::new(),
+            own_children: Vec::new(),
+            awaited: HashSet::new(),
+            own_exe: procfs::exe_key(std::process::id()).ok(),
+            spawns: None,
+            executed: HashMap::new(),
+            unseen: Vec::new(),
         })
+    }
+
+    /// Whether fanotify tells which processes execute watched files.
+    pub fn has_fanotify(&self) -> bool {
+        self.execs.is_some()
+    }
+
+    fn execs_mode(&self) -> Execs {
+        match (&self.execs, self.spawns) {
+            (None, _) => Execs::All,
+            (Some(_), None) => Execs::Held,
+            (Some(_), Some(_)) => Execs::HeldAndYoung,
+        }
+    }
+
+    /// armourd is about to spawn a child (a restart) whose pid the filter
+    /// cannot hold before it executes: until its fork is read, the filter
+    /// passes execs of young processes too, so that the child's exec is
+    /// reported by its datagram, with the kernel's time, as without
+    /// fanotify, not found later in `/proc`. (Attached after the spawn
+    /// began, the filter would come too late about half the time.)
+    pub fn spawning(&mut self) {
+        if self.execs.is_none() {
+            return;
+        }
+        let count = self.spawns.map_or(0, |(_, n)| n);
+        self.spawns = Some((Instant::now(), count + 1));
+        self.synced = false;
+        self.sync_filter();
+    }
+
+    /// The fork of a child armourd spawned was read, or the spawns took
+    /// too long (one failed before it forked).
+    fn spawned(&mut self, now: Instant) {
+        match self.spawns {
+            Some((_, n)) if n > 1 => self.spawns = Some((now, n - 1)),
+            Some(_) => {
+                self.spawns = None;
+                self.synced = false;
+            }
+            None => {}
+        }
+    }
+
+    /// Every exec passes the filter from now on, for `why`.
+    fn drop_fanotify(&mut self, why: &str) {
+        if self.execs.take().is_some() {
+            log::warn!(
+                "proc connector: fanotify no longer used ({why}): every exec on the machine wakes armourd"
+            );
+            self.learnt.clear();
+            self.own_children.clear();
+            self.awaited.clear();
+            self.synced = false;
+        }
+    }
+
+    /// Waits for the socket or fanotify; true when fanotify has events.
+    /// The socket first: a restart's fork, queued before its child runs,
+    /// is then read before the child's fanotify event, and the filter may
+    /// hold the child before it executes (its exec's datagram then passes,
+    /// with the kernel's time).
+    async fn wait(&self) -> io::Result<bool> {
+        let Some(watch) = &self.execs else {
+            return Ok(false);
+        };
+        tokio::select! {
+            biased;
+            ready = self.socket.readable() => ready.map(|_| false),
+            ready = watch.readable() => ready.map(|()| true),
+        }
+    }
+
+    /// Holds in the filter the processes fanotify saw opening a watched
+    /// file, then looks at them: one that runs no marked file yet has not
+    /// executed it, and its exec's datagram will pass; any other is looked
+    /// at again once the datagrams queued are handled.
+    async fn learn(&mut self, out: &mut Vec<Event>) {
+        let Some(watch) = &mut self.execs else {
+            return;
+        };
+        let opened = match watch.read().await {
+            Ok(opened) => opened,
+            Err(e) => return self.drop_fanotify(&format!("cannot read its events: {e}")),
+        };
+        if opened.overflowed {
+            log::warn!("fanotify: its queue overflowed, execs of watched files were lost");
+            out.push(Event::Lost { count: 1 });
+        }
+        let now = Instant::now();
+        let before = self.learnt.len();
+        self.learnt
+            .retain(|pid, at| now.duration_since(*at) < LEARNT_TTL || self.unseen.contains(pid));
+        let learnt = &self.learnt;
+        self.awaited.retain(|pid| learnt.contains_key(pid));
+        let own = std::process::id();
+        let mut fresh = Vec::new();
+        for pid in opened.pids {
+            // Watched ones too: the filter may have taken one after its
+            // exec (a restart, watched as its spawn returns), unless it
+            // held it before or its exec's datagram came.
+            let seen = (self.executed.remove(&pid))
+                .is_some_and(|key| procfs::exe_key(pid).is_ok_and(|now| now == key));
+            if pid == own || self.awaited.contains(&pid) || seen {
+                continue;
+            }
+            log::trace!("fanotify: {pid} opened a watched file");
+            if self.learnt.insert(pid, now).is_none() {
+                self.synced = false;
+            }
+            if !self.unseen.contains(&pid) {
+                self.unseen.push(pid);
+                fresh.push(pid);
+            }
+        }
+        if self.learnt.len() != before {
+            self.synced = false;
+        }
+        self.executed.clear();
+        // Before the looks in /proc.
+        self.sync_filter();
+        if !self.synced {
+            return;
+        }
+        let marked = |key| self.execs.as_ref().is_some_and(|w| w.is_marked(&key));
+        let before_exec: Vec<u32> = (fresh.into_iter())
+            .filter(|&pid| procfs::exe_key(pid).is_ok_and(|key| !marked(key)))
+            .collect();
+        for pid in before_exec {
+            log::trace!("fanotify: {pid} held before its exec");
+            self.unseen.retain(|&p| p != pid);
+            self.awaited.insert(pid);
+        }
+    }
+
+    /// Reports the execs that older filters may have dropped (see the
+    /// module's documentation), once the datagrams queued are handled.
+    fn report_unseen(&mut self, out: &mut Vec<Event>) {
+        let now = monotonic_ns();
+        for pid in std::mem::take(&mut self.unseen) {
+            let exe = procfs::exe_key(pid).ok();
+            if self.learnt.contains_key(&pid) {
+                let marked = |key| self.execs.as_ref().is_some_and(|w| w.is_marked(&key));
+                match exe {
+                    // Ended: every datagram it sent was handled, and none
+                    // was its exec's.
+                    None => {
+                        self.learnt.remove(&pid);
+                        self.synced = false;
+                    }
+                    // Its exec is over once argv is laid out (the datagram
+                    // follows at once, perhaps through the old filter).
+                    Some(key) if marked(key) && laid_out(pid) => {}
+                    Some(_) => {
+                        log::trace!("proc connector: {pid} still executing");
+                        continue; // its exec's datagram will pass
+                    }
+                }
+                log::debug!("proc connector: exec of {pid} seen from /proc");
+                out.push(Event::Exec(self.exec_seen(pid, now)));
+                // Handled: as if its datagram had come.
+                if self.learnt.remove(&pid).is_some() {
+                    self.synced = false;
+                }
+                self.awaited.remove(&pid);
+            } else if let Some(watched) = self.watched.get(&pid) {
+                if exe.is_some() && exe != watched.exe && laid_out(pid) {
+                    log::debug!("proc connector: {pid} executed before the filter held it");
+                    out.push(Event::Exec(self.exec_seen(pid, now)));
+                }
+            }
+        }
     }
 
     /// Waits for datagrams and appends their events to `out`. A full socket
@@ -209,13 +465,24 @@ impl ProcConnectorBackend {
     pub async fn read(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
         let before = out.len();
         loop {
+            // A spawn that never forked stops passing young execs.
+            if self
+                .spawns
+                .is_some_and(|(since, _)| since.elapsed() > SPAWN_TIMEOUT)
+            {
+                self.spawns = None;
+                self.synced = false;
+            }
             // Before the next datagram is handled; not before the events
             // of the last ones were handed over, which may start a restart.
             self.sync_filter();
             let mut drained = false;
-            if self.pending.is_empty() {
+            let waits = self.ended.is_empty() && self.unseen.is_empty();
+            if self.pending.is_empty() && waits && self.wait().await? {
+                self.learn(out).await;
+            } else if self.pending.is_empty() {
                 let (buf, pending) = (&mut self.buf, &mut self.pending);
-                let received = if self.ended.is_empty() {
+                let received = if waits {
                     let mut guard = self.socket.readable().await?;
                     let received = receive_batch(guard.get_inner().as_fd(), buf, BATCH, pending)?;
                     if received.drained {
@@ -230,6 +497,7 @@ impl ProcConnectorBackend {
             }
             self.handle(out);
             if drained && self.pending.is_empty() {
+                self.report_unseen(out);
                 self.report_ended(out);
             }
             if std::mem::take(&mut self.lost) {
@@ -261,7 +529,19 @@ impl ProcConnectorBackend {
                     tgid,
                     ktime_ns,
                 } if pid == tgid => {
+                    if self.learnt.remove(&pid).is_some() {
+                        self.synced = false;
+                    }
+                    self.awaited.remove(&pid);
                     let (exec, newly_watched) = self.on_exec(pid, ktime_ns);
+                    // Only an exec of a marked file has a fanotify event.
+                    let marked = |key| self.execs.as_ref().is_some_and(|w| w.is_marked(&key));
+                    let watched = self.watched.contains_key(&exec.pid);
+                    if let Some(key) = exec.file.filter(|&k| watched && marked(k)) {
+                        if self.executed.len() < 1024 {
+                            self.executed.insert(exec.pid, key);
+                        }
+                    }
                     out.push(Event::Exec(exec));
                     if newly_watched {
                         // At once: the daemon reads its launch context
@@ -296,15 +576,27 @@ impl ProcConnectorBackend {
             }
             return;
         }
-        self.forks.newest = tgid;
+        if self.forks.created(tgid) {
+            self.synced = false;
+        }
         if parent == std::process::id() {
+            if self.execs.is_some() {
+                // A restart or a hook: held before it executes (it would be
+                // learnt only as it does), so that its exec's datagram, with
+                // the kernel's timestamp, passes.
+                if self.learnt.insert(tgid, Instant::now()).is_none() {
+                    self.synced = false;
+                    self.own_children.push(tgid);
+                }
+                self.spawned(Instant::now());
+            }
             // armourd's own restarts and hooks pass because armourd's pid
-            // is in every filter: a newer threshold would not drop them.
+            // is in every filter: they are not forks passed for their age.
             return;
         }
         if !self.watched.contains_key(&parent) {
             // Passed for its age only: once too many did, the filter is
-            // made anew with a newer threshold.
+            // made anew with a newer window.
             self.forks.stale += 1;
             if self.forks.stale >= Forks::STALE {
                 self.synced = false;
@@ -315,7 +607,8 @@ impl ProcConnectorBackend {
             return;
         }
         let start = start_ticks(tgid);
-        self.insert(tgid, start, HashSet::from([tgid]));
+        let exe = self.watched.get(&parent).and_then(|p| p.exe);
+        self.insert(tgid, start, HashSet::from([tgid]), exe);
         out.push(Event::Fork {
             parent,
             child: tgid,
@@ -325,6 +618,13 @@ impl ProcConnectorBackend {
 
     /// Reports the process ended if `tid` was its last thread.
     fn on_exit(&mut self, tid: u32, tgid: u32, code: u32, ktime_ns: u64, out: &mut Vec<Event>) {
+        // A learnt process whose exec may have been dropped is looked at first.
+        if tid == tgid && !self.unseen.contains(&tgid) && self.learnt.remove(&tgid).is_some() {
+            self.synced = false;
+        }
+        if tid == tgid {
+            self.awaited.remove(&tgid);
+        }
         let Some(watched) = self.watched.get_mut(&tgid) else {
             return;
         };
@@ -400,12 +700,19 @@ impl ProcConnectorBackend {
         self.watched.remove(&pid).and_then(|w| w.start)
     }
 
-    fn insert(&mut self, pid: u32, start: Option<u64>, threads: HashSet<u32>) {
+    fn insert(
+        &mut self,
+        pid: u32,
+        start: Option<u64>,
+        threads: HashSet<u32>,
+        exe: Option<FileKey>,
+    ) {
         self.watched.insert(
             pid,
             Watched {
                 start,
                 threads,
+                exe,
                 ..Watched::default()
             },
         );
@@ -418,7 +725,8 @@ impl ProcConnectorBackend {
             return Ok(());
         }
         // Its threads are read once the filter holds it.
-        self.insert(pid, start_ticks(pid), HashSet::from([pid]));
+        let exe = procfs::exe_key(pid).ok();
+        self.insert(pid, start_ticks(pid), HashSet::from([pid]), exe);
         self.try_sync_filter()
     }
 
@@ -430,19 +738,34 @@ impl ProcConnectorBackend {
         }
     }
 
-    /// Watches every exec of `file` from the moment it is read, when it is
-    /// a watched executable (an interpreter's execs are left to the daemon).
-    pub fn set_file(&mut self, file: FileKey, mark: FileMark) -> Result<(), ProcConnectorError> {
+    /// Watches every exec of `file`, found at `path`, from the moment it
+    /// is read, when it is a watched executable (an interpreter's execs are
+    /// left to the daemon). With fanotify, both are marked; a file that
+    /// cannot be marked makes every exec pass the filter again.
+    pub fn set_file(
+        &mut self,
+        file: FileKey,
+        mark: FileMark,
+        path: &Path,
+    ) -> Result<(), ProcConnectorError> {
         match mark {
             FileMark::Watched => self.files.insert(file),
             FileMark::Interpreter => self.files.remove(&file),
         };
+        if let Some(watch) = &mut self.execs {
+            if let Err(e) = watch.mark(file, path) {
+                self.drop_fanotify(&error_chain(&e));
+            }
+        }
         Ok(())
     }
 
     /// Stops watching execs of `file` at once.
     pub fn remove_file(&mut self, file: FileKey) {
         self.files.remove(&file);
+        if let Some(watch) = &mut self.execs {
+            watch.unmark(file);
+        }
     }
 
     fn sync_filter(&mut self) {
@@ -456,11 +779,11 @@ impl ProcConnectorBackend {
             return Ok(());
         }
         let mut pids: Vec<u32> = self.watched.keys().copied().collect();
+        pids.extend(self.learnt.keys().copied());
         // armourd itself counts as a watched parent: the exit of a process it
         // just restarted passes even before the filter holds that process.
         pids.push(std::process::id());
-        let filter = filter::filter(&pids, self.forks.threshold());
-        self.forks.stale = 0;
+        let filter = filter::filter(&pids, self.forks.ages(), self.execs_mode());
         attach(self.socket.get_ref().as_fd(), &filter.insns).map_err(|source| {
             ProcConnectorError::Filter {
                 watched: pids.len(),
@@ -488,9 +811,79 @@ impl ProcConnectorBackend {
         }
         self.exact = filter.exact;
         self.synced = true;
+        self.forks.attached();
         self.look_up(&held);
+        // armourd's children held now: one still running armourd has not
+        // executed, and its exec's datagram will pass; one that has may
+        // have executed before (a restart whose fork was read late).
+        for pid in std::mem::take(&mut self.own_children) {
+            if !self.learnt.contains_key(&pid) {
+                continue;
+            }
+            let exe = procfs::exe_key(pid).ok();
+            if self.own_exe.is_some() && exe == self.own_exe {
+                log::trace!("proc connector: {pid}, armourd's child, held before its exec");
+                self.awaited.insert(pid);
+            } else if !self.unseen.contains(&pid) {
+                log::trace!(
+                    "proc connector: {pid}, armourd's child, held after its exec ({exe:?})"
+                );
+                self.unseen.push(pid);
+            }
+        }
+        if self.execs.is_some() {
+            // Its exec, if it executed before, was dropped (a learnt
+            // process is looked at as such).
+            for pid in held {
+                let learnt = self.learnt.contains_key(&pid) || self.awaited.contains(&pid);
+                if !self.unseen.contains(&pid) && !learnt {
+                    self.unseen.push(pid);
+                }
+            }
+        }
         Ok(())
     }
+}
+
+/// The fanotify group, unless turned off or unavailable (said once).
+fn open_exec_watch(wanted: bool) -> Option<ExecWatch> {
+    if !wanted {
+        log::info!(
+            "proc connector: fanotify turned off by {DISABLE_VAR}: every exec on the machine wakes armourd"
+        );
+        return None;
+    }
+    match ExecWatch::open() {
+        Ok(watch) => {
+            if !watch.exec_only() {
+                log::info!(
+                    "proc connector: this kernel has no FAN_OPEN_EXEC (Linux 5.0+): \
+                     reads of watched executables wake armourd too"
+                );
+            }
+            Some(watch)
+        }
+        Err(e) => {
+            log::warn!(
+                "proc connector: fanotify unavailable: {}; every exec on the machine wakes armourd",
+                error_chain(&e)
+            );
+            None
+        }
+    }
+}
+
+/// Whether `pid`'s exec, if it was executing, is over: its new argv is
+/// laid out (`/proc/PID/cmdline` reads empty in the middle of an exec).
+fn laid_out(pid: u32) -> bool {
+    procfs::cmdline(pid).is_ok_and(|argv| !argv.is_empty())
+}
+
+/// CLOCK_MONOTONIC in nanoseconds, the clock of the connector's timestamps.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
+        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+    })
 }
 
 fn start_ticks(pid: u32) -> Option<u64> {

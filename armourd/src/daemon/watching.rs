@@ -262,8 +262,8 @@ impl Daemon {
     }
 
     pub(super) fn install_marks(&mut self) {
-        for (key, mark) in self.watchlist.marks() {
-            if let Err(err) = self.engine.set_file(key, mark) {
+        for (key, mark, path) in self.watchlist.marked() {
+            if let Err(err) = self.engine.set_file(key, mark, path) {
                 log::warn!(
                     "cannot watch executable {key:?} in the kernel filter: {}",
                     error_chain(&err)

@@ -28,6 +28,7 @@ impl ProcConnectorBackend {
             // Only the thread that executed is left, now under `pid`.
             watched.threads = HashSet::from([pid]);
             let (start, file) = (watched.start, procfs::exe_key(pid).ok());
+            watched.exe = file;
             let exec = ExecEvent {
                 pid,
                 start,
@@ -60,10 +61,28 @@ impl ProcConnectorBackend {
         let watch = exec.file.is_some_and(|key| self.files.contains(&key));
         if watch {
             exec.start = start_ticks(exec.pid);
-            self.insert(exec.pid, exec.start, HashSet::from([exec.pid]));
+            self.insert(exec.pid, exec.start, HashSet::from([exec.pid]), exec.file);
             self.sync_filter();
         }
         (exec, watch)
+    }
+
+    /// An exec of `pid` whose datagram an older filter may have dropped,
+    /// as `/proc` shows it at `ktime_ns`: for a watched process, its new
+    /// executable (its threads, read from `/proc` as the filter took it,
+    /// stay); for another, as [`Self::on_exec`] reports it.
+    pub(super) fn exec_seen(&mut self, pid: u32, ktime_ns: u64) -> ExecEvent {
+        let Some(watched) = self.watched.get_mut(&pid) else {
+            return self.on_exec(pid, ktime_ns).0;
+        };
+        watched.exe = procfs::exe_key(pid).ok();
+        ExecEvent {
+            pid,
+            start: watched.start,
+            file: watched.exe,
+            ktime_ns: Some(ktime_ns),
+            ..ExecEvent::default()
+        }
     }
 
     /// The first process that `pid`, gone since its exec, forked (or that

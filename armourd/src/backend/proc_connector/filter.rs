@@ -2,18 +2,20 @@
 //! generating the classic BPF socket filter the proc-connector backend
 //! attaches to its netlink socket.
 //!
-//! The filter passes execs of thread-group leaders; forks by watched
-//! processes, and by processes newer than the filter (pid at or above a
-//! threshold user space keeps just below the newest pids it has seen: so
-//! that it sees a just-forked child's own forks before the filter holds it,
-//! as in a double fork); and new threads and ended threads whose process,
-//! or whose process's parent, is watched. Everything else (forks by older
-//! processes; UID, GID, SID, COMM, PTRACE, COREDUMP, NONZERO_EXIT, foreign
-//! datagrams) is dropped in the kernel. The watched set
+//! The filter passes execs of thread-group leaders (all of them, or with
+//! [`Execs::Held`] only those of the watched set, which then also holds the
+//! processes fanotify saw opening a watched executable); forks by watched
+//! processes, by young ones (see [`Ages`]: so that user space sees a
+//! just-forked child's own forks before the filter holds it, as in a double
+//! fork), and forks whose new pid is well past the young ones (pids moved
+//! on: user space makes the filter anew); and new threads and ended threads
+//! whose process, or whose process's parent, is watched. Everything else
+//! (forks by older processes; UID, GID, SID, COMM, PTRACE, COREDUMP,
+//! NONZERO_EXIT, foreign datagrams) is dropped in the kernel. The watched set
 //! is searched as a balanced tree of comparisons, twice at most (the process,
 //! then its parent, kept in scratch memory), so a datagram costs O(log n)
 //! instructions. A program holds at most [`BPF_MAXINSNS`] instructions, about
-//! 1,150 watched pids; beyond that every fork and exit passes.
+//! 1,140 watched pids; beyond that every fork and exit passes.
 //!
 //! Kernel facts: [`cn_proc.h`], [`connector.h`], [`filter.h`] and, for the
 //! interpreter, [`net/core/filter.c`] (word and half-word loads are
@@ -148,6 +150,8 @@ const LD_W_ABS: u16 = 0x20; // BPF_LD | BPF_W | BPF_ABS
 const LD_H_ABS: u16 = 0x28; // BPF_LD | BPF_H | BPF_ABS
 const LD_B_ABS: u16 = 0x30; // BPF_LD | BPF_B | BPF_ABS
 const LSH_K: u16 = 0x64; // BPF_ALU | BPF_LSH | BPF_K
+const ADD_K: u16 = 0x04; // BPF_ALU | BPF_ADD | BPF_K
+const SUB_K: u16 = 0x14; // BPF_ALU | BPF_SUB | BPF_K
 const OR_X: u16 = 0x4c; // BPF_ALU | BPF_OR | BPF_X
 const JA: u16 = 0x05; // BPF_JMP | BPF_JA
 const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
@@ -165,6 +169,55 @@ const DROP: u32 = 0;
 /// Keys compared one by one at the leaves of a search tree.
 const BUCKET: usize = 4;
 
+/// Which execs the filter passes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Execs {
+    /// Every exec of a thread-group leader: the connector does not say
+    /// which file ran, so user space must look at each.
+    All,
+    /// Only execs of processes in the watched set (fanotify tells which
+    /// other processes are about to execute a watched file).
+    Held,
+    /// Those, and execs of young processes (while armourd spawns a
+    /// restart, whose pid it cannot hold before the child executes).
+    HeldAndYoung,
+}
+
+/// `RESERVED_PIDS`: where pids start again once they reach `pid_max`.
+pub const RESERVED_PIDS: u32 = 300;
+
+/// Which processes count as young: pids are handed out in increasing order
+/// up to `pid_max`, then from [`RESERVED_PIDS`] again, so the pids handed
+/// out since user space last saw `from` lie just past it on that circle.
+/// Forks by processes up to `young` past `from` pass; so do forks whose new
+/// pid is `ahead` or more past it, so that user space moves `from` on
+/// before new processes are no longer young. Old processes count as young
+/// only while their pid is in that window, `young` of every `pid_max` pids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ages {
+    pub from: u32,
+    pub young: u32,
+    pub ahead: u32,
+    pub pid_max: u32,
+}
+
+impl Ages {
+    /// How far past `from` `pid` is, counting round the circle; a pid
+    /// below [`RESERVED_PIDS`] (handed out at boot only, not on the circle)
+    /// as far as can be.
+    pub fn past(&self, pid: u32) -> u32 {
+        if pid < RESERVED_PIDS {
+            return u32::MAX;
+        }
+        let d = pid.wrapping_sub(self.from);
+        if d >= self.pid_max {
+            d.wrapping_add(self.pid_max - RESERVED_PIDS)
+        } else {
+            d
+        }
+    }
+}
+
 /// A generated program.
 #[derive(Debug)]
 pub struct Filter {
@@ -174,19 +227,19 @@ pub struct Filter {
 }
 
 /// The program for the (sorted or unsorted) set `watched`, passing forks
-/// by processes whose pid is `newer_than` or above too.
-pub fn filter(watched: &[u32], newer_than: u32) -> Filter {
+/// by young processes as `ages` says, and `execs`.
+pub fn filter(watched: &[u32], ages: Ages, execs: Execs) -> Filter {
     // Loads yield big-endian words and the datagram holds host-order ones:
     // the trees compare, and are ordered by, what the loads will yield.
     let mut keys: Vec<u32> = watched.iter().map(|&pid| wire(pid)).collect();
     keys.sort_unstable();
     keys.dedup();
-    let insns = program(Some(&keys), newer_than);
+    let insns = program(Some(&keys), ages, execs);
     if insns.len() <= BPF_MAXINSNS {
         return Filter { insns, exact: true };
     }
     Filter {
-        insns: program(None, newer_than),
+        insns: program(None, ages, execs),
         exact: false,
     }
 }
@@ -265,6 +318,28 @@ fn load_number(offset: usize) -> Vec<Op> {
     ops
 }
 
+/// Passes the datagram when the pid at `offset` is at least `at_least`
+/// past `ages.from` ([`Ages::past`]) if `beyond`, or less if not; else, and
+/// for a pid below [`RESERVED_PIDS`] (not on the circle), falls through.
+fn pass_by_age(offset: usize, ages: Ages, at_least: u32, beyond: bool) -> Vec<Op> {
+    let mut ops = load_number(offset);
+    let past = [
+        stmt(SUB_K, ages.from),
+        jump(JGE_K, ages.pid_max, 0, 1),
+        stmt(ADD_K, ages.pid_max - RESERVED_PIDS),
+    ];
+    let verdict = if beyond {
+        [jump(JGE_K, at_least, 0, 1), stmt(RET_K, PASS)]
+    } else {
+        [jump(JGE_K, at_least, 1, 0), stmt(RET_K, PASS)]
+    };
+    let skip = (past.len() + verdict.len()) as u8;
+    ops.push(jump(JGE_K, RESERVED_PIDS, 0, skip));
+    ops.extend(past);
+    ops.extend(verdict);
+    ops
+}
+
 /// `A == k` falls through; anything else drops the datagram.
 fn require(k: u32) -> [Op; 2] {
     [jump(JEQ_K, k, 1, 0), stmt(RET_K, DROP)]
@@ -275,8 +350,8 @@ fn dispatch(k: u32, label: Label) -> [Op; 2] {
     [jump(JEQ_K, k, 0, 1), Op::Goto(label)]
 }
 
-/// The whole program; with `keys` None, every fork and exit passes.
-fn program(keys: Option<&[u32]>, newer_than: u32) -> Vec<sock_filter> {
+/// The whole program; with `keys` None, every fork, exit and exec passes.
+fn program(keys: Option<&[u32]>, ages: Ages, execs: Execs) -> Vec<sock_filter> {
     use offset::*;
     let mut ops = vec![stmt(LD_H_ABS, NLMSG_TYPE as u32)];
     ops.extend(require(wire16(libc::NLMSG_DONE as u16)));
@@ -290,14 +365,28 @@ fn program(keys: Option<&[u32]>, newer_than: u32) -> Vec<sock_filter> {
     ops.extend([jump(JEQ_K, wire(PROC_EVENT_NONE), 0, 1), stmt(RET_K, PASS)]);
     ops.push(stmt(RET_K, DROP));
 
-    // Exec: pass when pid == tgid (always so once de_thread ran).
+    // Exec: pass when pid == tgid (always so once de_thread ran), and with
+    // `Execs::Held` when the process is in the set (searched twice, as M[0]
+    // holds it too).
     ops.extend([
         Op::Here(Label::Exec),
         load(EXEC_PID),
         stmt(TAX, 0),
         load(EXEC_TGID),
     ]);
-    ops.extend([jump(JEQ_X, 0, 0, 1), stmt(RET_K, PASS), stmt(RET_K, DROP)]);
+    match execs {
+        Execs::All => ops.extend([jump(JEQ_X, 0, 0, 1), stmt(RET_K, PASS), stmt(RET_K, DROP)]),
+        Execs::Held => {
+            ops.extend([jump(JEQ_X, 0, 1, 0), stmt(RET_K, DROP), stmt(ST, 0)]);
+            ops.push(Op::Goto(Label::First));
+        }
+        Execs::HeldAndYoung => {
+            ops.extend([jump(JEQ_X, 0, 1, 0), stmt(RET_K, DROP)]);
+            ops.extend(pass_by_age(EXEC_TGID, ages, ages.young, false));
+            ops.extend([load(EXEC_TGID), stmt(ST, 0)]);
+            ops.push(Op::Goto(Label::First));
+        }
+    }
 
     // Fork: a new thread (child_pid != child_tgid) of a watched process, or
     // of a watched process's child (its `parent` is the process's parent):
@@ -306,10 +395,11 @@ fn program(keys: Option<&[u32]>, newer_than: u32) -> Vec<sock_filter> {
     ops.extend([load(FORK_CHILD_TGID), jump(JEQ_X, 0, 4, 0)]);
     ops.extend([load(FORK_PARENT_TGID), stmt(ST, 0), load(FORK_CHILD_TGID)]);
     ops.push(Op::Goto(Label::First));
-    // A new process, forked by a process newer than the filter (a child
-    // not held yet: a double fork), or by a watched one.
-    ops.extend(load_number(FORK_PARENT_TGID));
-    ops.extend([jump(JGE_K, newer_than, 0, 1), stmt(RET_K, PASS)]);
+    // A new process, forked by a young process (a child not held yet: a
+    // double fork), or with a pid well past the young ones (user space
+    // moves them on), or by a watched process.
+    ops.extend(pass_by_age(FORK_PARENT_TGID, ages, ages.young, false));
+    ops.extend(pass_by_age(FORK_CHILD_TGID, ages, ages.ahead, true));
     ops.extend([load(FORK_PARENT_TGID), stmt(ST, 0)]);
     ops.push(Op::Goto(Label::First));
 

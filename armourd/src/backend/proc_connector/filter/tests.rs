@@ -28,6 +28,8 @@ fn run(insns: &[sock_filter], packet: &[u8]) -> (u32, usize) {
                 None => return (0, steps),
             },
             LSH_K => a <<= insn.k,
+            ADD_K => a = a.wrapping_add(insn.k),
+            SUB_K => a = a.wrapping_sub(insn.k),
             OR_X => a |= x,
             TAX => x = a,
             ST => mem[k] = Some(a),
@@ -124,33 +126,121 @@ fn datagrams_decode_to_messages() {
 
 #[test]
 fn execs_of_leaders_pass() {
-    let f = filter(&[], 1000);
+    let f = filter(&[], ages(1000), Execs::All);
     assert!(passes(&f, &exec(100, 100)));
     assert!(!passes(&f, &exec(101, 100)));
 }
 
 #[test]
-fn forks_pass_by_watched_processes_and_by_processes_newer_than_the_filter() {
-    let f = filter(&[100, 70_000], 5000);
+fn held_execs_pass_only_for_processes_in_the_set() {
+    let f = filter(&[100, 70_000], ages(5000), Execs::Held);
+    assert!(passes(&f, &exec(100, 100)));
+    assert!(passes(&f, &exec(70_000, 70_000)));
+    assert!(!passes(&f, &exec(101, 101)), "another process");
+    assert!(
+        !passes(&f, &exec(9000, 9000)),
+        "newer than the filter: still dropped"
+    );
+    assert!(!passes(&f, &exec(101, 100)), "not a leader");
+    // Forks and exits are judged as with every exec passing.
+    assert!(passes(&f, &fork(100, 101, 101)));
+    assert!(passes(&f, &exit(100, 100, 0, 1)));
+    assert!(!passes(&f, &exit(101, 101, 0, 1)));
+}
+
+#[test]
+fn while_spawning_execs_of_young_processes_pass_too() {
+    let f = filter(&[100], ages(5000), Execs::HeldAndYoung);
+    assert!(passes(&f, &exec(100, 100)), "a watched process");
+    assert!(passes(&f, &exec(5100, 5100)), "a young one");
+    assert!(!passes(&f, &exec(4000, 4000)), "an old one");
+    assert!(!passes(&f, &exec(5101, 5100)), "not a leader");
+    assert!(passes(&f, &exit(100, 100, 0, 1)));
+    assert!(!passes(&f, &exit(5100, 5100, 0, 1)));
+}
+
+#[test]
+fn too_many_pids_pass_every_held_exec() {
+    let f = filter(&pids(5000), ages(1000), Execs::Held);
+    assert!(!f.exact);
+    assert!(passes(&f, &exec(7, 7)));
+}
+
+/// A window of young processes from `from`, on a machine with a large pid_max.
+fn ages(from: u32) -> Ages {
+    Ages {
+        from,
+        young: 2048,
+        ahead: 1024,
+        pid_max: 4_194_304,
+    }
+}
+
+/// No process is young, and no new pid moves the window on.
+fn old() -> Ages {
+    Ages {
+        from: 0,
+        young: 0,
+        ahead: u32::MAX,
+        pid_max: 4_194_304,
+    }
+}
+
+#[test]
+fn forks_pass_by_watched_processes_and_by_young_ones() {
+    let f = filter(&[100, 70_000], ages(5000), Execs::All);
     assert!(passes(&f, &fork(100, 6000, 6000)), "by a watched process");
     assert!(passes(&f, &fork(70_000, 6001, 6001)), "by another");
-    assert!(passes(&f, &fork(5000, 6002, 6002)), "by the oldest new one");
+    assert!(
+        passes(&f, &fork(5000, 6002, 6002)),
+        "by the oldest young one"
+    );
     // Numbers whose bytes order them differently than their values.
-    for newer in [5001, 5376, 65_536 + 7, 4_194_303] {
-        assert!(passes(&f, &fork(newer, 6003, 6003)), "by {newer}");
+    for young in [5001, 5376, 7047] {
+        assert!(passes(&f, &fork(young, 6003, 6003)), "by {young}");
     }
-    for older in [1, 101, 4999, 4864, 255, 256] {
+    for older in [1, 101, 4999, 4864, 255, 256, 7048, 65_536 + 7, 4_194_303] {
         assert!(!passes(&f, &fork(older, 6004, 6004)), "by {older}");
     }
-    assert!(
-        passes(&filter(&[], 0), &fork(1, 2, 2)),
-        "threshold 0: every fork"
-    );
+}
+
+#[test]
+fn young_processes_are_counted_round_the_wrap() {
+    let ages = Ages {
+        from: 31_500,
+        young: 2048,
+        ahead: 1024,
+        pid_max: 32_768,
+    };
+    let f = filter(&[], ages, Execs::All);
+    for young in [31_500, 32_767, 300, 1079] {
+        assert!(passes(&f, &fork(young, 31_600, 31_600)), "by {young}");
+    }
+    for old in [100, 299, 1080, 20_000, 31_499] {
+        assert!(!passes(&f, &fork(old, 31_600, 31_600)), "by {old}");
+    }
+}
+
+#[test]
+fn a_fork_past_the_first_half_of_the_window_passes_to_move_it_on() {
+    let ages = Ages {
+        from: 31_500,
+        young: 2048,
+        ahead: 1024,
+        pid_max: 32_768,
+    };
+    let f = filter(&[], ages, Execs::All);
+    for far in [32_524, 32_767, 400, 20_000] {
+        assert!(passes(&f, &fork(20_000, far, far)), "new pid {far}");
+    }
+    for near in [31_500, 32_523, 100] {
+        assert!(!passes(&f, &fork(20_000, near, near)), "new pid {near}");
+    }
 }
 
 #[test]
 fn other_events_and_foreign_datagrams_are_dropped() {
-    let f = filter(&[100], 1000);
+    let f = filter(&[100], ages(1000), Execs::All);
     for what in [0x4, 0x40, 0x80, 0x100, 0x200, 0x2000_0000, 0x4000_0000] {
         assert!(!passes(&f, &datagram(what, &[100, 100])), "what {what:#x}");
     }
@@ -170,7 +260,7 @@ fn other_events_and_foreign_datagrams_are_dropped() {
 
 #[test]
 fn threads_pass_of_watched_processes_and_their_children() {
-    let f = filter(&[100, 200], 1000);
+    let f = filter(&[100, 200], ages(1000), Execs::All);
     assert!(
         passes(&f, &fork(1, 301, 100)),
         "a new thread of a watched process"
@@ -199,9 +289,9 @@ fn pids(n: u32) -> Vec<u32> {
 
 #[test]
 fn every_watched_pid_and_no_other_is_found_at_every_size() {
-    for n in (0..40).chain([100, 255, 256, 500, 1000, 1150]) {
+    for n in (0..40).chain([100, 255, 256, 500, 1000, 1140]) {
         let watched = pids(n);
-        let f = filter(&watched, u32::MAX);
+        let f = filter(&watched, old(), Execs::All);
         assert!(f.exact, "{n} pids");
         for &pid in &watched {
             let found = [
@@ -226,22 +316,22 @@ fn every_watched_pid_and_no_other_is_found_at_every_size() {
 
 #[test]
 fn a_datagram_costs_logarithmic_instructions() {
-    let watched = pids(1150);
-    let f = filter(&watched, u32::MAX);
+    let watched = pids(1140);
+    let f = filter(&watched, old(), Execs::All);
     let most = (watched.iter().flat_map(|&p| [p, p + 1]))
         .map(|pid| run(&f.insns, &exit(pid, pid, 0, 1)).1)
         .max();
-    // The fixed part, then two searches of depth log2(1150 / 4) + a bucket.
+    // The fixed part, then two searches of depth log2(1140 / 4) + a bucket.
     assert!(most.unwrap() <= 50, "{most:?} instructions");
 }
 
 #[test]
 fn too_many_pids_pass_every_fork_and_exit() {
     let fits = (1..3000)
-        .take_while(|&n| filter(&pids(n), 1000).exact)
+        .take_while(|&n| filter(&pids(n), ages(1000), Execs::All).exact)
         .last();
-    assert!(fits >= Some(1150), "only {fits:?} pids fit");
-    let f = filter(&pids(fits.unwrap() + 1), 1000);
+    assert!(fits >= Some(1140), "only {fits:?} pids fit");
+    let f = filter(&pids(fits.unwrap() + 1), ages(1000), Execs::All);
     assert!(!f.exact);
     let all = [exit(99_999, 99_999, 0, 1), fork(1, 9, 99_998), exec(7, 7)];
     assert!(all.iter().all(|p| passes(&f, p)));
