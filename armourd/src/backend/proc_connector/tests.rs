@@ -163,8 +163,11 @@ fn a_watched_exec_gone_at_once_is_reported_as_the_fork_it_left_running() {
             .extend([exec_message(pid), fork_message(pid, subshell)]);
         let mut out = Vec::new();
         backend.handle(&mut out);
+        // The read-ahead takes real datagrams: the subshell's own `sleep`
+        // children may be reported too; the exec that stands for `pid` is
+        // the one looked for.
         let exec = out.iter().find_map(|event| match event {
-            Event::Exec(exec) => Some(exec.clone()),
+            Event::Exec(exec) if exec.pid == pid || exec.pid == subshell => Some(exec.clone()),
             _ => None,
         });
         // SAFETY: plain syscall on a pid this test started.
