@@ -50,9 +50,9 @@ pub const QUIET_WINDOW: Duration = Duration::from_millis(1500);
 mod backend_kind;
 
 /// An event backend of armourd: the daemon's own enum. The proc connector
-/// runs as `ProcConnectorFanotify` (fanotify, as with CAP_SYS_ADMIN) and as
-/// `ProcConnector` (fanotify turned off by `ARMOURD_FANOTIFY=off`, as
-/// without it).
+/// runs as `ProcConnectorFanotify` (fanotify turned on by
+/// `ARMOURD_FANOTIFY=on`) and as `ProcConnector` (the default, fanotify
+/// off).
 pub use backend_kind::Backend;
 
 /// How armourd is started to run a backend: `--backend`, and the
@@ -72,6 +72,7 @@ impl Launch for Backend {
     fn env(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Backend::ProcConnector => &[("ARMOURD_FANOTIFY", "off")],
+            Backend::ProcConnectorFanotify => &[("ARMOURD_FANOTIFY", "on")],
             _ => &[],
         }
     }

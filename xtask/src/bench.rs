@@ -72,7 +72,7 @@ pub struct BenchOptions {
 }
 
 /// The rows: each backend as `ready` names it; the proc connector with
-/// fanotify (as it runs with CAP_SYS_ADMIN) and without (as without it).
+/// fanotify (`ARMOURD_FANOTIFY=on`) and without (the default).
 const BACKENDS: [&str; 3] = ["ebpf", "proc-connector+fanotify", "proc-connector"];
 
 /// How armourd is started for the row `backend`: `--backend`, and the
@@ -80,7 +80,7 @@ const BACKENDS: [&str; 3] = ["ebpf", "proc-connector+fanotify", "proc-connector"
 fn launch(backend: &str) -> (&'static str, &'static [(&'static str, &'static str)]) {
     match backend {
         "ebpf" => ("ebpf", &[]),
-        "proc-connector+fanotify" => ("proc-connector", &[]),
+        "proc-connector+fanotify" => ("proc-connector", &[("ARMOURD_FANOTIFY", "on")]),
         _ => ("proc-connector", &[("ARMOURD_FANOTIFY", "off")]),
     }
 }

@@ -89,7 +89,7 @@ use std::{
 };
 
 use armourd_common::FileKey;
-use fanotify::{ExecWatch, DISABLE_VAR};
+use fanotify::{ExecWatch, ENABLE_VAR};
 use filter::{Execs, Message, CN_IDX_PROC};
 use forks::Forks;
 use libc::{c_int, sockaddr_nl, socklen_t};
@@ -208,11 +208,11 @@ pub struct ProcConnectorBackend {
 }
 
 impl ProcConnectorBackend {
-    /// Opens and subscribes the socket, with fanotify unless the
-    /// environment turns it off ([`DISABLE_VAR`]) or it is unavailable
-    /// (said once). Must run inside the tokio runtime.
+    /// Opens and subscribes the socket, with fanotify if the environment
+    /// turns it on ([`ENABLE_VAR`]) and it is available (said once). Must
+    /// run inside the tokio runtime.
     pub fn open() -> Result<Self, ProcConnectorError> {
-        Self::open_with(!ExecWatch::disabled())
+        Self::open_with(ExecWatch::enabled())
     }
 
     /// [`Self::open`], with fanotify if `fanotify` (and available).
@@ -845,11 +845,12 @@ impl ProcConnectorBackend {
     }
 }
 
-/// The fanotify group, unless turned off or unavailable (said once).
+/// The fanotify group, if turned on and available (said once).
 fn open_exec_watch(wanted: bool) -> Option<ExecWatch> {
     if !wanted {
         log::info!(
-            "proc connector: fanotify turned off by {DISABLE_VAR}: every exec on the machine wakes armourd"
+            "proc connector: every exec on the machine wakes armourd \
+             ({ENABLE_VAR}=on filters them in the kernel with fanotify)"
         );
         return None;
     }
