@@ -13,7 +13,7 @@ use nix::{
 };
 use tokio::{
     io::unix::AsyncFd,
-    signal::unix::{signal, SignalKind},
+    signal::unix::{signal, Signal as Caught, SignalKind},
 };
 
 mod bus_link;
@@ -104,6 +104,10 @@ pub async fn run_service(
     answering: Answering,
     mut service: Service,
 ) -> Result<(), DaemonError> {
+    // First: a signal sent while armourd starts, or just after its ready
+    // line (a reload right after the start), must not take its default
+    // action, which ends armourd.
+    let mut signals = Signals::install()?;
     let keeper = persist::Keeper::new(service.state_dir.take());
     let engine = Engine::start(choice)?;
     let requests = requests::start(answering, engine.kind()).await;
@@ -152,7 +156,7 @@ pub async fn run_service(
     }
     let status = daemon.status_line();
     daemon.upkeep.ready(&status);
-    let result = daemon.event_loop(&mut dirs).await;
+    let result = daemon.event_loop(&mut dirs, &mut signals).await;
     daemon.upkeep.stop(result.is_ok());
     result
 }
@@ -161,14 +165,44 @@ fn setup(what: &'static str, source: io::Error) -> DaemonError {
     DaemonError::Setup { what, source }
 }
 
+/// The signals armourd answers, caught from the start of [`run_service`].
+struct Signals {
+    term: Caught,
+    int: Caught,
+    hup: Caught,
+    chld: Caught,
+    usr1: Caught,
+    usr2: Caught,
+}
+
+impl Signals {
+    fn install() -> Result<Self, DaemonError> {
+        let catch = |kind, name| signal(kind).map_err(|e| setup(name, e));
+        Ok(Self {
+            term: catch(SignalKind::terminate(), "SIGTERM")?,
+            int: catch(SignalKind::interrupt(), "SIGINT")?,
+            hup: catch(SignalKind::hangup(), "SIGHUP")?,
+            chld: catch(SignalKind::child(), "SIGCHLD")?,
+            usr1: catch(SignalKind::user_defined1(), "SIGUSR1")?,
+            usr2: catch(SignalKind::user_defined2(), "SIGUSR2")?,
+        })
+    }
+}
+
 impl Daemon {
-    async fn event_loop(&mut self, dirs: &mut AsyncFd<DirWatch>) -> Result<(), DaemonError> {
-        let mut term = signal(SignalKind::terminate()).map_err(|e| setup("SIGTERM", e))?;
-        let mut int = signal(SignalKind::interrupt()).map_err(|e| setup("SIGINT", e))?;
-        let mut hup = signal(SignalKind::hangup()).map_err(|e| setup("SIGHUP", e))?;
-        let mut chld = signal(SignalKind::child()).map_err(|e| setup("SIGCHLD", e))?;
-        let mut usr1 = signal(SignalKind::user_defined1()).map_err(|e| setup("SIGUSR1", e))?;
-        let mut usr2 = signal(SignalKind::user_defined2()).map_err(|e| setup("SIGUSR2", e))?;
+    async fn event_loop(
+        &mut self,
+        dirs: &mut AsyncFd<DirWatch>,
+        signals: &mut Signals,
+    ) -> Result<(), DaemonError> {
+        let Signals {
+            term,
+            int,
+            hup,
+            chld,
+            usr1,
+            usr2,
+        } = signals;
         let mut events = Vec::new();
         loop {
             let deadline = [

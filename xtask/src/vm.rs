@@ -581,7 +581,7 @@ fn boot(
     };
     command
         .args([
-            "-smp", "2", "-m", "2G", "-nic", "none", "-display", "none", "-monitor", "none",
+            "-smp", "2", "-m", "3G", "-nic", "none", "-display", "none", "-monitor", "none",
         ])
         .args(["-serial", "stdio", "-no-reboot"])
         .arg("-kernel")
