@@ -431,10 +431,18 @@ impl ProcConnectorBackend {
                 let marked = |key| self.execs.as_ref().is_some_and(|w| w.is_marked(&key));
                 match exe {
                     // Ended: every datagram it sent was handled, and none
-                    // was its exec's.
+                    // was its exec's. A watched one (learnt again by a
+                    // second event of one exec: a script, then its
+                    // interpreter) is reported by its own end, not as an
+                    // exec of nothing, which would take it for another
+                    // program.
                     None => {
                         self.learnt.remove(&pid);
                         self.synced = false;
+                        if self.watched.contains_key(&pid) {
+                            self.awaited.remove(&pid);
+                            continue;
+                        }
                     }
                     // Its exec is over once argv is laid out (the datagram
                     // follows at once, perhaps through the old filter).

@@ -39,6 +39,11 @@ impl Daemon {
         }
         let Some(key) = exec.file else {
             self.adopt_orphans_of(pid);
+            if self.supervisor.is_watched(pid) && !alive(ProcId { pid, start: exec.start }) {
+                // Gone before its exec could be read: its end tells.
+                log::debug!("pid {pid} ended before its exec could be read; its end will tell");
+                return Vec::new();
+            }
             return self.supervisor.exec_other(pid);
         };
         if self.watchlist.file(&key).is_none() && !self.watchlist.is_interpreter(&key) {
@@ -47,7 +52,17 @@ impl Daemon {
         }
         let argv = match &exec.argv {
             Some(argv) => argv.clone(),
-            None => procfs::cmdline(pid).unwrap_or_default(),
+            None => match procfs::cmdline(pid) {
+                Ok(argv) if !argv.is_empty() => argv,
+                // A watched process that ended (or is a zombie) before its
+                // exec could be read: its end tells what became of it, not
+                // this exec, which must not take it for another program.
+                _ if self.supervisor.is_watched(pid) => {
+                    log::debug!("pid {pid}: exec not readable in /proc; its end will tell");
+                    return Vec::new();
+                }
+                other => other.unwrap_or_default(),
+            },
         };
         let Some(found) = self
             .watchlist
