@@ -39,7 +39,12 @@ impl Daemon {
         }
         let Some(key) = exec.file else {
             self.adopt_orphans_of(pid);
-            if self.supervisor.is_watched(pid) && !alive(ProcId { pid, start: exec.start }) {
+            if self.supervisor.is_watched(pid)
+                && !alive(ProcId {
+                    pid,
+                    start: exec.start,
+                })
+            {
                 // Gone before its exec could be read: its end tells.
                 log::debug!("pid {pid} ended before its exec could be read; its end will tell");
                 return Vec::new();
