@@ -123,9 +123,6 @@ mount -t debugfs debugfs /sys/kernel/debug 2>/dev/null
 mkdir -p /root
 ip link set lo up 2>/dev/null
 say() { echo "armourd-vm: $*"; }
-# The capacity tests fork some 16,600 processes: pid_max must exceed that
-# (kernel.threads-max follows the guest's memory: 3 GiB allow about 23,000).
-echo 65536 > /proc/sys/kernel/pid_max
 for module in /armourd/modules/*.ko; do
     [ -e "$module" ] || continue
     insmod "$module" $(cat "$module.args" 2>/dev/null) || say "insmod $module failed"
