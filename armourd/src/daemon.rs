@@ -371,8 +371,6 @@ impl Daemon {
                     spec,
                     configured,
                 } => {
-                    // Before the child can exist.
-                    self.engine.spawning();
                     self.spawner.submit(Job {
                         instance,
                         spec,
@@ -427,13 +425,25 @@ impl Daemon {
 
     /// A restart's spawn is over.
     fn spawn_done(&mut self, done: Done) {
-        if let Ok(pid) = done.result {
-            self.latencies.spawned(pid, done.began_ns);
+        let pid = done.result.as_ref().ok().copied();
+        if !done.claimed {
+            if let Some(pid) = pid {
+                self.latencies.spawned(pid, done.began_ns);
+            }
+            let actions = self
+                .supervisor
+                .spawned(done.instance, done.result, Instant::now());
+            self.apply(actions);
         }
-        let actions = self
-            .supervisor
-            .spawned(done.instance, done.result, Instant::now());
-        self.apply(actions);
+        // Where the exec's datagram may not pass, the restart's exec is
+        // timed by its spawning thread (unless the datagram came first).
+        if let (Some(pid), Some(executed)) = (pid, done.executed_ns) {
+            if self.engine.may_miss_exec_times() {
+                if let Some(text) = self.latencies.executed(pid, executed) {
+                    log::debug!("pid {pid} restart latency {text}");
+                }
+            }
+        }
     }
 
     /// Feeds the watchdogs when due; the instances of critical entries

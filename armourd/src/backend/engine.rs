@@ -115,12 +115,11 @@ impl Engine {
         }
     }
 
-    /// A restart is about to be spawned: its exec is to be reported with
-    /// the kernel's time though its pid is not known yet.
-    pub fn spawning(&mut self) {
-        if let Self::ProcConnector(b) = self {
-            b.spawning();
-        }
+    /// Whether restarts' execs may be reported without the kernel's time
+    /// (the proc connector with fanotify: the filter may hold a restart
+    /// only after it executed).
+    pub fn may_miss_exec_times(&self) -> bool {
+        matches!(self, Self::ProcConnector(b) if b.has_fanotify())
     }
 
     /// Forgets executions of `file`.

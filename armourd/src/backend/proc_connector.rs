@@ -59,12 +59,13 @@
 //! handled, when it ends, or after [`LEARNT_TTL`] (a failed exec).
 //! A learnt process that runs no marked file yet once the filter holds it
 //! has not executed it: its exec's datagram will pass, no look is needed.
-//! armourd's own children (restarts, hooks) are held from their fork, and
-//! while a restart is spawned ([`ProcConnectorBackend::spawning`]) until
-//! its fork is read, execs of young processes pass too: the child executes
-//! at once, before armourd can hold it, and its exec keeps the kernel's
-//! timestamp. A fanotify event of an exec whose datagram was handled needs
-//! no look either.
+//! armourd's own children (restarts, hooks) are held from their fork: when
+//! the fork is read before the child executes, its exec's datagram passes;
+//! else the exec is found as any other, without the kernel's timestamp (a
+//! restart's is then the time its spawning thread saw it execute). Nothing
+//! is attached before a restart is spawned, which would delay it. A
+//! fanotify event of an exec whose datagram was handled needs no look
+//! either.
 //! The same holds for a watched process's child that executed before the
 //! filter held it: its exec is reported from `/proc` if its executable is
 //! no longer its parent's. Without fanotify every exec passes, as the
@@ -114,9 +115,6 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long a process learnt from fanotify stays in the filter when
 /// neither its exec nor its end was seen (its exec failed).
 const LEARNT_TTL: Duration = Duration::from_secs(30);
-/// How long execs of young processes pass for a spawn whose fork is not
-/// read (it failed before forking).
-const SPAWN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why the proc-connector backend cannot run.
 #[derive(thiserror::Error, Debug)]
@@ -194,9 +192,6 @@ pub struct ProcConnectorBackend {
     awaited: HashSet<u32>,
     /// armourd's own executable, which its children run until they execute.
     own_exe: Option<FileKey>,
-    /// Since when restarts are being spawned whose child's fork was not
-    /// read yet, and how many: meanwhile execs of young processes pass.
-    spawns: Option<(Instant, u32)>,
     /// Processes whose exec of a marked file made them watched since
     /// fanotify was last read, and that file: the fanotify event of that
     /// exec, queued before its datagram, needs no look in `/proc` while the
@@ -282,7 +277,6 @@ impl ProcConnectorBackend {
             own_children: Vec::new(),
             awaited: HashSet::new(),
             own_exe: procfs::exe_key(std::process::id()).ok(),
-            spawns: None,
             executed: HashMap::new(),
             unseen: Vec::new(),
         })
@@ -294,39 +288,9 @@ impl ProcConnectorBackend {
     }
 
     fn execs_mode(&self) -> Execs {
-        match (&self.execs, self.spawns) {
-            (None, _) => Execs::All,
-            (Some(_), None) => Execs::Held,
-            (Some(_), Some(_)) => Execs::HeldAndYoung,
-        }
-    }
-
-    /// armourd is about to spawn a child (a restart) whose pid the filter
-    /// cannot hold before it executes: until its fork is read, the filter
-    /// passes execs of young processes too, so that the child's exec is
-    /// reported by its datagram, with the kernel's time, as without
-    /// fanotify, not found later in `/proc`. (Attached after the spawn
-    /// began, the filter would come too late about half the time.)
-    pub fn spawning(&mut self) {
-        if self.execs.is_none() {
-            return;
-        }
-        let count = self.spawns.map_or(0, |(_, n)| n);
-        self.spawns = Some((Instant::now(), count + 1));
-        self.synced = false;
-        self.sync_filter();
-    }
-
-    /// The fork of a child armourd spawned was read, or the spawns took
-    /// too long (one failed before it forked).
-    fn spawned(&mut self, now: Instant) {
-        match self.spawns {
-            Some((_, n)) if n > 1 => self.spawns = Some((now, n - 1)),
-            Some(_) => {
-                self.spawns = None;
-                self.synced = false;
-            }
-            None => {}
+        match &self.execs {
+            None => Execs::All,
+            Some(_) => Execs::Held,
         }
     }
 
@@ -424,7 +388,6 @@ impl ProcConnectorBackend {
     /// Reports the execs that older filters may have dropped (see the
     /// module's documentation), once the datagrams queued are handled.
     fn report_unseen(&mut self, out: &mut Vec<Event>) {
-        let now = monotonic_ns();
         for pid in std::mem::take(&mut self.unseen) {
             let exe = procfs::exe_key(pid).ok();
             if self.learnt.contains_key(&pid) {
@@ -453,7 +416,7 @@ impl ProcConnectorBackend {
                     }
                 }
                 log::debug!("proc connector: exec of {pid} seen from /proc");
-                out.push(Event::Exec(self.exec_seen(pid, now)));
+                out.push(Event::Exec(self.exec_seen(pid)));
                 // Handled: as if its datagram had come.
                 if self.learnt.remove(&pid).is_some() {
                     self.synced = false;
@@ -462,7 +425,7 @@ impl ProcConnectorBackend {
             } else if let Some(watched) = self.watched.get(&pid) {
                 if exe.is_some() && exe != watched.exe && laid_out(pid) {
                     log::debug!("proc connector: {pid} executed before the filter held it");
-                    out.push(Event::Exec(self.exec_seen(pid, now)));
+                    out.push(Event::Exec(self.exec_seen(pid)));
                 }
             }
         }
@@ -473,14 +436,6 @@ impl ProcConnectorBackend {
     pub async fn read(&mut self, out: &mut Vec<Event>) -> io::Result<()> {
         let before = out.len();
         loop {
-            // A spawn that never forked stops passing young execs.
-            if self
-                .spawns
-                .is_some_and(|(since, _)| since.elapsed() > SPAWN_TIMEOUT)
-            {
-                self.spawns = None;
-                self.synced = false;
-            }
             // Before the next datagram is handled; not before the events
             // of the last ones were handed over, which may start a restart.
             self.sync_filter();
@@ -541,7 +496,7 @@ impl ProcConnectorBackend {
                         self.synced = false;
                     }
                     self.awaited.remove(&pid);
-                    let (exec, newly_watched) = self.on_exec(pid, ktime_ns);
+                    let (exec, newly_watched) = self.on_exec(pid, Some(ktime_ns));
                     // Only an exec of a marked file has a fanotify event.
                     let marked = |key| self.execs.as_ref().is_some_and(|w| w.is_marked(&key));
                     let watched = self.watched.contains_key(&exec.pid);
@@ -596,7 +551,6 @@ impl ProcConnectorBackend {
                     self.synced = false;
                     self.own_children.push(tgid);
                 }
-                self.spawned(Instant::now());
             }
             // armourd's own restarts and hooks pass because armourd's pid
             // is in every filter: they are not forks passed for their age.
@@ -886,13 +840,6 @@ fn open_exec_watch(wanted: bool) -> Option<ExecWatch> {
 /// laid out (`/proc/PID/cmdline` reads empty in the middle of an exec).
 fn laid_out(pid: u32) -> bool {
     procfs::cmdline(pid).is_ok_and(|argv| !argv.is_empty())
-}
-
-/// CLOCK_MONOTONIC in nanoseconds, the clock of the connector's timestamps.
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |t| {
-        t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-    })
 }
 
 fn start_ticks(pid: u32) -> Option<u64> {

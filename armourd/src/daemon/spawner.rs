@@ -57,12 +57,20 @@ pub struct Done {
     pub result: Result<u32, SpawnError>,
     /// When the spawn was handed to a worker (`CLOCK_MONOTONIC` ns).
     pub began_ns: u64,
+    /// When the worker saw the child execute its program: the kernel lets
+    /// the spawning thread go once the exec has replaced the child's
+    /// memory (`CLONE_VFORK`). `None` for a spawn that failed.
+    pub executed_ns: Option<u64>,
+    /// The kernel reported the exec first ([`Spawner::claim`]): only
+    /// `executed_ns` is news.
+    pub claimed: bool,
 }
 
 /// What the worker hands back.
 struct Report {
     job: u64,
     result: Result<u32, SpawnError>,
+    executed_ns: u64,
 }
 
 /// An order for a worker.
@@ -220,6 +228,8 @@ impl Spawner {
                 instance: running.instance,
                 result: Err(SpawnError::Hung { exe: running.exe }),
                 began_ns: monotonic_ns(),
+                executed_ns: None,
+                claimed: false,
             });
         }
         self.dispatch();
@@ -233,13 +243,12 @@ impl Spawner {
             self.idle.push(running.worker);
         }
         self.dispatch();
-        if running.claimed {
-            return None;
-        }
         Some(Done {
             instance: running.instance,
+            executed_ns: report.result.is_ok().then_some(report.executed_ns),
             result: report.result,
             began_ns: running.began_ns,
+            claimed: running.claimed,
         })
     }
 
@@ -313,11 +322,13 @@ impl Spawner {
 fn work(inbox: &std_mpsc::Receiver<Order>, reports: &mpsc::UnboundedSender<Report>) {
     while let Ok(order) = inbox.recv() {
         let result = spawn::spawn(&order.spec, &order.slot);
+        let executed_ns = monotonic_ns();
         // The spec goes before the report: the daemon may drop the instance.
         drop(order.spec);
         let report = Report {
             job: order.job,
             result,
+            executed_ns,
         };
         if reports.send(report).is_err() {
             return;

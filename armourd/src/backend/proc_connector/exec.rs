@@ -22,8 +22,7 @@ impl ProcConnectorBackend {
     /// watched a process. An exec of a watched executable is watched at
     /// once; one whose process is gone before it could be looked at is
     /// reported as the exec of what it forked that still runs that program.
-    pub(super) fn on_exec(&mut self, pid: u32, ktime_ns: u64) -> (ExecEvent, bool) {
-        let ktime_ns = Some(ktime_ns);
+    pub(super) fn on_exec(&mut self, pid: u32, ktime_ns: Option<u64>) -> (ExecEvent, bool) {
         if let Some(watched) = self.watched.get_mut(&pid) {
             // Only the thread that executed is left, now under `pid`.
             watched.threads = HashSet::from([pid]);
@@ -68,19 +67,18 @@ impl ProcConnectorBackend {
     }
 
     /// An exec of `pid` whose datagram an older filter may have dropped,
-    /// as `/proc` shows it at `ktime_ns`: for a watched process, its new
+    /// as `/proc` shows it now (when it executed is not known): for a watched process, its new
     /// executable (its threads, read from `/proc` as the filter took it,
     /// stay); for another, as [`Self::on_exec`] reports it.
-    pub(super) fn exec_seen(&mut self, pid: u32, ktime_ns: u64) -> ExecEvent {
+    pub(super) fn exec_seen(&mut self, pid: u32) -> ExecEvent {
         let Some(watched) = self.watched.get_mut(&pid) else {
-            return self.on_exec(pid, ktime_ns).0;
+            return self.on_exec(pid, None).0;
         };
         watched.exe = procfs::exe_key(pid).ok();
         ExecEvent {
             pid,
             start: watched.start,
             file: watched.exe,
-            ktime_ns: Some(ktime_ns),
             ..ExecEvent::default()
         }
     }

@@ -178,9 +178,6 @@ pub enum Execs {
     /// Only execs of processes in the watched set (fanotify tells which
     /// other processes are about to execute a watched file).
     Held,
-    /// Those, and execs of young processes (while armourd spawns a
-    /// restart, whose pid it cannot hold before the child executes).
-    HeldAndYoung,
 }
 
 /// `RESERVED_PIDS`: where pids start again once they reach `pid_max`.
@@ -378,12 +375,6 @@ fn program(keys: Option<&[u32]>, ages: Ages, execs: Execs) -> Vec<sock_filter> {
         Execs::All => ops.extend([jump(JEQ_X, 0, 0, 1), stmt(RET_K, PASS), stmt(RET_K, DROP)]),
         Execs::Held => {
             ops.extend([jump(JEQ_X, 0, 1, 0), stmt(RET_K, DROP), stmt(ST, 0)]);
-            ops.push(Op::Goto(Label::First));
-        }
-        Execs::HeldAndYoung => {
-            ops.extend([jump(JEQ_X, 0, 1, 0), stmt(RET_K, DROP)]);
-            ops.extend(pass_by_age(EXEC_TGID, ages, ages.young, false));
-            ops.extend([load(EXEC_TGID), stmt(ST, 0)]);
             ops.push(Op::Goto(Label::First));
         }
     }
