@@ -50,9 +50,8 @@ pub const QUIET_WINDOW: Duration = Duration::from_millis(1500);
 mod backend_kind;
 
 /// An event backend of armourd: the daemon's own enum. The proc connector
-/// runs as `ProcConnectorFanotify` (fanotify turned on by
-/// `ARMOURD_FANOTIFY=on`) and as `ProcConnector` (the default, fanotify
-/// off).
+/// runs as `ProcConnectorFanotify` (with fanotify, the default) and as
+/// `ProcConnector` (fanotify turned off by `ARMOURD_FANOTIFY=off`).
 pub use backend_kind::Backend;
 
 /// How armourd is started to run a backend: `--backend`, and the

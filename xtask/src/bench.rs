@@ -72,7 +72,7 @@ pub struct BenchOptions {
 }
 
 /// The rows: each backend as `ready` names it; the proc connector with
-/// fanotify (`ARMOURD_FANOTIFY=on`) and without (the default).
+/// fanotify (the default) and without (`ARMOURD_FANOTIFY=off`).
 const BACKENDS: [&str; 3] = ["ebpf", "proc-connector+fanotify", "proc-connector"];
 
 /// How armourd is started for the row `backend`: `--backend`, and the

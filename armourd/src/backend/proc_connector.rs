@@ -203,8 +203,9 @@ pub struct ProcConnectorBackend {
 }
 
 impl ProcConnectorBackend {
-    /// Opens and subscribes the socket, with fanotify if the environment
-    /// turns it on ([`ENABLE_VAR`]) and it is available (said once). Must
+    /// Opens and subscribes the socket, with fanotify unless the
+    /// environment turns it off ([`ENABLE_VAR`]) or it is not available
+    /// (said once). Must
     /// run inside the tokio runtime.
     pub fn open() -> Result<Self, ProcConnectorError> {
         Self::open_with(ExecWatch::enabled())
@@ -811,8 +812,8 @@ impl ProcConnectorBackend {
 fn open_exec_watch(wanted: bool) -> Option<ExecWatch> {
     if !wanted {
         log::info!(
-            "proc connector: every exec on the machine wakes armourd \
-             ({ENABLE_VAR}=on filters them in the kernel with fanotify)"
+            "proc connector: fanotify turned off ({ENABLE_VAR}=off): every exec on the \
+             machine wakes armourd"
         );
         return None;
     }

@@ -43,9 +43,8 @@ use nix::{
 };
 use tokio::io::unix::AsyncFd;
 
-/// The environment variable that turns fanotify on (`1`, `on`, `yes`,
-/// `true`). Off by default: with it, the storm's cost falls below 1 % of a
-/// core, but restarts are slower in the tail (README, "Backends").
+/// The environment variable that turns fanotify off (`0`, `off`, `no`,
+/// `false`); it is on by default, where it can be (README, "Backends").
 pub const ENABLE_VAR: &str = "ARMOURD_FANOTIFY";
 
 /// Why fanotify cannot be used or a file cannot be marked.
@@ -89,9 +88,10 @@ pub(super) struct ExecWatch {
 }
 
 impl ExecWatch {
-    /// Whether the environment turns fanotify on.
+    /// Whether fanotify is wanted: unless the environment turns it off.
     pub fn enabled() -> bool {
-        std::env::var(ENABLE_VAR).is_ok_and(|v| matches!(v.trim(), "1" | "on" | "yes" | "true"))
+        std::env::var(ENABLE_VAR)
+            .map_or(true, |v| !matches!(v.trim(), "0" | "off" | "no" | "false"))
     }
 
     /// Creates the group. Must run inside the tokio runtime.
