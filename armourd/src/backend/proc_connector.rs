@@ -166,6 +166,10 @@ pub struct ProcConnectorBackend {
     synced: bool,
     /// Whether the attached filter holds every watched pid.
     exact: bool,
+    /// What the attached filter was made of (its pids sorted): the same
+    /// again is not attached again (a restart held from its fork as a
+    /// learnt process, then watched, changes nothing the filter sees).
+    attached: (Vec<u32>, filter::Ages, Execs),
     /// Decoded and not yet handled, oldest first.
     pending: VecDeque<Message>,
     /// Found without a live thread once the filter held them, with what
@@ -232,7 +236,8 @@ impl ProcConnectorBackend {
         };
         // Filter first, so that nothing unfiltered is queued once bound.
         let forks = Forks::read();
-        let initial = filter::filter(&[std::process::id()], forks.ages(), mode);
+        let attached = (vec![std::process::id()], forks.ages(), mode);
+        let initial = filter::filter(&attached.0, attached.1, attached.2);
         attach(fd.as_fd(), &initial.insns)
             .map_err(|source| ProcConnectorError::Filter { watched: 0, source })?;
         let address = netlink_address(CN_IDX_PROC);
@@ -267,6 +272,7 @@ impl ProcConnectorBackend {
             watched: HashMap::new(),
             synced: true,
             exact: true,
+            attached,
             files: HashSet::new(),
             pending: pending.into(),
             ended: Vec::new(),
@@ -746,14 +752,25 @@ impl ProcConnectorBackend {
         // armourd itself counts as a watched parent: the exit of a process it
         // just restarted passes even before the filter holds that process.
         pids.push(std::process::id());
-        let filter = filter::filter(&pids, self.forks.ages(), self.execs_mode());
-        attach(self.socket.get_ref().as_fd(), &filter.insns).map_err(|source| {
-            ProcConnectorError::Filter {
-                watched: pids.len(),
-                source,
-            }
-        })?;
-        match (self.exact, filter.exact) {
+        pids.sort_unstable();
+        pids.dedup();
+        let made_of = (pids, self.forks.ages(), self.execs_mode());
+        let exact = if made_of == self.attached {
+            self.exact
+        } else {
+            let (pids, ages, execs) = &made_of;
+            let filter = filter::filter(pids, *ages, *execs);
+            attach(self.socket.get_ref().as_fd(), &filter.insns).map_err(|source| {
+                ProcConnectorError::Filter {
+                    watched: pids.len(),
+                    source,
+                }
+            })?;
+            self.attached = made_of;
+            filter.exact
+        };
+        let pids = &self.attached.0;
+        match (self.exact, exact) {
             (true, false) => log::warn!(
                 "proc connector: {} watched processes do not fit in a socket filter \
                  ({} instructions at most): every fork and exit reaches armourd",
@@ -772,7 +789,7 @@ impl ProcConnectorBackend {
                 held.push(pid);
             }
         }
-        self.exact = filter.exact;
+        self.exact = exact;
         self.synced = true;
         self.forks.attached();
         self.look_up(&held);
