@@ -90,7 +90,7 @@ use std::{
 };
 
 use armourd_common::FileKey;
-use fanotify::{ExecWatch, ENABLE_VAR};
+use fanotify::{ExecWatch, DISABLE_VAR};
 use filter::{Execs, Message, CN_IDX_PROC};
 use forks::Forks;
 use libc::{c_int, sockaddr_nl, socklen_t};
@@ -208,11 +208,10 @@ pub struct ProcConnectorBackend {
 
 impl ProcConnectorBackend {
     /// Opens and subscribes the socket, with fanotify unless the
-    /// environment turns it off ([`ENABLE_VAR`]) or it is not available
-    /// (said once). Must
-    /// run inside the tokio runtime.
+    /// environment turns it off ([`DISABLE_VAR`]) or it is unavailable
+    /// (said once). Must run inside the tokio runtime.
     pub fn open() -> Result<Self, ProcConnectorError> {
-        Self::open_with(ExecWatch::enabled())
+        Self::open_with(!ExecWatch::disabled())
     }
 
     /// [`Self::open`], with fanotify if `fanotify` (and available).
@@ -825,12 +824,11 @@ impl ProcConnectorBackend {
     }
 }
 
-/// The fanotify group, if turned on and available (said once).
+/// The fanotify group, unless turned off or unavailable (said once).
 fn open_exec_watch(wanted: bool) -> Option<ExecWatch> {
     if !wanted {
         log::info!(
-            "proc connector: fanotify turned off ({ENABLE_VAR}=off): every exec on the \
-             machine wakes armourd"
+            "proc connector: fanotify turned off by {DISABLE_VAR}: every exec on the machine wakes armourd"
         );
         return None;
     }

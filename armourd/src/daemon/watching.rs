@@ -39,14 +39,7 @@ impl Daemon {
         }
         let Some(key) = exec.file else {
             self.adopt_orphans_of(pid);
-            if self.supervisor.is_watched(pid)
-                && !alive(ProcId {
-                    pid,
-                    start: exec.start,
-                })
-            {
-                // Gone before its exec could be read: its end tells.
-                log::debug!("pid {pid} ended before its exec could be read; its end will tell");
+            if self.watched_and_gone(pid, exec.start) {
                 return Vec::new();
             }
             return self.supervisor.exec_other(pid);
@@ -59,13 +52,7 @@ impl Daemon {
             Some(argv) => argv.clone(),
             None => match procfs::cmdline(pid) {
                 Ok(argv) if !argv.is_empty() => argv,
-                // A watched process that ended (or is a zombie) before its
-                // exec could be read: its end tells what became of it, not
-                // this exec, which must not take it for another program.
-                _ if self.supervisor.is_watched(pid) => {
-                    log::debug!("pid {pid}: exec not readable in /proc; its end will tell");
-                    return Vec::new();
-                }
+                _ if self.watched_and_gone(pid, exec.start) => return Vec::new(),
                 other => other.unwrap_or_default(),
             },
         };
@@ -115,6 +102,17 @@ impl Daemon {
             adopted: false,
         };
         self.supervisor.exec(exec, now)
+    }
+
+    /// Whether `pid` is watched and ended (or is a zombie) before its exec
+    /// could be read from `/proc`: its end tells what became of it, not
+    /// that exec, which must not take it for another program.
+    fn watched_and_gone(&self, pid: u32, start: Option<u64>) -> bool {
+        let gone = self.supervisor.is_watched(pid) && !alive(ProcId { pid, start });
+        if gone {
+            log::debug!("pid {pid} ended before its exec could be read; its end will tell");
+        }
+        gone
     }
 
     /// Adopts running processes of watched files (of `only`, if given).

@@ -67,9 +67,10 @@ impl ProcConnectorBackend {
     }
 
     /// An exec of `pid` whose datagram an older filter may have dropped,
-    /// as `/proc` shows it now (when it executed is not known): for a watched process, its new
-    /// executable (its threads, read from `/proc` as the filter took it,
-    /// stay); for another, as [`Self::on_exec`] reports it.
+    /// as `/proc` shows it now (when it executed is not known): for a
+    /// watched process, its new executable (its threads, read from `/proc`
+    /// as the filter took it, stay); for another, as [`Self::on_exec`]
+    /// reports it.
     pub(super) fn exec_seen(&mut self, pid: u32) -> ExecEvent {
         let Some(watched) = self.watched.get_mut(&pid) else {
             return self.on_exec(pid, None).0;

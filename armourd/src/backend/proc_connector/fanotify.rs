@@ -45,7 +45,7 @@ use tokio::io::unix::AsyncFd;
 
 /// The environment variable that turns fanotify off (`0`, `off`, `no`,
 /// `false`); it is on by default, where it can be (README, "Backends").
-pub const ENABLE_VAR: &str = "ARMOURD_FANOTIFY";
+pub const DISABLE_VAR: &str = "ARMOURD_FANOTIFY";
 
 /// Why fanotify cannot be used or a file cannot be marked.
 #[derive(thiserror::Error, Debug)]
@@ -88,10 +88,9 @@ pub(super) struct ExecWatch {
 }
 
 impl ExecWatch {
-    /// Whether fanotify is wanted: unless the environment turns it off.
-    pub fn enabled() -> bool {
-        std::env::var(ENABLE_VAR)
-            .map_or(true, |v| !matches!(v.trim(), "0" | "off" | "no" | "false"))
+    /// Whether the environment turns fanotify off.
+    pub fn disabled() -> bool {
+        std::env::var(DISABLE_VAR).is_ok_and(|v| matches!(v.trim(), "0" | "off" | "no" | "false"))
     }
 
     /// Creates the group. Must run inside the tokio runtime.
