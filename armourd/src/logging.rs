@@ -138,8 +138,18 @@ impl Log for Dispatch {
         // A line that cannot be written is lost: there is nowhere to say so.
         match &mut *sink {
             Sink::Stderr => {
-                let level = record.level().as_str().to_lowercase();
-                let _ = writeln!(io::stderr().lock(), "armourd: {level}: {}", record.args());
+                let level = match record.level() {
+                    log::Level::Error => "error",
+                    log::Level::Warn => "warn",
+                    log::Level::Info => "info",
+                    log::Level::Debug => "debug",
+                    log::Level::Trace => "trace",
+                };
+                // One write a line: unbuffered stderr would take one per
+                // piece, each waking whoever reads the other end, and a
+                // reader could see half a line.
+                let line = format!("armourd: {level}: {}\n", record.args());
+                let _ = io::stderr().lock().write_all(line.as_bytes());
             }
             Sink::Syslog(logger) => {
                 let text = record.args().to_string();

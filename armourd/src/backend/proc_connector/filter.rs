@@ -14,8 +14,12 @@
 //! NONZERO_EXIT, foreign datagrams) is dropped in the kernel. The watched set
 //! is searched as a balanced tree of comparisons, twice at most (the process,
 //! then its parent, kept in scratch memory), so a datagram costs O(log n)
-//! instructions. A program holds at most [`BPF_MAXINSNS`] instructions, about
-//! 1,140 watched pids; beyond that every fork and exit passes.
+//! instructions. The tree's keys are runs of consecutive watched pids, each
+//! one key: the restarts of a burst get consecutive pids, and the program,
+//! made anew as they come and go, stays short (the kernel checks and compiles
+//! every instruction at each attach). A program holds at most
+//! [`BPF_MAXINSNS`] instructions, about 1,100 watched pids that are not
+//! consecutive; beyond that every fork and exit passes.
 //!
 //! Kernel facts: [`cn_proc.h`], [`connector.h`], [`filter.h`] and, for the
 //! interpreter, [`net/core/filter.c`] (word and half-word loads are
@@ -157,6 +161,7 @@ const JA: u16 = 0x05; // BPF_JMP | BPF_JA
 const JEQ_K: u16 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
 const JEQ_X: u16 = 0x1d; // BPF_JMP | BPF_JEQ | BPF_X
 const JGE_K: u16 = 0x35; // BPF_JMP | BPF_JGE | BPF_K
+const JGT_K: u16 = 0x25; // BPF_JMP | BPF_JGT | BPF_K
 const RET_K: u16 = 0x06; // BPF_RET | BPF_K
 const TAX: u16 = 0x07; // BPF_MISC | BPF_TAX
 const ST: u16 = 0x02; // BPF_ST (to M[k])
@@ -168,6 +173,28 @@ const DROP: u32 = 0;
 
 /// Keys compared one by one at the leaves of a search tree.
 const BUCKET: usize = 4;
+
+/// Consecutive watched pids, `first..=last`: one key of the search.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    first: u32,
+    last: u32,
+}
+
+/// The runs of the sorted, deduplicated `pids`.
+fn runs(pids: &[u32]) -> Vec<Run> {
+    let mut runs: Vec<Run> = Vec::new();
+    for &pid in pids {
+        match runs.last_mut() {
+            Some(run) if run.last.checked_add(1) == Some(pid) => run.last = pid,
+            _ => runs.push(Run {
+                first: pid,
+                last: pid,
+            }),
+        }
+    }
+    runs
+}
 
 /// Which execs the filter passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,12 +253,10 @@ pub struct Filter {
 /// The program for the (sorted or unsorted) set `watched`, passing forks
 /// by young processes as `ages` says, and `execs`.
 pub fn filter(watched: &[u32], ages: Ages, execs: Execs) -> Filter {
-    // Loads yield big-endian words and the datagram holds host-order ones:
-    // the trees compare, and are ordered by, what the loads will yield.
-    let mut keys: Vec<u32> = watched.iter().map(|&pid| wire(pid)).collect();
-    keys.sort_unstable();
-    keys.dedup();
-    let insns = program(Some(&keys), ages, execs);
+    let mut pids = watched.to_vec();
+    pids.sort_unstable();
+    pids.dedup();
+    let insns = program(Some(&runs(&pids)), ages, execs);
     if insns.len() <= BPF_MAXINSNS {
         return Filter { insns, exact: true };
     }
@@ -296,15 +321,16 @@ fn load(offset: usize) -> Op {
     stmt(LD_W_ABS, offset as u32)
 }
 
-/// Loads the host-order field at `offset` as a number, which `JGE` can
+/// Loads the host-order pid at `offset` as a number, which `JGE` can
 /// compare: a word load where the host is big-endian, else from its bytes,
-/// the most significant first, shifted in through X.
-fn load_number(offset: usize) -> Vec<Op> {
+/// the most significant first, shifted in through X. Pids stay below
+/// `PID_MAX_LIMIT` (2^22): their top byte, zero, is not loaded.
+fn load_pid(offset: usize) -> Vec<Op> {
     if cfg!(target_endian = "big") {
         return vec![load(offset)];
     }
-    let mut ops = vec![stmt(LD_B_ABS, (offset + 3) as u32)];
-    for byte in (0..3).rev() {
+    let mut ops = vec![stmt(LD_B_ABS, (offset + 2) as u32)];
+    for byte in (0..2).rev() {
         ops.extend([
             stmt(LSH_K, 8),
             stmt(TAX, 0),
@@ -319,7 +345,7 @@ fn load_number(offset: usize) -> Vec<Op> {
 /// past `ages.from` ([`Ages::past`]) if `beyond`, or less if not; else, and
 /// for a pid below [`RESERVED_PIDS`] (not on the circle), falls through.
 fn pass_by_age(offset: usize, ages: Ages, at_least: u32, beyond: bool) -> Vec<Op> {
-    let mut ops = load_number(offset);
+    let mut ops = load_pid(offset);
     let past = [
         stmt(SUB_K, ages.from),
         jump(JGE_K, ages.pid_max, 0, 1),
@@ -348,7 +374,8 @@ fn dispatch(k: u32, label: Label) -> [Op; 2] {
 }
 
 /// The whole program; with `keys` None, every fork, exit and exec passes.
-fn program(keys: Option<&[u32]>, ages: Ages, execs: Execs) -> Vec<sock_filter> {
+/// The searches compare pids as numbers, loaded as [`load_pid`] does.
+fn program(keys: Option<&[Run]>, ages: Ages, execs: Execs) -> Vec<sock_filter> {
     use offset::*;
     let mut ops = vec![stmt(LD_H_ABS, NLMSG_TYPE as u32)];
     ops.extend(require(wire16(libc::NLMSG_DONE as u16)));
@@ -374,34 +401,36 @@ fn program(keys: Option<&[u32]>, ages: Ages, execs: Execs) -> Vec<sock_filter> {
     match execs {
         Execs::All => ops.extend([jump(JEQ_X, 0, 0, 1), stmt(RET_K, PASS), stmt(RET_K, DROP)]),
         Execs::Held => {
-            ops.extend([jump(JEQ_X, 0, 1, 0), stmt(RET_K, DROP), stmt(ST, 0)]);
-            ops.push(Op::Goto(Label::First));
+            ops.extend([jump(JEQ_X, 0, 1, 0), stmt(RET_K, DROP)]);
+            ops.extend(load_pid(EXEC_TGID));
+            ops.extend([stmt(ST, 0), Op::Goto(Label::First)]);
         }
     }
 
     // Fork: a new thread (child_pid != child_tgid) of a watched process, or
     // of a watched process's child (its `parent` is the process's parent):
     // followed to know the last one.
+    let mut thread = load_pid(FORK_PARENT_TGID);
+    thread.push(stmt(ST, 0));
+    thread.extend(load_pid(FORK_CHILD_TGID));
+    thread.push(Op::Goto(Label::First));
     ops.extend([Op::Here(Label::Fork), load(FORK_CHILD_PID), stmt(TAX, 0)]);
-    ops.extend([load(FORK_CHILD_TGID), jump(JEQ_X, 0, 4, 0)]);
-    ops.extend([load(FORK_PARENT_TGID), stmt(ST, 0), load(FORK_CHILD_TGID)]);
-    ops.push(Op::Goto(Label::First));
+    ops.extend([load(FORK_CHILD_TGID), jump(JEQ_X, 0, thread.len() as u8, 0)]);
+    ops.extend(thread);
     // A new process, forked by a young process (a child not held yet: a
     // double fork), or with a pid well past the young ones (user space
     // moves them on), or by a watched process.
     ops.extend(pass_by_age(FORK_PARENT_TGID, ages, ages.young, false));
     ops.extend(pass_by_age(FORK_CHILD_TGID, ages, ages.ahead, true));
-    ops.extend([load(FORK_PARENT_TGID), stmt(ST, 0)]);
-    ops.push(Op::Goto(Label::First));
+    ops.extend(load_pid(FORK_PARENT_TGID));
+    ops.extend([stmt(ST, 0), Op::Goto(Label::First)]);
 
     // Exit of a thread of a watched process, or of a watched process's child
     // (which may end before the filter holds it).
-    ops.extend([
-        Op::Here(Label::Exit),
-        load(EXIT_PARENT_TGID),
-        stmt(ST, 0),
-        load(EXIT_TGID),
-    ]);
+    ops.push(Op::Here(Label::Exit));
+    ops.extend(load_pid(EXIT_PARENT_TGID));
+    ops.push(stmt(ST, 0));
+    ops.extend(load_pid(EXIT_TGID));
 
     // Two searches of the watched set, for A, then for M[0].
     let pass = Exit::Ret(PASS);
@@ -414,18 +443,30 @@ fn program(keys: Option<&[u32]>, ages: Ages, execs: Execs) -> Vec<sock_filter> {
     resolve(&ops)
 }
 
-/// A balanced search for `A` among sorted `keys`: a `JGE` per inner node,
-/// up to [`BUCKET`] `JEQ`s per leaf, each leaf ending in its own exits so
-/// that no conditional jump reaches further than the leaf.
-fn tree(keys: &[u32], hit: Exit, miss: Exit) -> Vec<Op> {
+/// A balanced search for `A` among sorted, disjoint `keys`: a `JGE` per
+/// inner node, up to [`BUCKET`] runs per leaf (a `JEQ` for a single pid, a
+/// `JGE` and a `JGT` for more), each leaf ending in its own exits so that
+/// no conditional jump reaches further than the leaf.
+fn tree(keys: &[Run], hit: Exit, miss: Exit) -> Vec<Op> {
     if keys.len() <= BUCKET {
-        let n = keys.len();
-        // Key i jumps over the keys after it and the miss exit, to the hit exit.
-        let mut ops: Vec<Op> = (keys.iter().enumerate())
-            .map(|(i, &k)| jump(JEQ_K, k, (n - i) as u8, 0))
-            .collect();
+        // Each check that finds `A` jumps over the checks after it and the
+        // miss exit, to the hit exit.
+        let mut ops: Vec<Op> = Vec::with_capacity(2 * keys.len() + 2);
+        let len: usize = keys
+            .iter()
+            .map(|r| if r.first == r.last { 1 } else { 2 })
+            .sum();
+        for run in keys {
+            if run.first == run.last {
+                ops.push(jump(JEQ_K, run.first, (len - ops.len()) as u8, 0));
+            } else {
+                // Below the run: on to the next one; past it: too.
+                ops.push(jump(JGE_K, run.first, 0, 1));
+                ops.push(jump(JGT_K, run.last, 0, (len - ops.len()) as u8));
+            }
+        }
         ops.push(miss.op());
-        if n > 0 {
+        if !keys.is_empty() {
             ops.push(hit.op());
         }
         return ops;
@@ -436,9 +477,12 @@ fn tree(keys: &[u32], hit: Exit, miss: Exit) -> Vec<Op> {
     let right = tree(&keys[mid..], hit, miss);
     let mut ops = Vec::with_capacity(left.len() + right.len() + 2);
     match u8::try_from(left.len()) {
-        Ok(skip) => ops.push(jump(JGE_K, keys[mid], skip, 0)),
+        Ok(skip) => ops.push(jump(JGE_K, keys[mid].first, skip, 0)),
         // Conditional offsets are 8 bits; JA takes 32.
-        Err(_) => ops.extend([jump(JGE_K, keys[mid], 0, 1), stmt(JA, left.len() as u32)]),
+        Err(_) => ops.extend([
+            jump(JGE_K, keys[mid].first, 0, 1),
+            stmt(JA, left.len() as u32),
+        ]),
     }
     ops.extend(left);
     ops.extend(right);
