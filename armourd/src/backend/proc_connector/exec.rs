@@ -45,10 +45,17 @@ impl ProcConnectorBackend {
             ..ExecEvent::default()
         };
         let own_watched = own.is_some_and(|key| self.files.contains(&key));
+        let stat = own_watched.then(|| procfs::stat(pid).ok()).flatten();
+        // A child of armourd's (a restart, whose exec the daemon awaits, or
+        // a hook, rarely) needs no launch context: armourd started it. Its
+        // exec is its own, not a fork's of a process gone.
+        let armourds = stat.as_ref().is_some_and(|s| s.ppid == std::process::id());
         // Read at once, before it can end: the daemon falls back on it.
-        let mut context = own_watched.then(|| launch_context(pid)).flatten();
+        let mut context = (own_watched && !armourds)
+            .then(|| launch_context(pid))
+            .flatten();
         let unknown = own.is_none() && !self.files.is_empty();
-        if context.is_none() && (unknown || own_watched) {
+        if context.is_none() && !armourds && (unknown || own_watched) {
             if let Some(heir) = self.heir_of_exec(pid) {
                 (exec.pid, exec.file, context) = (heir.pid, Some(heir.file), Some(heir.context));
             }
@@ -59,7 +66,10 @@ impl ProcConnectorBackend {
         }
         let watch = exec.file.is_some_and(|key| self.files.contains(&key));
         if watch {
-            exec.start = start_ticks(exec.pid);
+            exec.start = match stat {
+                Some(stat) if exec.pid == pid => Some(stat.start_ticks),
+                _ => start_ticks(exec.pid),
+            };
             self.insert(exec.pid, exec.start, HashSet::from([exec.pid]), exec.file);
             self.sync_filter();
         }

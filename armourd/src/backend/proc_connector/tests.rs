@@ -107,8 +107,57 @@ fn datagrams_after_an_unwatched_exec_wait_until_the_daemon_had_it() {
     });
 }
 
+/// Starts `/bin/sleep 30` as a child of a shell that ends at once, so
+/// that it is not the test's (armourd's) child; returns its pid once its
+/// exec has laid out argv. The caller kills it.
+fn orphan_sleep() -> u32 {
+    let mut shell = Command::new("/bin/sh")
+        .args(["-c", "/bin/sleep 30 & echo $!"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(shell.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    shell.wait().unwrap();
+    let pid: u32 = line.trim().parse().unwrap();
+    let cmdline = format!("/proc/{pid}/cmdline");
+    wait_for("its exec", || {
+        fs::read(&cmdline).is_ok_and(|a| a.starts_with(b"/bin/sleep"))
+    });
+    pid
+}
+
 #[test]
 fn an_exec_of_a_watched_executable_is_watched_and_handed_over_at_once() {
+    let pid = orphan_sleep();
+    let key = procfs::exe_key(pid).unwrap();
+    with_backend(|backend| {
+        let exe = format!("/proc/{pid}/exe");
+        backend
+            .set_file(key, FileMark::Watched, exe.as_ref())
+            .unwrap();
+        backend
+            .pending
+            .extend([exec_message(pid), fork_message(pid, NEVER)]);
+        let mut out = Vec::new();
+        backend.handle(&mut out);
+        // SAFETY: plain syscall on a pid this test started.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        let [Event::Exec(exec)] = &out[..] else {
+            panic!("{out:?}")
+        };
+        assert_eq!((exec.pid, exec.file), (pid, Some(key)));
+        assert_eq!(exec.argv, Some(vec!["/bin/sleep".into(), "30".into()]));
+        assert!(exec.env.is_some() && exec.uid.is_some() && exec.start.is_some());
+        assert!(backend.watched.contains_key(&pid) && backend.synced);
+        assert_eq!(backend.pending.len(), 1, "the daemon has the exec first");
+    });
+}
+
+#[test]
+fn an_exec_of_armourds_own_child_is_watched_without_reading_how_it_started() {
     let sleeper = Proc::spawn("/bin/sleep", &["30"]);
     let pid = sleeper.pid();
     // A vfork parent goes on before its child's exec has laid out argv.
@@ -122,19 +171,17 @@ fn an_exec_of_a_watched_executable_is_watched_and_handed_over_at_once() {
         backend
             .set_file(key, FileMark::Watched, exe.as_ref())
             .unwrap();
-        backend
-            .pending
-            .extend([exec_message(pid), fork_message(pid, NEVER)]);
+        backend.pending.push_back(exec_message(pid));
         let mut out = Vec::new();
         backend.handle(&mut out);
         let [Event::Exec(exec)] = &out[..] else {
             panic!("{out:?}")
         };
+        // A restart: the daemon knows how it started.
         assert_eq!((exec.pid, exec.file), (pid, Some(key)));
-        assert_eq!(exec.argv, Some(vec!["/bin/sleep".into(), "30".into()]));
-        assert!(exec.env.is_some() && exec.uid.is_some() && exec.start.is_some());
+        assert!(exec.argv.is_none() && exec.env.is_none());
+        assert_eq!(exec.start, start_ticks(pid));
         assert!(backend.watched.contains_key(&pid) && backend.synced);
-        assert_eq!(backend.pending.len(), 1, "the daemon has the exec first");
     });
 }
 
