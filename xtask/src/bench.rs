@@ -175,6 +175,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         print!("{text}");
         return Ok(());
     }
+    let services = burst::services()?;
     let load_before = load_average();
     let mut reports = Vec::new();
     for backend in BACKENDS {
@@ -187,7 +188,7 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
                     Err(err) => println!("bench: {backend} crash loop failed: {err:#}"),
                 }
                 println!("bench: {backend} burst and soak …");
-                match burst::measure(&built.daemon, backend) {
+                match burst::measure(&built.daemon, backend, &services) {
                     Ok(burst) => report.burst = Some(burst),
                     Err(err) => println!("bench: {backend} burst failed: {err:#}"),
                 }
@@ -197,9 +198,10 @@ pub fn bench(options: &BenchOptions) -> Result<()> {
         }
     }
     ensure!(!reports.is_empty(), "no backend could be measured");
+    let floors = floors(&services);
     let floods = floods();
     let load = [load_before, load_average()];
-    let text = render(&reports, &floods, binary_size, options, &load);
+    let text = render(&reports, &floods, floors, binary_size, options, &load);
     print!("{text}");
     let path = cmd::workspace_root().join("BENCHMARKS.md");
     fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
@@ -534,6 +536,7 @@ fn machine() -> String {
 fn render(
     reports: &[Report],
     floods: &[flood::FloodReport],
+    floors: Option<[f64; 2]>,
     binary_size: u64,
     options: &BenchOptions,
     load: &[String; 2],
@@ -628,6 +631,7 @@ fn render(
             render_burst_row(&mut out, r.backend, burst);
         }
     }
+    out.push_str(&floor_row(floors));
     let _ = writeln!(
         out,
         "\nTargets (SPEC §11): p50 ≤ {} ms, p99 ≤ {} ms on both backends; no wake-ups when idle; \
@@ -861,38 +865,68 @@ fn restarts(flood: &flood::FloodReport) -> String {
     text
 }
 
-/// `--burst-only`: the burst and soak of `daemon`, printed.
+/// `--burst-only`: the bursts and soak of `daemon`, and the bare
+/// supervisor's, printed.
 fn burst_only(options: &BenchOptions, daemon: &Path) -> Result<()> {
+    let services = burst::services()?;
     let mut text = String::new();
     let chosen = BACKENDS
         .into_iter()
         .filter(|b| options.backend.as_deref().is_none_or(|only| only == *b));
     for backend in chosen {
-        println!("bench: {backend} burst and soak …");
-        let burst = burst::measure(daemon, backend)?;
+        println!("bench: {backend} bursts and soak …");
+        let burst = burst::measure(daemon, backend, &services)?;
         render_burst_row(&mut text, backend, &burst);
     }
+    text.push_str(&floor_row(floors(&services)));
     print!("{}{text}", burst_header());
     Ok(())
+}
+
+/// The bare supervisor's bursts of `/bin/sleep` and of the static service.
+fn floors(services: &burst::Services) -> Option<[f64; 2]> {
+    let measured = [&services.sleep, &services.small].map(|service| {
+        println!("bench: bare supervisor, bursts of {} …", service.name);
+        burst::floor(service)
+            .map_err(|err| println!("bench: the bare supervisor could not be measured: {err:#}"))
+            .ok()
+    });
+    match measured {
+        [Some(sleep), Some(small)] => Some([sleep, small]),
+        _ => None,
+    }
 }
 
 /// The heading and table head of the burst rows.
 fn burst_header() -> String {
     format!(
         "\n{} watched processes killed at once (SIGKILL), then a soak of {} restarts in bursts \
-         like it (`backoff=none`):\n\n\
-         | backend | all back | records lost | peak VmRSS | descriptors before → after soak | RssAnon before → after soak |\n\
-         |---|---|---|---|---|---|\n",
+         like it (`backoff=none`). All back: from the kills to the last restart armourd logged, \
+         the median of the first burst and the soak's of `/bin/sleep` (glibc), and of 5 bursts \
+         of a static musl program (the tests' testee), whose start costs less CPU:\n\n\
+         | backend | all back: /bin/sleep | all back: static | records lost | peak VmRSS | descriptors before → after soak | RssAnon before → after soak |\n\
+         |---|---|---|---|---|---|---|\n",
         burst::COUNT,
         burst::SOAK
     )
 }
 
+/// What the machine allows: the bare supervisor's row.
+fn floor_row(floors: Option<[f64; 2]>) -> String {
+    floors.map_or_else(String::new, |[sleep, small]| {
+        format!(
+            "| bare supervisor (this bench's process: `waitpid`, then `posix_spawn`; detects and \
+             logs nothing) | {sleep:.2} s | {small:.2} s | - | - | - | - |\n"
+        )
+    })
+}
+
 fn render_burst_row(out: &mut String, backend: &str, burst: &burst::Burst) {
     let _ = writeln!(
         out,
-        "| {backend} | {:.2} s | {} | {:.2} MiB | {} → {} | {} → {} KiB |",
+        "| {backend} | {:.2} s | {:.2} s | {} | {:.2} MiB | {} → {} | {} → {} KiB |",
         burst.seconds,
+        burst.small_seconds,
         burst.lost,
         burst.peak_kib as f64 / 1024.0,
         burst.fds[0],
