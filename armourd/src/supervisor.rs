@@ -9,6 +9,7 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -99,6 +100,23 @@ impl Supervisor {
     /// Whether `pid` belongs to a watched instance.
     pub fn is_watched(&self, pid: u32) -> bool {
         self.by_pid.contains_key(&pid)
+    }
+
+    /// Whether `pid` (started at `start`, when known) leads an instance of
+    /// configuration entry `entry` running `exe`, not adopted: [`Self::exec`]
+    /// of that program by it would change nothing (a restart's exec
+    /// reported again, or the program executing itself), so how it was
+    /// started need not be read.
+    pub fn leads_running(&self, pid: u32, start: Option<u64>, entry: usize, exe: &Path) -> bool {
+        let Some(instance) = self.by_pid.get(&pid).and_then(|id| self.instances.get(id)) else {
+            return false;
+        };
+        instance
+            .leader
+            .is_some_and(|leader| leader.pid == pid && leader.same_start(start))
+            && instance.entry == Some(entry)
+            && instance.spec.exe == exe
+            && !instance.adopted
     }
 
     /// Whether `pid` (started at `start`, when known) leads an instance

@@ -44,6 +44,14 @@ impl Daemon {
             }
             return self.supervisor.exec_other(pid);
         };
+        if let Some(file) = self.watchlist.file(&key) {
+            if self
+                .supervisor
+                .leads_running(pid, exec.start, file.entry, &file.path)
+            {
+                return Vec::new();
+            }
+        }
         if self.watchlist.file(&key).is_none() && !self.watchlist.is_interpreter(&key) {
             // The common case with the proc connector: someone else's exec.
             return self.supervisor.exec_other(pid);

@@ -127,6 +127,29 @@ fn unwatched_process_is_never_restarted() {
 }
 
 #[test]
+fn an_exec_of_the_program_a_leader_runs_needs_nothing_read_unless_it_was_adopted() {
+    let mut s = supervisor();
+    let t = Instant::now();
+    let food = Path::new("/usr/sbin/food");
+    s.exec(exec(100, 7, false), t);
+    assert!(s.leads_running(100, Some(7), 0, food));
+    assert!(s.leads_running(100, None, 0, food));
+    assert!(!s.leads_running(100, Some(8), 0, food), "another process");
+    assert!(!s.leads_running(100, Some(7), 1, food), "another entry");
+    assert!(!s.leads_running(100, Some(7), 0, Path::new("/usr/sbin/bard")));
+    assert!(!s.leads_running(101, Some(7), 0, food));
+    let adopted = Exec {
+        adopted: true,
+        ..exec(300, 9, false)
+    };
+    s.exec(adopted, t);
+    assert!(
+        !s.leads_running(300, Some(9), 0, food),
+        "its exec tells how it started"
+    );
+}
+
+#[test]
 fn spawned_restart_is_watched_and_its_exec_is_not_a_new_instance() {
     let mut s = supervisor();
     let t = Instant::now();
