@@ -44,17 +44,20 @@ impl Daemon {
             }
             return self.supervisor.exec_other(pid);
         };
-        if let Some(file) = self.watchlist.file(&key) {
-            if self
-                .supervisor
-                .leads_running(pid, exec.start, file.entry, &file.path)
+        match self.watchlist.file(&key) {
+            // Nothing to read: the same instance (see `leads_running`).
+            Some(file)
+                if self
+                    .supervisor
+                    .leads_running(pid, exec.start, file.entry, &file.path) =>
             {
                 return Vec::new();
             }
-        }
-        if self.watchlist.file(&key).is_none() && !self.watchlist.is_interpreter(&key) {
             // The common case with the proc connector: someone else's exec.
-            return self.supervisor.exec_other(pid);
+            None if !self.watchlist.is_interpreter(&key) => {
+                return self.supervisor.exec_other(pid);
+            }
+            _ => {}
         }
         let argv = match &exec.argv {
             Some(argv) => argv.clone(),
