@@ -107,12 +107,12 @@ fn datagrams_after_an_unwatched_exec_wait_until_the_daemon_had_it() {
     });
 }
 
-/// Starts `/bin/sleep 30` as a child of a shell that ends at once, so
-/// that it is not the test's (armourd's) child; returns its pid once its
-/// exec has laid out argv. The caller kills it.
-fn orphan_sleep() -> u32 {
+/// Runs `sh -c SCRIPT`, where SCRIPT starts something in the background
+/// and prints `$!`; returns the shell's pid, gone, and that something's
+/// (not the test's child: the caller kills it).
+fn in_background(script: &str) -> (u32, u32) {
     let mut shell = Command::new("/bin/sh")
-        .args(["-c", "/bin/sleep 30 & echo $!"])
+        .args(["-c", script])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -121,7 +121,13 @@ fn orphan_sleep() -> u32 {
         .read_line(&mut line)
         .unwrap();
     shell.wait().unwrap();
-    let pid: u32 = line.trim().parse().unwrap();
+    (shell.id(), line.trim().parse().unwrap())
+}
+
+/// Starts `/bin/sleep 30` that is not the test's (armourd's) child;
+/// returns its pid once its exec has laid out argv. The caller kills it.
+fn orphan_sleep() -> u32 {
+    let (_, pid) = in_background("/bin/sleep 30 & echo $!");
     let cmdline = format!("/proc/{pid}/cmdline");
     wait_for("its exec", || {
         fs::read(&cmdline).is_ok_and(|a| a.starts_with(b"/bin/sleep"))
@@ -129,20 +135,34 @@ fn orphan_sleep() -> u32 {
     pid
 }
 
+/// Marks `key`, the executable of `pid`, as watched and handles `messages`.
+fn handle_with_file(
+    backend: &mut ProcConnectorBackend,
+    pid: u32,
+    key: FileKey,
+    messages: impl IntoIterator<Item = Message>,
+) -> Vec<Event> {
+    let exe = format!("/proc/{pid}/exe");
+    backend
+        .set_file(key, FileMark::Watched, exe.as_ref())
+        .unwrap();
+    backend.pending.extend(messages);
+    let mut out = Vec::new();
+    backend.handle(&mut out);
+    out
+}
+
 #[test]
 fn an_exec_of_a_watched_executable_is_watched_and_handed_over_at_once() {
     let pid = orphan_sleep();
     let key = procfs::exe_key(pid).unwrap();
     with_backend(|backend| {
-        let exe = format!("/proc/{pid}/exe");
-        backend
-            .set_file(key, FileMark::Watched, exe.as_ref())
-            .unwrap();
-        backend
-            .pending
-            .extend([exec_message(pid), fork_message(pid, NEVER)]);
-        let mut out = Vec::new();
-        backend.handle(&mut out);
+        let out = handle_with_file(
+            backend,
+            pid,
+            key,
+            [exec_message(pid), fork_message(pid, NEVER)],
+        );
         // SAFETY: plain syscall on a pid this test started.
         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         let [Event::Exec(exec)] = &out[..] else {
@@ -167,13 +187,7 @@ fn an_exec_of_armourds_own_child_is_watched_without_reading_how_it_started() {
     });
     let key = procfs::exe_key(pid).unwrap();
     with_backend(|backend| {
-        let exe = format!("/proc/{pid}/exe");
-        backend
-            .set_file(key, FileMark::Watched, exe.as_ref())
-            .unwrap();
-        backend.pending.push_back(exec_message(pid));
-        let mut out = Vec::new();
-        backend.handle(&mut out);
+        let out = handle_with_file(backend, pid, key, [exec_message(pid)]);
         let [Event::Exec(exec)] = &out[..] else {
             panic!("{out:?}")
         };
@@ -188,28 +202,11 @@ fn an_exec_of_armourds_own_child_is_watched_without_reading_how_it_started() {
 #[test]
 fn a_watched_exec_gone_at_once_is_reported_as_the_fork_it_left_running() {
     // The shell forks a subshell (no exec: it runs the shell too) and ends.
-    let mut shell = Command::new("/bin/sh")
-        .args(["-c", "(while :; do sleep 1; done) & echo $!"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    let stdout = shell.stdout.take().unwrap();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
-    let subshell: u32 = line.trim().parse().unwrap();
-    let pid = shell.id();
-    shell.wait().unwrap();
+    let (pid, subshell) = in_background("(while :; do sleep 1; done) & echo $!");
     let key = procfs::exe_key(subshell).unwrap();
     with_backend(|backend| {
-        let exe = format!("/proc/{subshell}/exe");
-        backend
-            .set_file(key, FileMark::Watched, exe.as_ref())
-            .unwrap();
-        backend
-            .pending
-            .extend([exec_message(pid), fork_message(pid, subshell)]);
-        let mut out = Vec::new();
-        backend.handle(&mut out);
+        let messages = [exec_message(pid), fork_message(pid, subshell)];
+        let out = handle_with_file(backend, subshell, key, messages);
         // The read-ahead takes real datagrams: the subshell's own `sleep`
         // children may be reported too; the exec that stands for `pid` is
         // the one looked for.
