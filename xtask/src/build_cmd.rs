@@ -126,6 +126,17 @@ fn build_daemon(options: &BuildOptions, object: &Path) -> Result<PathBuf> {
         .join("armourd"))
 }
 
+/// For test programs (the integration tests, the testee) built for
+/// `target` with the release profile: they need no whole-program
+/// optimisation, and linking each with LTO and one codegen unit took most
+/// of their build (the daemon keeps the release profile).
+pub fn test_programs(cargo: &mut Command, target: &str) {
+    cargo
+        .env("CARGO_PROFILE_RELEASE_LTO", "false")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16");
+    cross_linker(cargo, target);
+}
+
 /// For a static musl target of another architecture than the host's:
 /// link with `rust-lld` and the musl start files that come with the
 /// target (`link-self-contained`), so that no cross gcc is needed.

@@ -367,13 +367,8 @@ fn build(arch: Arch, binaries: &[String]) -> Result<Programs> {
         ])
         .args(binaries.iter().flat_map(|binary| ["--test", binary]))
         .args(["--message-format", "json-render-diagnostics"])
-        // The tests themselves need no whole-program optimisation: linking
-        // each test binary with LTO and one codegen unit took most of the
-        // build (the daemon above keeps the release profile).
-        .env("CARGO_PROFILE_RELEASE_LTO", "false")
-        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16")
         .stderr(Stdio::inherit());
-    build_cmd::cross_linker(&mut cargo, target);
+    build_cmd::test_programs(&mut cargo, target);
     println!(
         "vm-test: building the tests for the guest ({})",
         cmd::show(&cargo)

@@ -61,14 +61,11 @@ pub fn services() -> Result<Services> {
             "--bin",
             "testee",
         ])
-        .args(["--target", &target])
-        // A test helper: no whole-program optimisation needed.
-        .env("CARGO_PROFILE_RELEASE_LTO", "false")
-        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "16");
-    build_cmd::cross_linker(&mut cargo, &target);
+        .args(["--target", &target]);
+    build_cmd::test_programs(&mut cargo, &target);
     println!("bench: building the static service ({})", cmd::show(&cargo));
     cmd::run(&mut cargo).context("building the testee failed")?;
-    let small = cmd::workspace_root().join(format!("target/{target}/release/testee"));
+    let small = cmd::target_dir()?.join(&target).join("release/testee");
     ensure!(small.exists(), "cargo built no {}", small.display());
     Ok(Services {
         sleep: Service {
